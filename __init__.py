@@ -1,0 +1,14 @@
+"""IASA for ComfyUI: input-aware sparse attention for real-time co-speech video.
+
+ComfyUI loads this file; outside ComfyUI (tools, unit tests) the library packages import on their own
+and this file defines nothing.
+"""
+try:
+    from comfy_api.latest import ComfyExtension  # noqa: F401  (present only inside ComfyUI)
+except ImportError:  # imported outside ComfyUI
+    comfy_entrypoint = None
+else:
+    from .nodes import IASAExtension
+
+    async def comfy_entrypoint() -> IASAExtension:
+        return IASAExtension()

@@ -1,0 +1,17 @@
+"""ComfyUI node classes of the IASA pack (thin: checks, conversions, calls into the library)."""
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .audio_nodes import IASAAudioFeatures, IASALoadAudio
+from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASARenderPose
+
+NODES: list[type[io.ComfyNode]] = [
+    IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose,
+]
+
+
+class IASAExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

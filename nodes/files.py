@@ -1,0 +1,46 @@
+"""Input files for nodes: only from ComfyUI's input folder, never outside it."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+AUDIO_VIDEO = ("audio", "video")
+
+
+def list_input_files(content_types: tuple[str, ...] = AUDIO_VIDEO) -> list[str]:
+    """Files of the input folder (sub-folders included) whose MIME type is one of ``content_types``."""
+    root = folder_paths.get_input_directory()
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        found += [f if rel == "." else os.path.join(rel, f) for f in files]
+    return sorted(folder_paths.filter_files_content_types(found, list(content_types)))
+
+
+def input_file_problem(name: str, input_name: str) -> str | None:
+    """Why ``name`` cannot be used as an input file, or None when it is a file inside the input folder."""
+    if not isinstance(name, str) or not name.strip():
+        return f"{input_name}: no file chosen; upload a file or pick one from ComfyUI's input folder"
+    rel, base = folder_paths.annotated_filepath(name)
+    input_dir = os.path.realpath(folder_paths.get_input_directory())
+    if base is not None and os.path.realpath(base) != input_dir:
+        return (f"{input_name}: '{name}' points at another ComfyUI folder; this node reads only from the input "
+                f"folder ({input_dir}): upload the file there")
+    full = os.path.realpath(os.path.join(input_dir, rel))
+    if os.path.isabs(rel) or not full.startswith(input_dir + os.sep):
+        return (f"{input_name}: '{name}' is outside ComfyUI's input folder and was refused; "
+                f"upload the file and choose it by its name inside {input_dir}")
+    if not os.path.isfile(full):
+        return (f"{input_name}: file '{name}' not found in ComfyUI's input folder ({input_dir}); "
+                f"upload it with the node's upload button or copy it there")
+    return None
+
+
+def resolve_input_file(name: str, input_name: str) -> str:
+    """Absolute path of ``name`` inside the input folder; raises ValueError naming the input otherwise."""
+    problem = input_file_problem(name, input_name)
+    if problem:
+        raise ValueError(problem)
+    rel, _ = folder_paths.annotated_filepath(name)
+    return os.path.realpath(os.path.join(folder_paths.get_input_directory(), rel))

@@ -1,0 +1,7 @@
+"""Custom ComfyUI socket types of the pack."""
+from comfy_api.latest import io
+
+# The OpenPose/DWPose JSON list that comfyui_controlnet_aux emits (DWPose users can connect it directly).
+PoseKeypoint = io.Custom("POSE_KEYPOINT")
+# Per-video-frame audio features (audio.features.AudioFeatures).
+AudioFeaturesType = io.Custom("IASA_AUDIO_FEATURES")

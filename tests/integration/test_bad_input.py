@@ -1,0 +1,117 @@
+"""Bad input through the HTTP API: a clear error that names the input and the fix, and the server then
+runs the next prompt fine."""
+from __future__ import annotations
+
+import pytest
+
+from iasa.harness.client import PromptRejected
+
+GOOD = {
+    "1": {"class_type": "IASALoadAudio", "inputs": {"audio": "speech.wav", "sample_rate": 0, "mono": True,
+                                                    "start": 0.0, "duration": 1.0}},
+    "2": {"class_type": "IASAAudioFeatures", "inputs": {"audio": ["1", 0], "fps": 25.0}},
+    "3": {"class_type": "LoadImage", "inputs": {"image": "reference.jpg"}},
+    "4": {"class_type": "IASAExtractPose", "inputs": {"image": ["3", 0], "smoothing": 0.0, "no_person": "error"}},
+    "5": {"class_type": "IASAAudioToPose", "inputs": {"reference_pose": ["4", 0], "features": ["2", 0], "seed": 1,
+                                                      "mouth": 1.0, "head": 1.0, "gestures": 1.0, "blinks": True,
+                                                      "driving_mode": "loop"}},
+    "6": {"class_type": "IASARenderPose", "inputs": {"pose": ["5", 0], "width": 128, "height": 128, "body": True,
+                                                     "face": True, "hands": True}},
+    "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+}
+
+
+def audio_prompt(name: str) -> dict:
+    return {
+        "1": {"class_type": "IASALoadAudio", "inputs": {"audio": name, "sample_rate": 0, "mono": True,
+                                                        "start": 0.0, "duration": 0.0}},
+        "2": {"class_type": "IASAAudioFeatures", "inputs": {"audio": ["1", 0], "fps": 25.0}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
+    }
+
+
+def assert_server_still_serves(client):
+    result = client.run(GOOD)
+    assert result.status == "success", result.error
+
+
+def run_expecting_error(client, prompt) -> dict:
+    result = client.run(prompt)
+    assert result.status == "error"
+    err = result.error
+    assert err is not None, result.history
+    return err
+
+
+@pytest.mark.parametrize("name, words", [
+    ("does_not_exist.wav", ["audio", "not found", "upload"]),
+    ("../secret.wav", ["audio", "outside", "input folder", "refused"]),
+    ("../../../../../../etc/hostname", ["audio", "outside", "refused"]),
+    ("/etc/hostname", ["audio", "outside", "refused"]),
+])
+def test_file_outside_or_missing_is_refused_at_validation(client, name, words):
+    with pytest.raises(PromptRejected) as exc:
+        client.queue(audio_prompt(name))
+    errors = exc.value.body["node_errors"]["1"]["errors"]
+    text = " ".join(e.get("details", "") + " " + e.get("message", "") for e in errors)
+    for w in words:
+        assert w in text, text
+    assert_server_still_serves(client)
+
+
+@pytest.mark.parametrize("name, node, words", [
+    ("not_audio.wav", "1", ["not_audio.wav", "audio"]),
+    ("corrupt.flac", "1", ["corrupt.flac", "audio"]),
+    ("silence.wav", "2", ["audio", "silent"]),
+    ("too_short.wav", "1", ["0.5", "s"]),
+])
+def test_unusable_audio_gives_a_clear_node_error(client, name, node, words):
+    err = run_expecting_error(client, audio_prompt(name))
+    msg = err["exception_message"]
+    assert err["node_id"] == node, msg
+    for w in words:
+        assert w in msg, msg
+    assert_server_still_serves(client)
+
+
+def test_image_without_person_names_the_frame(client):
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "no_person.png"}},
+        "2": {"class_type": "IASAExtractPose", "inputs": {"image": ["1", 0], "smoothing": 0.0, "no_person": "error"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
+    }
+    err = run_expecting_error(client, prompt)
+    assert err["node_id"] == "2"
+    assert "no person" in err["exception_message"] and "frame 0" in err["exception_message"]
+    assert_server_still_serves(client)
+
+
+def test_video_with_some_empty_frames_can_hold_the_nearest_pose(client):
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "reference.jpg"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "no_person.png"}},
+        "3": {"class_type": "ImageScale", "inputs": {"image": ["2", 0], "upscale_method": "bilinear", "width": 512,
+                                                     "height": 512, "crop": "disabled"}},
+        "4": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["3", 0]}},
+        "5": {"class_type": "IASAExtractPose", "inputs": {"image": ["4", 0], "smoothing": 0.0, "no_person": "error"}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
+    }
+    err = run_expecting_error(client, prompt)
+    assert "frame 1 (of 2)" in err["exception_message"] and "hold nearest" in err["exception_message"]
+    prompt["5"]["inputs"]["no_person"] = "hold nearest"
+    result = client.run(prompt)
+    assert result.status == "success", result.error
+
+
+@pytest.mark.parametrize("mode", ["loop", "hold", "pingpong"])
+def test_driving_pose_shorter_than_audio(client, mode):
+    prompt = dict(GOOD)
+    prompt["8"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["3", 0], "amount": 3}}
+    prompt["9"] = {"class_type": "IASAExtractPose", "inputs": {"image": ["8", 0], "smoothing": 0.0, "no_person": "error"}}
+    prompt["5"] = {**GOOD["5"], "inputs": {**GOOD["5"]["inputs"], "driving_pose": ["9", 0], "driving_mode": mode}}
+    prompt["10"] = {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}}
+    result = client.run(prompt)
+    assert result.status == "success", result.error
+    # 1.0 s of audio at 25 fps -> 25 frames rendered although the driving pose has 3.
+    images = result.outputs["7"]["images"]
+    assert len(images) == 25
