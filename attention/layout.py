@@ -1,0 +1,259 @@
+"""Block layout of a block-sparse attention pattern (after FlexAttention's ``BlockMask``).
+
+Tokens are first permuted into ``slots`` so that every block of ``block_size`` slots holds tokens of
+one (latent frame, region) group only; groups are padded to whole blocks, padding slots hold ``-1``.
+The pattern is then a list of key blocks per query block. :class:`BlockLayout` is the contract the
+kernels (attention/kernels.py) consume.
+
+Builders:
+- :func:`build_region_layout`: the input-aware pattern (paper Eq. 1-3) from region labels and a
+  frame selection. Because every block is one (frame, region) group, the token mask the blocks imply
+  equals the token-level mask exactly on real tokens (``reference.py`` checks this).
+- :func:`random_layout`, :func:`struct_layout`: benchmark patterns of ``gpu-attention.md`` C.1.
+- :func:`density_report`: what the pattern costs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..pose.regions import LABELS
+from .grid import TokenGrid
+
+# Slot order of the groups inside a latent frame.
+GROUP_ORDER = ("face", "left_hand", "right_hand", "arms", "torso", "background")
+GLOBAL_REGION = -1  # block_region / block_frame value of the global (reference / extra token) group
+
+
+@dataclass
+class BlockLayout:
+    """A block-sparse pattern over a permuted, padded token order.
+
+    - ``perm[s]``: token index held by slot ``s`` (0 <= s < num_blocks*block_size), ``-1`` for padding.
+    - ``kv_num_blocks[h, i]``: number of key blocks query block ``i`` attends to (h = head or 0 when
+      the pattern is shared by all heads; shape ``[Hl, nb]`` with ``Hl`` 1 or the head count).
+    - ``kv_indices[h, i, :kv_num_blocks[h, i]]``: those key blocks, ascending; entries past the count
+      are ignored (filled with 0).
+    Every query block attends to at least one block holding a real token of its own, so no real
+    query row is empty.
+    """
+
+    block_size: int
+    seq_len: int                 # real tokens L
+    perm: torch.Tensor           # int64 [num_blocks * block_size]
+    kv_num_blocks: torch.Tensor  # int32 [Hl, nb]
+    kv_indices: torch.Tensor     # int32 [Hl, nb, kmax]
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.perm.numel() // self.block_size)
+
+
+@dataclass
+class BlockGroups:
+    """What each block of a region layout holds: latent video frame and region label (-1: global group)."""
+
+    block_frame: np.ndarray   # int64 [nb]
+    block_region: np.ndarray  # int64 [nb], pose.regions.LABELS value or -1
+    block_tokens: np.ndarray  # int64 [nb], real tokens in the block
+
+
+# ---- generic helpers ---------------------------------------------------------------------------
+
+def layout_from_block_mask(block_mask: torch.Tensor | np.ndarray, perm: torch.Tensor, block_size: int,
+                           seq_len: int) -> BlockLayout:
+    """BlockLayout from a bool block mask ``[nb, nb]`` or ``[Hl, nb, nb]`` (rows: query blocks)."""
+    m = torch.as_tensor(block_mask, dtype=torch.bool)
+    if m.dim() == 2:
+        m = m.unsqueeze(0)
+    nb = m.shape[-1]
+    if m.shape[-2] != nb or perm.numel() != nb * block_size:
+        raise ValueError(f"block_mask: shape {tuple(m.shape)} does not match {perm.numel()} slots of block {block_size}")
+    counts = m.sum(dim=-1)
+    if bool((counts == 0).any()):
+        raise ValueError("block_mask: a query block attends to no key block; keep at least the diagonal")
+    kmax = int(counts.max())
+    # Stable sort of "not selected" puts the selected blocks first, in ascending order.
+    order = torch.argsort((~m).to(torch.int8), dim=-1, stable=True)[..., :kmax]
+    valid = torch.arange(kmax)[None, None, :] < counts[..., None]
+    kv_indices = torch.where(valid, order, torch.zeros_like(order)).to(torch.int32).contiguous()
+    return BlockLayout(block_size=int(block_size), seq_len=int(seq_len), perm=perm.to(torch.int64),
+                       kv_num_blocks=counts.to(torch.int32).contiguous(), kv_indices=kv_indices)
+
+
+def layout_block_mask(layout: BlockLayout) -> torch.Tensor:
+    """bool ``[Hl, nb, nb]``: the block pattern of ``layout`` as a dense matrix."""
+    hl, nb, kmax = layout.kv_indices.shape
+    valid = torch.arange(kmax)[None, None, :] < layout.kv_num_blocks[..., None].long()
+    # Entries past the count go to a spare column nb that is dropped.
+    idx = torch.where(valid, layout.kv_indices.long(), torch.full_like(layout.kv_indices, nb, dtype=torch.long))
+    m = torch.zeros(hl, nb, nb + 1, dtype=torch.bool)
+    m.scatter_(2, idx, True)
+    return m[..., :nb]
+
+
+def block_real_tokens(layout: BlockLayout) -> torch.Tensor:
+    """int64 [nb]: real (non-padding) tokens in each block."""
+    return (layout.perm.view(layout.num_blocks, layout.block_size) >= 0).sum(dim=1)
+
+
+def _identity_perm(seq_len: int, block_size: int) -> torch.Tensor:
+    nb = -(-seq_len // block_size)
+    perm = torch.full((nb * block_size,), -1, dtype=torch.int64)
+    perm[:seq_len] = torch.arange(seq_len)
+    return perm
+
+
+# ---- the input-aware layout --------------------------------------------------------------------
+
+def region_block_mask(groups: BlockGroups, frame_select: np.ndarray) -> np.ndarray:
+    """bool [nb, nb] block pattern: same frame dense, same region across selected frames, global dense."""
+    bf, br = groups.block_frame, groups.block_region
+    glob = bf < 0
+    f = np.where(glob, 0, bf)
+    same_frame = (bf[:, None] == bf[None, :]) & ~glob[:, None]
+    cross = (br[:, None] == br[None, :]) & (br[:, None] > 0) & frame_select[f[:, None], f[None, :]]
+    cross &= ~glob[:, None] & ~glob[None, :]
+    return same_frame | cross | glob[:, None] | glob[None, :]
+
+
+def build_region_layout(labels: np.ndarray, frame_select: np.ndarray, grid: TokenGrid,
+                        block_size: int) -> tuple[BlockLayout, BlockGroups]:
+    """The input-aware block layout.
+
+    ``labels`` uint8 [T, hp, wp] region label per video token (T = ``grid.video_frames``),
+    ``frame_select`` bool [T, T] (diagonal set). Slots: first the global tokens (ascending, one group),
+    then per latent frame the groups in :data:`GROUP_ORDER`, each padded to whole blocks; empty groups
+    take no block. Vectorised: 480p x 81 frames builds in milliseconds.
+    """
+    labels = np.asarray(labels)
+    frame_select = np.asarray(frame_select, bool)
+    T = grid.video_frames
+    if labels.shape != (T, grid.hp, grid.wp):
+        raise ValueError(f"labels: shape {labels.shape} does not match the grid {(T, grid.hp, grid.wp)}")
+    if frame_select.shape != (T, T):
+        raise ValueError(f"frame_select: shape {frame_select.shape}, expected {(T, T)}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    n_groups = len(GROUP_ORDER)
+    rank_of_label = np.zeros(max(LABELS.values()) + 1, np.int64)
+    for r, name in enumerate(GROUP_ORDER):
+        rank_of_label[LABELS[name]] = r
+    region_of_rank = np.array([LABELS[n] for n in GROUP_ORDER], np.int64)
+
+    flat = labels.reshape(T, -1)
+    key = (np.arange(T)[:, None] * n_groups + rank_of_label[flat]).ravel()       # group id per video token
+    counts = np.bincount(key, minlength=T * n_groups)
+    blocks = -(-counts // block_size)
+    n_glob = grid.global_tokens
+    glob_blocks = -(-n_glob // block_size)
+    first_block = glob_blocks + np.concatenate([[0], np.cumsum(blocks)[:-1]])
+    nb = glob_blocks + int(blocks.sum())
+
+    order = np.argsort(key, kind="stable")
+    group_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sorted_key = key[order]
+    within = np.arange(order.size) - group_start[sorted_key]
+    slots = first_block[sorted_key] * block_size + within
+
+    perm = np.full(nb * block_size, -1, np.int64)
+    perm[:n_glob] = grid.global_token_indices()
+    perm[slots] = order + grid.video_token_offset
+
+    gid = np.repeat(np.arange(T * n_groups), blocks)
+    block_frame = np.concatenate([np.full(glob_blocks, -1, np.int64), gid // n_groups])
+    block_region = np.concatenate([np.full(glob_blocks, GLOBAL_REGION, np.int64), region_of_rank[gid % n_groups]])
+    block_tokens = (perm.reshape(nb, block_size) >= 0).sum(axis=1)
+    groups = BlockGroups(block_frame, block_region, block_tokens)
+    mask = region_block_mask(groups, frame_select)
+    layout = layout_from_block_mask(torch.from_numpy(mask), torch.from_numpy(perm), block_size, grid.seq_len)
+    return layout, groups
+
+
+# ---- benchmark layouts -------------------------------------------------------------------------
+
+def random_layout(seq_len: int, block_size: int, density: float, heads: int = 1, seed: int = 0) -> BlockLayout:
+    """randN of gpu-attention.md C.1: per (head, query block) the diagonal plus random other blocks,
+    ``round(density * nb)`` blocks in all (at least the diagonal). Identity token order."""
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    if heads < 1 or seq_len < 1 or block_size < 1:
+        raise ValueError(f"random_layout: seq_len, block_size, heads must be >= 1, got {seq_len}, {block_size}, {heads}")
+    perm = _identity_perm(seq_len, block_size)
+    nb = perm.numel() // block_size
+    per_row = max(1, min(nb, int(round(density * nb))))
+    g = torch.Generator().manual_seed(int(seed))
+    score = torch.rand(heads, nb, nb, generator=g)
+    score[:, torch.arange(nb), torch.arange(nb)] = -1.0  # diagonal always first
+    pick = torch.argsort(score, dim=-1)[..., :per_row]
+    mask = torch.zeros(heads, nb, nb, dtype=torch.bool)
+    mask.scatter_(2, pick, True)
+    return layout_from_block_mask(mask, perm, block_size, seq_len)
+
+
+def struct_layout(frames: int, tokens_per_frame: int, block_size: int) -> BlockLayout:
+    """"struct" of gpu-attention.md C.1 (same for every head): query block i, starting at token
+    s = block_size*i in frame f = s // F at offset o, sees every key block overlapping frame f and, in
+    every frame g, the key block holding token g*F + o. Identity token order."""
+    F = int(tokens_per_frame)
+    seq_len = int(frames) * F
+    perm = _identity_perm(seq_len, block_size)
+    nb = perm.numel() // block_size
+    start = torch.arange(nb) * block_size
+    f = start // F
+    o = start - f * F
+    kb = torch.arange(nb)
+    lo, hi = (f * F) // block_size, ((f + 1) * F - 1) // block_size
+    mask = (kb[None, :] >= lo[:, None]) & (kb[None, :] <= hi[:, None])
+    same_row = (torch.arange(frames)[None, :] * F + o[:, None]) // block_size          # [nb, frames]
+    mask.scatter_(1, same_row, True)
+    return layout_from_block_mask(mask, perm, block_size, seq_len)
+
+
+# ---- density -----------------------------------------------------------------------------------
+
+@dataclass
+class DensityReport:
+    """What a layout computes, as fractions of dense ``L x L`` attention.
+
+    ``block_density`` = kept (query block, key block) pairs x block_size^2 / L^2: the work the kernel
+    does, padding included (can exceed the token density, and 1 for a dense padded layout).
+    ``token_density`` = allowed real token pairs / L^2: the exact mask's density. Means over heads.
+    """
+
+    seq_len: int
+    block_size: int
+    num_blocks: int
+    kept_block_pairs: float
+    block_density: float
+    token_density: float
+    padding_slots: int
+    region_tokens: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (f"L={self.seq_len}, {self.num_blocks} blocks of {self.block_size} ({self.padding_slots} padding slots), "
+                f"block density {100 * self.block_density:.1f}% (with padding), "
+                f"token density {100 * self.token_density:.1f}%")
+
+
+def density_report(layout: BlockLayout, region_tokens: dict[str, int] | None = None) -> DensityReport:
+    mask = layout_block_mask(layout).double()                     # [Hl, nb, nb]
+    n = block_real_tokens(layout).double()
+    L = float(layout.seq_len)
+    kept = mask.sum(dim=(1, 2)).mean().item()
+    token_pairs = torch.einsum("hij,i,j->h", mask, n, n).mean().item()
+    return DensityReport(
+        seq_len=layout.seq_len,
+        block_size=layout.block_size,
+        num_blocks=layout.num_blocks,
+        kept_block_pairs=kept,
+        block_density=kept * layout.block_size ** 2 / L ** 2,
+        token_density=token_pairs / L ** 2,
+        padding_slots=int(layout.perm.numel() - layout.seq_len),
+        region_tokens=dict(region_tokens or {}),
+    )

@@ -1,0 +1,115 @@
+"""Pose sequence -> input-aware block layout: the one call the ComfyUI patch makes per sampling run.
+
+``build_pose_layout(pose, grid, config)`` resamples and scales the pose to the latent's video, labels
+every token with its region (token_regions), selects frames (global_mask, paper Eq. 1-2), and builds
+the permuted block layout (layout, Eq. 3 at block level). When the pose has nobody in it (or nobody on
+the grid) the result has ``layout=None`` and a ``fallback_reason``: the caller runs dense attention
+and logs that reason.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..pose.keypoints import PoseSequence
+from ..pose.regions import REGIONS
+from .global_mask import FRAME_POSE_MODES, global_frame_mask
+from .grid import TokenGrid
+from .layout import BlockGroups, BlockLayout, DensityReport, build_region_layout, density_report
+from .token_regions import check_regions, pose_for_grid, region_token_counts, token_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SparseAttentionConfig:
+    """Knobs of the input-aware pattern (defaults: paper figure K=2, causal student, all regions)."""
+
+    top_k: int = 2                          # past (or other) frames kept per query frame, besides itself
+    causal: bool = True                     # False: top-K among all frames (bidirectional teachers)
+    regions: tuple[str, ...] = REGIONS      # regions that get cross-frame attention
+    block_size: int = 128                   # kernel block; 16..64 for tiny models
+    allow_scale: bool = False               # rigid alignment with uniform scale
+    frame_pose: str = "mean"                # pose of a latent frame: "mean" or "last" of its pixel frames
+    min_shared_points: int = 3              # upper-body points visible in both frames to score a pair
+
+    def __post_init__(self):
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.frame_pose not in FRAME_POSE_MODES:
+            raise ValueError(f"frame_pose: unknown mode {self.frame_pose!r}; choose from {FRAME_POSE_MODES}")
+        object.__setattr__(self, "regions", check_regions(self.regions))
+
+
+@dataclass
+class PoseLayout:
+    """Everything built from one pose for one grid; ``layout is None`` means: fall back to dense."""
+
+    grid: TokenGrid
+    config: SparseAttentionConfig
+    labels: np.ndarray | None = None          # uint8 [T, hp, wp]
+    frame_select: np.ndarray | None = None    # bool [T, T]
+    frame_scores: np.ndarray | None = None    # float [T, T] rigid residuals (inf: not comparable)
+    layout: BlockLayout | None = None
+    groups: BlockGroups | None = None
+    density: DensityReport | None = None
+    fallback_reason: str | None = None
+
+    @property
+    def dense_fallback(self) -> bool:
+        return self.layout is None
+
+
+def build_pose_layout(
+    pose: PoseSequence,
+    grid: TokenGrid,
+    config: SparseAttentionConfig = SparseAttentionConfig(),
+    latent_frames: list[int] | None = None,
+    total_latent_frames: int | None = None,
+) -> PoseLayout:
+    """Build the layout of ``pose`` (any length, any canvas) for ``grid``.
+
+    Context windows: ``latent_frames`` lists the video latent frames the call covers (length
+    ``grid.video_frames``) out of ``total_latent_frames`` (default ``max(latent_frames) + 1``); the pose
+    is then fitted to the whole video and the window's frames are taken.
+    """
+    if latent_frames is not None:
+        latent_frames = [int(f) for f in latent_frames]
+        if len(latent_frames) != grid.video_frames:
+            raise ValueError(f"latent_frames: {len(latent_frames)} indices for a grid of {grid.video_frames} video frames")
+        if min(latent_frames) < 0:
+            raise ValueError(f"latent_frames: negative index in {latent_frames}")
+        total = total_latent_frames or max(latent_frames) + 1
+        if max(latent_frames) >= total:
+            raise ValueError(f"latent_frames: index {max(latent_frames)} >= total_latent_frames={total}")
+        n_px = (total - 1) * grid.temporal_stride + 1
+    else:
+        n_px = None
+    out = PoseLayout(grid=grid, config=config)
+    if not pose.has_person().any():
+        return _fallback(out, "the pose sequence has no person in any frame")
+    pose_px = pose_for_grid(pose, grid, n_px)
+    out.labels = token_labels(pose_px, grid, config.regions, latent_frames)
+    if config.regions and not out.labels.any():
+        return _fallback(out, f"no token of the {grid.hp}x{grid.wp} grid falls in a chosen region "
+                              f"({', '.join(config.regions)}); is the pose on the video's canvas?")
+    out.frame_select, out.frame_scores = global_frame_mask(
+        pose_px, grid, config.top_k, config.causal, config.allow_scale, config.frame_pose,
+        config.min_shared_points, latent_frames)
+    out.layout, out.groups = build_region_layout(out.labels, out.frame_select, grid, config.block_size)
+    counts = region_token_counts(out.labels)
+    if grid.global_tokens:
+        counts["global"] = grid.global_tokens
+    out.density = density_report(out.layout, counts)
+    log.info("IASA sparse layout: %s; %s", grid.describe(), out.density.summary())
+    return out
+
+
+def _fallback(out: PoseLayout, reason: str) -> PoseLayout:
+    out.fallback_reason = reason
+    log.warning("IASA sparse attention falls back to dense attention: %s", reason)
+    return out
