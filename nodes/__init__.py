@@ -3,11 +3,14 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
+from .attention_nodes import IASASparseAttention
 from .audio_nodes import IASAAudioFeatures, IASALoadAudio
+from .conditioning_nodes import IASAEmptyConditioning
 from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASARenderPose
 
 NODES: list[type[io.ComfyNode]] = [
-    IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose,
+    IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
+    IASAEmptyConditioning,
 ]
 
 

@@ -48,7 +48,7 @@ class IASALoadAudio(io.ComfyNode):
     def execute(cls, audio, sample_rate, mono, start, duration) -> io.NodeOutput:
         path = resolve_input_file(audio, "audio")
         return io.NodeOutput(load_audio_file(path, sample_rate=sample_rate or None, mono=mono, start=start,
-                                             duration=duration or None, name=audio))
+                                             duration=duration or None))
 
 
 class IASAAudioFeatures(io.ComfyNode):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from iasa.harness.demo import saved_files
+from iasa.harness.workflow_ui import api_to_ui
 
 from .conftest import API_WORKFLOWS, REPO, load_api_workflow
 
@@ -20,6 +21,9 @@ PACK_NODES = {
     "IASAAudioToPose": ({"reference_pose", "features", "seed", "mouth", "head", "gestures", "blinks", "driving_pose",
                          "driving_mode"}, ["POSE_KEYPOINT"]),
     "IASARenderPose": ({"pose", "width", "height", "body", "face", "hands"}, ["IMAGE"]),
+    "IASASparseAttention": ({"model", "pose", "top_k", "direction", "face", "hands", "arms", "torso", "block_size",
+                             "dense_blocks", "dense_steps", "kernel"}, ["MODEL", "IMAGE", "STRING"]),
+    "IASAEmptyConditioning": ({"tokens", "width"}, ["CONDITIONING"]),
 }
 
 
@@ -47,6 +51,17 @@ def test_template_browser_lists_the_example_workflows(client):
     names = next(v for k, v in templates.items() if "iasa" in k.lower())
     ui_files = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
     assert sorted(names) == ui_files and ui_files
+
+
+@pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_workflow_is_the_api_workflow(object_info, workflow):
+    """The UI copy (template browser) holds the same graph as the API copy the demo and tests post."""
+    ui_file = REPO / "workflows" / workflow.name
+    assert ui_file.exists(), f"no UI copy of {workflow.name}: run python iasa_cli.py harness.workflow_ui"
+    expected = api_to_ui(json.loads(workflow.read_text()), object_info, workflow.stem)
+    assert json.loads(ui_file.read_text()) == expected, "stale UI workflow: run python iasa_cli.py harness.workflow_ui"
+    for node in expected["nodes"]:
+        assert node["type"] in object_info
 
 
 @pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda p: p.stem)

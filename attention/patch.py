@@ -1,0 +1,215 @@
+"""The input-aware sparse attention as a ComfyUI model patch (Wan family).
+
+``apply_sparse_attention(model_patcher, patch)`` clones the model and registers, all under one key:
+
+- an ``APPLY_MODEL`` wrapper that learns the token grid and its extra tokens from the latent ``x`` at
+  call time (Animate's reference frame, ref_conv tokens, Phantom frames, context windows) and the step
+  index from the sigmas;
+- a per-block ``patches_replace["dit"]`` entry that tells attention its layer (only when some layers
+  must stay dense; newer ComfyUI's native ``block_index`` wins when present); existing entries are
+  wrapped, not replaced;
+- ``optimized_attention_override``: self-attention of the video tokens goes to the block-sparse kernel;
+  cross-attention, masked calls, dense layers/steps and unknown shapes go to the previous override if
+  one was set (another pack's patch) or to ComfyUI's own backend.
+
+The layout is built once per grid (once per sampling run in practice) and shared by cond and uncond,
+every layer and every step. This module imports ComfyUI only inside :func:`apply_sparse_attention`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from ..pose.keypoints import PoseSequence
+from .grid import TokenGrid
+from .kernels import block_sparse_attention
+from .pose_layout import PoseLayout, SparseAttentionConfig, build_pose_layout
+
+log = logging.getLogger(__name__)
+
+KEY = "iasa"
+CALL_KEY = "iasa_call"
+BLOCK_KEY = "iasa_block_index"
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What the APPLY_MODEL wrapper learnt about one model call."""
+
+    grid: TokenGrid
+    step: int | None
+    latent_frames: tuple[int, ...] | None = None
+
+
+def step_index(transformer_options: dict) -> int | None:
+    """Index of the current sigma in the run's schedule (``sample_sigmas``), None when unknown."""
+    sigmas, schedule = transformer_options.get("sigmas"), transformer_options.get("sample_sigmas")
+    if sigmas is None or schedule is None or len(schedule) == 0:
+        return None
+    current = float(sigmas.flatten()[0])
+    return int(torch.argmin((schedule.float().cpu() - current).abs()).item())
+
+
+def wan_token_px(base_model) -> int:
+    """Pixels per token side: 16 for Wan 2.1 / 2.2-14B (VAE 8x), 32 for Wan 2.2-TI2V-5B (VAE 16x, 48 ch)."""
+    channels = getattr(getattr(base_model, "latent_format", None), "latent_channels", 16)
+    return 32 if channels == 48 else 16
+
+
+def grid_from_call(base_model, x: torch.Tensor, kwargs: dict) -> TokenGrid:
+    """Token grid of one Wan call from its latent ``x [B, C, T, H, W]`` and extra conditioning."""
+    dm = base_model.diffusion_model
+    patch = tuple(int(p) for p in dm.patch_size)
+    hp, wp = -(-x.shape[-2] // patch[1]), -(-x.shape[-1] // patch[2])
+    ref_before = hp * wp if kwargs.get("reference_latent") is not None and getattr(dm, "ref_conv", None) is not None else 0
+    tdc = kwargs.get("time_dim_concat")
+    extra_after = 0 if tdc is None else -(-tdc.shape[2] // patch[0])
+    leading = 1 if "Animate" in type(dm).__name__ else 0
+    return TokenGrid.from_latent_shape(tuple(x.shape[-3:]), patch, vae_stride=wan_token_px(base_model) // 2,
+                                       ref_tokens_before=ref_before, leading_ref_frames=leading,
+                                       extra_frames_after=extra_after)
+
+
+class BlockIndexPatch:
+    """``patches_replace["dit"][("double_block", i)]``: puts the block index into transformer_options."""
+
+    def __init__(self, index: int, previous=None):
+        self.index = index
+        self.previous = previous
+
+    def __call__(self, args: dict, extra: dict):
+        to = dict(args["transformer_options"])
+        to[BLOCK_KEY] = self.index
+        args = {**args, "transformer_options": to}
+        if self.previous is not None:
+            return self.previous(args, extra)
+        return extra["original_block"](args)
+
+
+class SparseAttentionPatch:
+    """Pose, options and layout cache of one IASA Sparse Attention node; shared by every model clone."""
+
+    def __init__(self, pose: PoseSequence, config: SparseAttentionConfig, kernel: str = "auto",
+                 dense_blocks: int = 0, dense_steps: int = 0):
+        self.pose = pose
+        self.config = config
+        self.kernel = kernel
+        self.dense_blocks = int(dense_blocks)
+        self.dense_steps = int(dense_steps)
+        self.previous_override = None
+        self.stats: Counter = Counter()
+        self._layouts: dict = {}
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options: share, don't copy
+        return self
+
+    # -- layout -----------------------------------------------------------------------------------
+    def layout_for(self, call: CallInfo) -> PoseLayout:
+        key = (call.grid, call.latent_frames)
+        with self._lock:
+            if key not in self._layouts:
+                self._layouts[key] = build_pose_layout(
+                    self.pose, call.grid, self.config,
+                    latent_frames=list(call.latent_frames) if call.latent_frames else None)
+                self.stats["layouts_built"] += 1
+            return self._layouts[key]
+
+    # -- wrappers ---------------------------------------------------------------------------------
+    def apply_model_wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        grid = grid_from_call(executor.class_obj, x, kwargs)
+        window = transformer_options.get("context_window")
+        frames = tuple(int(i) for i in window.index_list) if window is not None and hasattr(window, "index_list") else None
+        if frames is not None and len(frames) != grid.video_frames:
+            frames = None  # the window also covers reference/extra frames: fit the pose to the window itself
+        transformer_options = {**transformer_options,
+                               CALL_KEY: CallInfo(grid, step_index(transformer_options), frames)}
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+    def attention(self, func, *args, **kwargs):
+        """``optimized_attention_override``: sparse for video self-attention, dense for everything else."""
+        out = self._sparse(args, kwargs)
+        if out is not None:
+            return out
+        if self.previous_override is not None:
+            return self.previous_override(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def _dense_reason(self, args, kwargs) -> str | None:
+        to = kwargs.get("transformer_options") or {}
+        call: CallInfo | None = to.get(CALL_KEY)
+        if call is None:
+            return "no_grid"
+        mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
+        if mask is not None:
+            return "masked"
+        q, k = args[0], args[1]
+        seq_q, seq_k = (q.shape[2], k.shape[2]) if kwargs.get("skip_reshape") else (q.shape[1], k.shape[1])
+        if seq_q != seq_k or seq_q != call.grid.seq_len:
+            return "cross_or_other"
+        block = to.get("block_index", to.get(BLOCK_KEY))
+        if block is not None and block < self.dense_blocks:
+            return "dense_block"
+        if self.dense_steps and call.step is not None and call.step < self.dense_steps:
+            return "dense_step"
+        return None
+
+    def _sparse(self, args, kwargs) -> torch.Tensor | None:
+        reason = self._dense_reason(args, kwargs)
+        if reason is not None:
+            self.stats[f"dense_{reason}"] += 1
+            return None
+        call: CallInfo = kwargs["transformer_options"][CALL_KEY]
+        plan = self.layout_for(call)
+        if plan.layout is None:
+            self.stats["dense_fallback"] += 1
+            return None
+        q, k, v = args[:3]
+        heads = kwargs.get("heads", args[3] if len(args) > 3 else None)
+        if kwargs.get("skip_reshape"):
+            qh, kh, vh = q, k, v
+        else:
+            b, seq, hd = q.shape
+            qh, kh, vh = (t.view(b, seq, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
+        out = block_sparse_attention(qh, kh, vh, plan.layout, kernel=self.kernel)
+        self.stats["sparse"] += 1
+        if kwargs.get("skip_output_reshape"):
+            return out
+        return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
+
+
+def check_wan_model(model_patcher) -> None:
+    """Raise a clear error unless ``model_patcher`` holds a ComfyUI Wan-family DiT we can patch."""
+    dm = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
+    name = type(dm).__name__
+    if dm is None or not hasattr(dm, "blocks") or not hasattr(dm, "patch_size") or "Wan" not in name:
+        raise ValueError(f"model: IASA Sparse Attention patches ComfyUI's native Wan models (WanModel and its "
+                         f"VACE/Animate/Fun variants); got {name}. Load a Wan 2.1/2.2 model with UNETLoader.")
+    if "S2V" in name:
+        raise ValueError("model: Wan-S2V does not pass attention options to its blocks in this ComfyUI version, "
+                         "so it cannot be patched; use a Wan 2.1/2.2 T2V, I2V, Fun-Control, VACE or Animate model.")
+
+
+def apply_sparse_attention(model_patcher, patch: SparseAttentionPatch):
+    """Clone ``model_patcher`` and install ``patch`` (see module docstring)."""
+    import comfy.patcher_extension
+
+    check_wan_model(model_patcher)
+    m = model_patcher.clone()
+    to = m.model_options.setdefault("transformer_options", {})
+    previous = to.get("optimized_attention_override")
+    if previous is not None and getattr(previous, "__self__", None) is not patch:
+        patch.previous_override = previous
+        log.info("IASA sparse attention: chaining the attention override set before it (%s) for dense calls",
+                 getattr(previous, "__qualname__", type(previous).__name__))
+    to["optimized_attention_override"] = patch.attention
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, patch.apply_model_wrapper)
+    if patch.dense_blocks > 0:
+        existing = to.get("patches_replace", {}).get("dit", {})
+        for i in range(len(m.model.diffusion_model.blocks)):
+            m.set_model_patch_replace(BlockIndexPatch(i, existing.get(("double_block", i))), "dit", "double_block", i)
+    return m

@@ -1,0 +1,88 @@
+"""IASA Sparse Attention: the pose-driven block-sparse self-attention patched into a Wan MODEL."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from comfy_api.latest import io
+
+from ..attention.grid import TokenGrid
+from ..attention.kernels import KERNELS
+from ..attention.patch import SparseAttentionPatch, apply_sparse_attention, check_wan_model, wan_token_px
+from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
+from ..attention.preview import render_layout_preview
+from ..pose.keypoints import from_pose_keypoint
+from .convert import frames_to_image
+from .types import PoseKeypoint
+
+log = logging.getLogger(__name__)
+
+REGION_SWITCHES = (("face", ("face",)), ("hands", ("left_hand", "right_hand")), ("arms", ("arms",)),
+                   ("torso", ("torso",)))
+
+
+class IASASparseAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IASASparseAttention",
+            display_name="IASA Sparse Attention",
+            category="IASA/attention",
+            description="Input-aware sparse self-attention (paper Eq. 1-3) for ComfyUI's native Wan models: "
+                        "tokens attend densely within their frame; across frames only to the same body region "
+                        "(face, hands, arms, torso) in the K most similar frames. Computed by a block-sparse "
+                        "kernel; cross-attention is untouched.",
+            is_experimental=True,
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan 2.1/2.2 model (T2V, I2V, Fun-Control, VACE or Animate)."),
+                PoseKeypoint.Input("pose", tooltip="The pose sequence that drives the video (one pose per frame)."),
+                io.Int.Input("top_k", default=2, min=0, max=64,
+                             tooltip="Other frames each frame may attend to, chosen by pose similarity (paper K)."),
+                io.Combo.Input("direction", options=["causal", "bidirectional"], default="bidirectional",
+                               tooltip="causal: only past frames (the paper's student); bidirectional: any frame "
+                                       "(for bidirectional teachers such as stock Wan)."),
+                io.Boolean.Input("face", default=True, tooltip="Face tokens attend to face tokens of other frames."),
+                io.Boolean.Input("hands", default=True, tooltip="Hand tokens attend to the same hand in other frames."),
+                io.Boolean.Input("arms", default=True, tooltip="Arm and shoulder tokens attend across frames."),
+                io.Boolean.Input("torso", default=True, tooltip="Torso tokens attend across frames."),
+                io.Int.Input("block_size", default=128, min=16, max=256, step=16,
+                             tooltip="Kernel block (tokens). 128 for full-size models; 16-64 for tiny grids."),
+                io.Int.Input("dense_blocks", default=0, min=0, max=64,
+                             tooltip="Keep the first N transformer blocks dense."),
+                io.Int.Input("dense_steps", default=0, min=0, max=1000,
+                             tooltip="Keep the first N sampling steps dense."),
+                io.Combo.Input("kernel", options=list(KERNELS), default="auto",
+                               tooltip="auto: xformers paged kernel on CUDA, else FlexAttention, else masked SDPA "
+                                       "(CPU). sdpa is the exact reference."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model"),
+                io.Image.Output(display_name="layout_preview"),
+                io.String.Output(display_name="density"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, pose, top_k, direction, face, hands, arms, torso, block_size, dense_blocks,
+                dense_steps, kernel) -> io.NodeOutput:
+        check_wan_model(model)
+        seq = from_pose_keypoint(pose, input_name="pose")
+        switches = {"face": face, "hands": hands, "arms": arms, "torso": torso}
+        regions = tuple(r for name, rs in REGION_SWITCHES if switches[name] for r in rs)
+        config = SparseAttentionConfig(top_k=top_k, causal=direction == "causal", regions=regions,
+                                       block_size=block_size)
+        patch = SparseAttentionPatch(seq, config, kernel=kernel, dense_blocks=dense_blocks, dense_steps=dense_steps)
+        patched = apply_sparse_attention(model, patch)
+        # Preview on the grid a video of the pose's canvas and length would have (sampling may differ).
+        token_px = wan_token_px(model.model)
+        grid = TokenGrid(video_frames=(len(seq) - 1) // 4 + 1, hp=-(-seq.height // token_px),
+                         wp=-(-seq.width // token_px), token_px=token_px, pixel_height=seq.height,
+                         pixel_width=seq.width)
+        plan = build_pose_layout(seq, grid, config)
+        if plan.layout is None:
+            text = f"dense attention (fallback): {plan.fallback_reason}"
+            preview = np.zeros((64, 64, 3), np.float32)
+        else:
+            text = f"{grid.describe()}; {plan.density.summary()}"
+            preview = render_layout_preview(plan)
+        return io.NodeOutput(patched, frames_to_image(preview[None]), text)
