@@ -65,22 +65,25 @@ class BlockGroups:
 def layout_from_block_mask(block_mask: torch.Tensor | np.ndarray, perm: torch.Tensor, block_size: int,
                            seq_len: int) -> BlockLayout:
     """BlockLayout from a bool block mask ``[nb, nb]`` or ``[Hl, nb, nb]`` (rows: query blocks)."""
-    m = torch.as_tensor(block_mask, dtype=torch.bool)
-    if m.dim() == 2:
-        m = m.unsqueeze(0)
+    # numpy: these arrays are small, and torch's intra-op threads only add latency here.
+    m = block_mask.cpu().numpy() if isinstance(block_mask, torch.Tensor) else np.asarray(block_mask)
+    m = m.astype(bool, copy=False)
+    if m.ndim == 2:
+        m = m[None]
     nb = m.shape[-1]
-    if m.shape[-2] != nb or perm.numel() != nb * block_size:
-        raise ValueError(f"block_mask: shape {tuple(m.shape)} does not match {perm.numel()} slots of block {block_size}")
-    counts = m.sum(dim=-1)
-    if bool((counts == 0).any()):
+    if m.ndim != 3 or m.shape[-2] != nb or perm.numel() != nb * block_size:
+        raise ValueError(f"block_mask: shape {m.shape} does not match {perm.numel()} slots of block {block_size}")
+    counts = m.sum(axis=-1)
+    if (counts == 0).any():
         raise ValueError("block_mask: a query block attends to no key block; keep at least the diagonal")
     kmax = int(counts.max())
     # Stable sort of "not selected" puts the selected blocks first, in ascending order.
-    order = torch.argsort((~m).to(torch.int8), dim=-1, stable=True)[..., :kmax]
-    valid = torch.arange(kmax)[None, None, :] < counts[..., None]
-    kv_indices = torch.where(valid, order, torch.zeros_like(order)).to(torch.int32).contiguous()
+    order = np.argsort(~m, axis=-1, kind="stable")[..., :kmax]
+    valid = np.arange(kmax)[None, None, :] < counts[..., None]
+    kv_indices = np.where(valid, order, 0).astype(np.int32)
     return BlockLayout(block_size=int(block_size), seq_len=int(seq_len), perm=perm.to(torch.int64),
-                       kv_num_blocks=counts.to(torch.int32).contiguous(), kv_indices=kv_indices)
+                       kv_num_blocks=torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int32)),
+                       kv_indices=torch.from_numpy(np.ascontiguousarray(kv_indices)))
 
 
 def layout_block_mask(layout: BlockLayout) -> torch.Tensor:
@@ -168,7 +171,7 @@ def build_region_layout(labels: np.ndarray, frame_select: np.ndarray, grid: Toke
     block_tokens = (perm.reshape(nb, block_size) >= 0).sum(axis=1)
     groups = BlockGroups(block_frame, block_region, block_tokens)
     mask = region_block_mask(groups, frame_select)
-    layout = layout_from_block_mask(torch.from_numpy(mask), torch.from_numpy(perm), block_size, grid.seq_len)
+    layout = layout_from_block_mask(mask, torch.from_numpy(perm), block_size, grid.seq_len)
     return layout, groups
 
 

@@ -36,7 +36,7 @@ def _label_palette() -> np.ndarray:
 def labels_strip(labels: np.ndarray, width: int, gap: int = 2, max_cell: int = 8) -> np.ndarray:
     """Per-frame coloured label grids, wrapped into rows to fit ``width`` pixels."""
     T, hp, wp = labels.shape
-    cell = int(max(1, min(max_cell, (width - gap) // max(1, min(T, 8)) // wp)))
+    cell = int(max(1, min(max_cell, (width - gap) // max(1, min(T, 6)) // wp)))
     tw, th = wp * cell + gap, hp * cell + gap
     cols = max(1, min(T, (width - gap) // tw))
     rows = -(-T // cols)

@@ -41,7 +41,7 @@ def _face(center: np.ndarray, width: float, mouth_open: float, turn: float) -> n
 
 def talking_pose(n_frames: int = 33, width: int = 512, height: int = 512, seed: int = 0) -> PoseSequence:
     """A speaker facing the camera: head nods and turns, mouth opens and closes, both arms gesture,
-    the right hand drops out of view for a few frames mid-clip."""
+    the right hand drops out of view for 3 frames mid-clip (clips of 8 frames or more)."""
     rng = np.random.default_rng(seed)
     t = np.arange(n_frames, dtype=np.float64)
     pts = np.zeros((n_frames, N_POINTS, 3), np.float32)
@@ -83,9 +83,10 @@ def talking_pose(n_frames: int = 33, width: int = 512, height: int = 512, seed: 
             direction = wrist - body[B[f"{side}_elbow"]]
             pts[i, part, :2] = _hand(wrist, direction, 0.08 * s, 0.25 + 0.1 * np.sin(ti))
             pts[i, part, 2] = 1.0
-    gone = slice(n_frames // 2, n_frames // 2 + 3)
-    pts[gone, RHAND] = 0.0
-    pts[gone, B["r_wrist"]] = 0.0
+    if n_frames >= 8:
+        gone = slice(n_frames // 2, n_frames // 2 + 3)
+        pts[gone, RHAND] = 0.0
+        pts[gone, B["r_wrist"]] = 0.0
     return PoseSequence(pts, width, height)
 
 

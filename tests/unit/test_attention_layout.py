@@ -2,8 +2,8 @@
 offsets, invariants, density, benchmark layouts, fallback, context windows and the preview."""
 from __future__ import annotations
 
-import importlib.util
 import logging
+import pathlib
 
 import numpy as np
 import pytest
@@ -218,7 +218,20 @@ def test_preview_shows_regions_and_blocks():
     assert (1.0, 1.0, 1.0) in colours                                  # kept background blocks
 
 
-@pytest.mark.skipif(importlib.util.find_spec("iasa.pose.audio_to_pose") is None,
-                    reason="pose/audio_to_pose.py (another helper's module) is not in the checkout yet")
 def test_layout_from_audio_driven_pose_is_exact():
-    pytest.skip("audio_to_pose exists now: wire this test to its public API")
+    """The demo speech through audio features and audio-to-pose (other helpers' modules) into a layout."""
+    a2p = pytest.importorskip("iasa.pose.audio_to_pose", reason="pose/audio_to_pose.py is not in the checkout")
+    from iasa.audio.features import features_from_audio
+    from iasa.audio.loading import load_audio_file
+
+    speech = pathlib.Path(__file__).resolve().parents[2] / "assets" / "demo" / "speech.wav"
+    audio = load_audio_file(speech, start=1.0, duration=1.4)           # 35 frames at 25 fps
+    pose = a2p.audio_to_pose(talking_pose(1, 256, 256), features_from_audio(audio, 25.0), seed=0)
+    grid = TokenGrid.from_latent_shape((9, 32, 32))                     # 33 pixel frames: pose resampled
+    plan = build_pose_layout(pose, grid, SparseAttentionConfig(top_k=2, block_size=16))
+    assert not plan.dense_fallback
+    assert len({plan.labels[f].tobytes() for f in range(9)}) > 1      # the regions move with the speech
+    for name in ("face", "left_hand", "right_hand", "arms"):
+        assert plan.density.region_tokens[name] > 0
+    ref = reference_token_mask(plan.labels, plan.frame_select, grid)
+    assert torch.equal(layout_to_token_mask(plan.layout), ref)
