@@ -68,6 +68,9 @@ def driving_indices(n_driving: int, n_frames: int, mode: str = "loop") -> np.nda
     return np.where(p < n_driving, p, period - p)
 
 
+VISIBLE = 0.3   # the confidence threshold of pose/render.py and pose/regions.py
+
+
 def audio_to_pose(reference: PoseSequence, features: AudioFeatures, *, seed: int = 0, mouth: float = 1.0,
                   head: float = 1.0, gestures: float = 1.0, blinks: bool = True,
                   driving: PoseSequence | None = None, driving_mode: str = "loop") -> PoseSequence:
@@ -130,7 +133,9 @@ def _check_reference(reference: PoseSequence) -> np.ndarray:
         raise AudioToPoseError("reference: the first frame has no person (no confident body or face point); "
                                "use a reference image where a person is detected")
     frame = reference.points[0].astype(np.float64).copy()
-    frame[frame[:, 2] <= 0] = 0.0
+    # Points the renderer and the region masks would not show (confidence <= VISIBLE) are not animated:
+    # moving or attaching hands to them would draw limbs that are not in the picture.
+    frame[frame[:, 2] <= VISIBLE] = 0.0
     return frame
 
 

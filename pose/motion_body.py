@@ -25,6 +25,7 @@ ARMS = {
     "left": (B["l_shoulder"], B["l_elbow"], B["l_wrist"], LHAND),
 }
 DEFAULT_HAND_CONF = 0.8
+DEFAULT_HAND_MIN_CONF = 0.5      # elbow and wrist must be this sure before a hand is invented there
 HAND_LENGTH_PER_FOREARM = 0.8   # template unit (wrist -> middle tip is 0.9 of it) per forearm length
 MIN_ELBOW_ANGLE_DEG = 25.0      # flexion never folds the elbow tighter than this
 
@@ -73,7 +74,8 @@ def attach_default_hands(frame: np.ndarray) -> tuple[np.ndarray, list[str]]:
     present = frame[:, 2] > 0
     sides = []
     for side, (_, el, wr, hand) in ARMS.items():
-        if present[el] and present[wr] and not present[hand].any() \
+        if frame[el, 2] >= DEFAULT_HAND_MIN_CONF and frame[wr, 2] >= DEFAULT_HAND_MIN_CONF \
+                and not present[hand].any() \
                 and np.linalg.norm(frame[wr, :2] - frame[el, :2]) > 1e-3:
             pts = default_hand(frame[el, :2].astype(np.float64), frame[wr, :2].astype(np.float64),
                                inward_sign(frame[:, :2], present, side))

@@ -359,3 +359,16 @@ def test_bad_inputs_raise(reference, features):
         audio_to_pose(PoseSequence(np.zeros((1, 130, 3)), W, H), features)
     with pytest.raises(ValueError, match="features"):
         audio_to_pose(reference, {"energy": []})
+
+
+def test_unsure_wrists_get_no_invented_hand(features):
+    """Points the renderer would not draw are not animated, and no hand is attached to an unsure wrist
+    (a photo whose arms leave the frame, as mediapipe reports them)."""
+    ref = make_reference(hands=False)
+    pts = ref.points.copy()
+    pts[0, B["l_wrist"], 2] = 0.12    # below the drawing threshold: dropped
+    pts[0, B["r_wrist"], 2] = 0.35    # drawn, but too unsure to invent a hand at
+    seq = audio_to_pose(PoseSequence(pts, ref.width, ref.height), features, seed=3)
+    assert (seq.points[:, LHAND, 2] == 0).all() and (seq.points[:, RHAND, 2] == 0).all()
+    assert (seq.points[:, B["l_wrist"], 2] == 0).all()
+    assert (seq.points[:, B["r_wrist"], 2] > 0.3).all()
