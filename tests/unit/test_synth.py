@@ -311,7 +311,7 @@ def test_two_stage_build_is_deterministic_and_split_disjoint(tmp_path):
     wav, _ = sf.read(str(tmp_path / "speech" / "heldout" / corpora["heldout"][0].file), dtype="int16")
     np.testing.assert_array_equal(clip.audio, wav)          # pcm16 bundle audio is lossless
     summary = render_bundle(tmp_path / "m1", tmp_path / "shards", "heldout", clips_per_shard=1, workers=1)
-    assert summary["clips"] == 1
+    assert summary["heldout"]["clips"] == 1
     (shard,) = sorted((tmp_path / "shards").glob("heldout-*.safetensors"))
     (got,) = read_shard(shard)
     want = render_clip(clip)

@@ -63,11 +63,8 @@ def cmd_motion(args) -> dict:
 def cmd_render(args) -> dict:
     from .render import render_bundle
 
-    summary = {}
-    for split in args.splits:
-        summary[split] = render_bundle(args.motion, args.out, split, clips_per_shard=args.clips_per_shard,
-                                       workers=args.workers, limit=args.limit)
-    return summary
+    return render_bundle(args.motion, args.out, args.splits, clips_per_shard=args.clips_per_shard,
+                         workers=args.workers, limit=args.limit)
 
 
 def cmd_preview(args) -> dict:

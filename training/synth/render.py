@@ -47,19 +47,23 @@ def _render_shard(task: tuple[str, str, list[str], str]) -> dict:
                 seconds=time.perf_counter() - t0, bytes=os.path.getsize(path))
 
 
-def render_bundle(bundle_dir: str | Path, out_dir: str | Path, split: str, clips_per_shard: int = 16,
+def render_bundle(bundle_dir: str | Path, out_dir: str | Path, split: str | list[str], clips_per_shard: int = 16,
                   workers: int | None = None, limit: int | None = None) -> dict:
-    """Draw every clip of one split's motion bundle into shards ``<out_dir>/<split>-NNNNN.safetensors``.
-    Returns a summary (shards, clips, frames, bytes, seconds, ms per frame per worker)."""
+    """Draw every clip of a motion bundle's split (or splits, in one process pool) into shards
+    ``<out_dir>/<split>-NNNNN.safetensors``. Returns a summary per split (shards, clips, frames,
+    bytes, ms per frame per worker) plus the wall time."""
     if clips_per_shard < 1:
         raise ValueError(f"render_bundle: clips_per_shard must be >= 1, got {clips_per_shard}")
-    ids = [m["id"] for m in read_motion_index(bundle_dir, split)]
-    if limit is not None:
-        ids = ids[:limit]
+    splits = [split] if isinstance(split, str) else list(split)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [(str(bundle_dir), split, ids[k:k + clips_per_shard], str(out / f"{split}-{k // clips_per_shard:05d}.safetensors"))
-             for k in range(0, len(ids), clips_per_shard)]
+    tasks = []
+    for sp in splits:
+        ids = [m["id"] for m in read_motion_index(bundle_dir, sp)]
+        if limit is not None:
+            ids = ids[:limit]
+        tasks += [(str(bundle_dir), sp, ids[k:k + clips_per_shard], str(out / f"{sp}-{k // clips_per_shard:05d}.safetensors"))
+                  for k in range(0, len(ids), clips_per_shard)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     t0 = time.perf_counter()
     if workers == 1:
@@ -69,10 +73,12 @@ def render_bundle(bundle_dir: str | Path, out_dir: str | Path, split: str, clips
             results = []
             for r in pool.imap_unordered(_render_shard, tasks):
                 results.append(r)
-                log.info("%s: %d / %d shards", split, len(results), len(tasks))
-    wall = time.perf_counter() - t0
-    frames = sum(r["frames"] for r in results)
-    busy = sum(r["seconds"] for r in results)
-    return dict(split=split, shards=len(results), clips=sum(r["clips"] for r in results), frames=frames,
-                bytes=sum(r["bytes"] for r in results), seconds=round(wall, 2), workers=workers,
-                ms_per_frame_per_worker=round(1000 * busy / max(frames, 1), 2))
+                log.info("%d / %d shards", len(results), len(tasks))
+    summary: dict = {"seconds": round(time.perf_counter() - t0, 2), "workers": workers}
+    split_of = {t[3]: t[1] for t in tasks}
+    for sp in splits:
+        rs = [r for r in results if split_of[r["path"]] == sp]
+        frames = sum(r["frames"] for r in rs)
+        summary[sp] = dict(shards=len(rs), clips=sum(r["clips"] for r in rs), frames=frames, bytes=sum(r["bytes"] for r in rs),
+                           ms_per_frame_per_worker=round(1000 * sum(r["seconds"] for r in rs) / max(frames, 1), 2))
+    return summary
