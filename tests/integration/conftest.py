@@ -27,11 +27,34 @@ def write_bad_inputs(input_dir: pathlib.Path) -> None:
     Image.new("RGB", (320, 240), (40, 90, 140)).save(input_dir / "no_person.png")
 
 
+TINY_WAN = "iasa_test_tiny_wan.safetensors"
+
+
+def write_tiny_wan(path: pathlib.Path) -> None:
+    """A 3-layer Wan (dim 256, 2 heads of 128, t2v) with random weights, in the layout UNETLoader reads.
+
+    Every weight is perturbed, the zero-initialised output head included, so that attention changes the
+    result (otherwise sparse and dense would agree trivially)."""
+    import torch
+
+    from iasa.training.tiny_wan import TeacherConfig, build_teacher, save_model
+
+    model = build_teacher(TeacherConfig(dim=256, num_layers=3, ffn_dim=512, in_dim=16), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    save_model(model, path, {"purpose": "integration tests"}, dtype=torch.float32)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_home")
     prepare_base(base, DEMO_INPUTS)
     write_bad_inputs(base / "input")
+    (base / "custom_nodes" / "iasa_testing_pack").symlink_to(pathlib.Path(__file__).parent / "testing_pack")
+    (base / "models" / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    write_tiny_wan(base / "models" / "diffusion_models" / TINY_WAN)
     (base / "secret.wav").write_bytes((base / "input" / "silence.wav").read_bytes())  # outside input/
     with ComfyServer(base) as srv:
         yield srv

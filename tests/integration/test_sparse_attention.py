@@ -1,0 +1,107 @@
+"""IASA Sparse Attention through the real server on a tiny random Wan loaded by the stock UNETLoader."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from iasa.harness.demo import saved_files
+
+from .conftest import TINY_WAN
+
+
+def graph(model_node: dict | None, extra: dict | None = None, prefix: str = "iasa_test/latent") -> dict:
+    """Audio-driven pose (1 s) -> [model patch] -> KSampler on a 128x128x25 latent -> SaveLatent."""
+    g = {
+        "1": {"class_type": "IASALoadAudio", "inputs": {"audio": "speech.wav", "sample_rate": 0, "mono": True,
+                                                        "start": 0.0, "duration": 1.0}},
+        "2": {"class_type": "IASAAudioFeatures", "inputs": {"audio": ["1", 0], "fps": 25.0}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "reference.jpg"}},
+        "4": {"class_type": "IASAExtractPose", "inputs": {"image": ["3", 0], "smoothing": 0.0, "no_person": "error"}},
+        "5": {"class_type": "IASAAudioToPose", "inputs": {"reference_pose": ["4", 0], "features": ["2", 0], "seed": 5,
+                                                          "mouth": 1.0, "head": 1.0, "gestures": 1.0, "blinks": True,
+                                                          "driving_mode": "loop"}},
+        "10": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN, "weight_dtype": "default"}},
+        "11": {"class_type": "IASAEmptyConditioning", "inputs": {"tokens": 8, "width": 4096}},
+        "12": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 128, "height": 128, "length": 25,
+                                                                   "batch_size": 1}},
+        "14": {"class_type": "KSampler", "inputs": {"model": ["13", 0] if model_node else ["10", 0], "seed": 11,
+                                                     "steps": 3, "cfg": 1.0, "sampler_name": "euler",
+                                                     "scheduler": "simple", "positive": ["11", 0],
+                                                     "negative": ["11", 0], "latent_image": ["12", 0],
+                                                     "denoise": 1.0}},
+        "15": {"class_type": "SaveLatent", "inputs": {"samples": ["14", 0], "filename_prefix": prefix}},
+    }
+    if model_node:
+        g["13"] = model_node
+    g.update(extra or {})
+    return g
+
+
+def sparse_node(kernel="sdpa", model=("10", 0), **over) -> dict:
+    inputs = {"model": list(model), "pose": ["5", 0], "top_k": 2, "direction": "causal", "face": True, "hands": True,
+              "arms": True, "torso": True, "block_size": 16, "dense_blocks": 0, "dense_steps": 0, "kernel": kernel}
+    inputs.update(over)
+    return {"class_type": "IASASparseAttention", "inputs": inputs}
+
+
+def run_latent(client, prompt) -> tuple[torch.Tensor, object]:
+    result = client.run(prompt, timeout=900)
+    assert result.status == "success", result.error
+    f = next(f for f in saved_files(result.outputs) if f["filename"].endswith(".latent"))
+    data = client.view(f["filename"], f.get("subfolder", ""), "output")
+    return load_safetensors(data)["latent_tensor"].float(), result
+
+
+@pytest.fixture(scope="module")
+def reference_latent(client):
+    node = {"class_type": "IASATestMaskedReference", "inputs": {"model": ["10", 0], "pose": ["5", 0], "top_k": 2,
+                                                                "direction": "causal"}}
+    return run_latent(client, graph(node, prefix="iasa_test/reference"))[0]
+
+
+@pytest.fixture(scope="module")
+def dense_latent(client):
+    return run_latent(client, graph(None, prefix="iasa_test/dense"))[0]
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "flex_eager", "auto"])
+def test_patched_model_equals_explicit_masked_attention(client, reference_latent, dense_latent, kernel):
+    sparse, _ = run_latent(client, graph(sparse_node(kernel), prefix=f"iasa_test/sparse_{kernel}"))
+    assert sparse.shape == (1, 16, 7, 16, 16)
+    assert torch.isfinite(sparse).all()
+    scale = reference_latent.abs().mean()
+    # Same function: sparse block layout + kernel vs brute-force Eq. 1-3 mask with plain SDPA.
+    assert (sparse - reference_latent).abs().max() < 1e-3 * scale + 1e-4
+    # ...and the mask matters: dense attention gives a clearly different latent.
+    assert (dense_latent - reference_latent).abs().mean() > 1e-2 * scale
+
+
+def test_preview_and_density_come_back_through_the_api(client):
+    extra = {"20": {"class_type": "PreviewImage", "inputs": {"images": ["13", 1]}},
+             "21": {"class_type": "PreviewAny", "inputs": {"source": ["13", 2]}}}
+    _, result = run_latent(client, graph(sparse_node(), extra, prefix="iasa_test/preview"))
+    img = result.outputs["20"]["images"][0]
+    png = client.view(img["filename"], img.get("subfolder", ""), img.get("type", "temp"))
+    from PIL import Image
+
+    arr = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert arr.shape[0] > 50 and arr.shape[1] > 50 and arr.std() > 5
+    text = result.outputs["21"]["text"][0]
+    assert "block density" in text and "token density" in text
+
+
+def test_previous_override_still_runs_on_the_dense_path(client):
+    """A stand-in for another pack's attention patch, applied first, keeps running for every call the
+    sparse patch leaves dense: cross-attention always, self-attention of dense blocks."""
+    extra = {"16": {"class_type": "IASATestCountingOverride", "inputs": {"model": ["10", 0]}},
+             "17": {"class_type": "IASATestReadCounter", "inputs": {"latent": ["14", 0]}}}
+    node = sparse_node(model=("16", 0), dense_blocks=1)
+    _, result = run_latent(client, graph(node, extra, prefix="iasa_test/chained"))
+    counts = result.outputs["17"]["counts"][0]
+    steps, layers = 3, 3
+    assert counts.get("cross") == steps * layers        # cross-attention untouched, every layer, every step
+    assert counts.get("self") == steps * 1              # only the dense first block's self-attention

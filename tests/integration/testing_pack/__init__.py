@@ -1,0 +1,124 @@
+"""Test-only ComfyUI nodes, loaded into the integration tests' server beside the pack:
+
+- ``IASATestMaskedReference``: replaces Wan self-attention by plain SDPA with the token-level mask of
+  paper Eq. 1-3 computed by brute force (attention/reference.py), no permutation, no blocks — the
+  explicit masked attention the pack's patched model must match;
+- ``IASATestCountingOverride`` / ``IASATestReadCounter``: a stand-in for another pack's attention patch
+  (counts self- and cross-attention calls and runs ComfyUI's own backend), to check that the pack
+  chains an override that was set before it.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO))
+from iasa_cli import register_package  # noqa: E402
+
+register_package()
+from iasa.attention.patch import grid_from_call  # noqa: E402
+from iasa.attention.pose_layout import SparseAttentionConfig, build_pose_layout  # noqa: E402
+from iasa.attention.reference import reference_token_mask  # noqa: E402
+from iasa.pose.keypoints import from_pose_keypoint  # noqa: E402
+
+PoseKeypoint = io.Custom("POSE_KEYPOINT")
+COUNTS: Counter = Counter()
+
+
+class _Reference:
+    def __init__(self, pose, config):
+        self.pose, self.config, self.masks = pose, config, {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        grid = grid_from_call(executor.class_obj, x, kwargs)
+        if grid not in self.masks:
+            plan = build_pose_layout(self.pose, grid, self.config)
+            self.masks[grid] = reference_token_mask(plan.labels, plan.frame_select, grid)
+        transformer_options = {**transformer_options, "iasa_test_mask": self.masks[grid]}
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+    def attention(self, func, q, k, v, heads=None, transformer_options=None, **kwargs):
+        mask = (transformer_options or {}).get("iasa_test_mask")
+        if mask is None or q.shape[1] != k.shape[1] or q.shape[1] != mask.shape[0]:
+            COUNTS["reference_dense"] += 1
+            return func(q, k, v, heads=heads, transformer_options=transformer_options, **kwargs)
+        COUNTS["reference_masked"] += 1
+        b, L, hd = q.shape
+        qh, kh, vh = (t.view(b, L, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=torch.as_tensor(mask, device=q.device))
+        return out.transpose(1, 2).reshape(b, L, hd)
+
+
+class IASATestMaskedReference(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestMaskedReference", category="IASA/testing",
+                         inputs=[io.Model.Input("model"), PoseKeypoint.Input("pose"), io.Int.Input("top_k", default=2),
+                                 io.Combo.Input("direction", options=["causal", "bidirectional"])],
+                         outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, model, pose, top_k, direction):
+        import comfy.patcher_extension
+
+        config = SparseAttentionConfig(top_k=top_k, causal=direction == "causal", block_size=16)
+        ref = _Reference(from_pose_keypoint(pose), config)
+        m = model.clone()
+        m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = ref.attention
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "iasa_test", ref.wrapper)
+        return io.NodeOutput(m)
+
+
+def _counting_override(func, q, k, v, *args, **kwargs):
+    COUNTS["self" if q.shape[1] == k.shape[1] else "cross"] += 1
+    return func(q, k, v, *args, **kwargs)
+
+
+class IASATestCountingOverride(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestCountingOverride", category="IASA/testing",
+                         inputs=[io.Model.Input("model")], outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, model):
+        COUNTS.clear()
+        m = model.clone()
+        m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = _counting_override
+        return io.NodeOutput(m)
+
+
+class IASATestReadCounter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestReadCounter", category="IASA/testing", is_output_node=True,
+                         inputs=[io.Latent.Input("latent")], outputs=[])
+
+    @classmethod
+    def fingerprint_inputs(cls, latent):
+        return float("nan")  # always run
+
+    @classmethod
+    def execute(cls, latent):
+        return io.NodeOutput(ui={"counts": [dict(COUNTS)]})
+
+
+class TestingExtension(ComfyExtension):
+    @override
+    async def get_node_list(self):
+        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter]
+
+
+async def comfy_entrypoint():
+    return TestingExtension()
