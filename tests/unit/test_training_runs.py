@@ -1,0 +1,179 @@
+"""IASA-mini trainers end to end on CPU: loss goes down on a tiny overfit batch, an interrupted run
+resumed from its checkpoint equals an uninterrupted one, 2-process gloo DDP equals one process on the
+same global batch. Tiny sizes (32 px procedural clips, width-8 VAE, one-block DiT)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from iasa.training import distributed as D
+from iasa.training.logs import LossLog
+from iasa.training.runner import RunConfig, Runner, make_optimizer
+from iasa.training.teacher_data import LatentSet
+from iasa.training.tiny_wan import TeacherConfig, VAEConfig, build_teacher, build_vae, save_model
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = "procedural:3:9:32"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def vae_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("vae") / "vae.safetensors"
+    return save_model(build_vae(VAEConfig(dim=8), seed=1), path, {"name": "untrained test VAE"}, dtype=torch.float32)
+
+
+def _record(step_fn, losses: list):
+    def wrapped(step):
+        loss, metrics = step_fn(step)
+        losses.append(float(loss.detach()))
+        return loss, metrics
+    return wrapped
+
+
+def _run_cfg(tmp: Path, steps: int, lr: float) -> RunConfig:
+    return RunConfig(out=str(tmp), steps=steps, lr=lr, warmup=0, min_lr_frac=1.0, checkpoint_every=0,
+                     log_every=10 ** 6, resume=False)
+
+
+def test_teacher_loss_decreases_on_a_tiny_overfit_batch(tmp_path):
+    from iasa.training.teacher_train import TeacherStep
+
+    g = torch.Generator().manual_seed(0)
+    ctrl = torch.randn(1, 16, 2, 4, 4, generator=g)
+    lat = LatentSet(x0=torch.tanh(2 * ctrl.flip(1)), control=ctrl, ref_random=torch.zeros(1, 16, 1, 4, 4), ids=["a"])
+    args = types.SimpleNamespace(batch=8, p_uncond=0.0, ref_random_prob=0.0, shift=3.0, context_tokens=1, amp="none")
+    info = D.DistInfo()
+    model = build_teacher(TeacherConfig(dim=128, num_layers=1, ffn_dim=256), seed=0)
+    cfg = _run_cfg(tmp_path, 40, 2e-3)
+    gen = torch.Generator().manual_seed(0)
+    runner = Runner(cfg, info, model, model, make_optimizer(model.parameters(), cfg, info.device), {"data": gen}, "t")
+    losses: list[float] = []
+    runner.run(_record(TeacherStep(model, lat, args, info, gen), losses))
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    assert last < 0.6 * first, (first, last)
+
+
+def test_vae_loss_decreases_on_a_tiny_overfit_batch(tmp_path):
+    from iasa.training.vae_train import AutoEncoder, recon_losses
+    from .test_training import _frames
+
+    x = _frames(1, 5, 16)
+    vae = build_vae(VAEConfig(dim=8), seed=0)
+    ae = AutoEncoder(vae)
+    cfg = _run_cfg(tmp_path, 30, 3e-3)
+    info = D.DistInfo()
+
+    def step_fn(step):
+        rec, _, _ = ae(x)
+        loss = recon_losses(rec, x)["l1"]
+        return loss, {"loss": loss.detach()}
+
+    runner = Runner(cfg, info, vae, ae, make_optimizer(vae.parameters(), cfg, info.device), {}, "v")
+    losses: list[float] = []
+    runner.run(_record(step_fn, losses))
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+    rows = runner.losslog.rows()
+    assert rows and rows[-1]["step"] == 30 and (tmp_path / "v_loss.png").is_file()
+
+
+def _vae_args(out: Path, *extra: str) -> list[str]:
+    return ["--data", DATA, "--out", str(out), "--dim", "8", "--frames", "5", "--crop", "16", "--batch", "2",
+            "--steps", "6", "--log-every", "1", "--checkpoint-every", "2", "--eval-clips", "1", "--eval-frames", "5",
+            "--calib-clips", "2", "--device", "cpu", *extra]
+
+
+def _ckpt_model(out: Path) -> dict[str, torch.Tensor]:
+    from iasa.training.checkpoint import CheckpointManager
+
+    files, state = CheckpointManager.load(CheckpointManager(out / "checkpoints").latest())
+    return files["model"], state
+
+
+def _simulate_kill_after(out: Path, step: int) -> None:
+    """Keep only the checkpoint of ``step`` (as if the process died before writing a later one)."""
+    import shutil
+
+    ck = out / "checkpoints"
+    for p in ck.glob("ckpt-*"):
+        if int(p.name.split("-")[1]) > step:
+            shutil.rmtree(p)
+    (ck / "latest.json").write_text(json.dumps({"path": f"ckpt-{step:08d}", "step": step}))
+
+
+def test_vae_resume_equals_uninterrupted_run(tmp_path):
+    from iasa.training import vae_train
+
+    full = vae_train.main(_vae_args(tmp_path / "a"))
+    part = vae_train.main(_vae_args(tmp_path / "b", "--stop-after", "3"))
+    assert part["stop_reason"] == "stop_after" and part["step"] == 3 and "weights" not in part
+    _simulate_kill_after(tmp_path / "b", 2)
+    resumed = vae_train.main(_vae_args(tmp_path / "b"))
+    assert resumed["step"] == full["step"] == 6
+    a, sa = _ckpt_model(tmp_path / "a")
+    b, sb = _ckpt_model(tmp_path / "b")
+    assert sa["step"] == sb["step"] == 6
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["heldout_psnr_fp32"] == full["heldout_psnr_fp32"]
+    assert [r["step"] for r in LossLog(tmp_path / "b", "vae_loss").rows()] == list(range(1, 7))
+    for name in ("vae_loss.png", "vae_loss.json", "iasa_mini_vae.safetensors", "iasa_mini_vae.json", "summary.json"):
+        assert (tmp_path / "b" / name).is_file(), name
+
+
+def _teacher_args(out: Path, vae: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--data", DATA, "--vae", str(vae), "--out", str(out), "--dim", "128", "--layers", "1", "--ffn", "128",
+            "--frames", "5", "--batch", "4", "--steps", "5", "--log-every", "1", "--checkpoint-every", "2",
+            "--p-uncond", "0.5", "--ref-random-prob", "0.5", "--latents-cache", str(cache), "--eval-windows", "1",
+            "--eval-steps", "2", "--render-workers", "1", "--device", "cpu", *extra]
+
+
+def test_teacher_resume_equals_uninterrupted_run(tmp_path, vae_file):
+    from iasa.training import teacher_train
+
+    cache = tmp_path / "latents.safetensors"
+    full = teacher_train.main(_teacher_args(tmp_path / "a", vae_file, cache))
+    teacher_train.main(_teacher_args(tmp_path / "b", vae_file, cache, "--stop-after", "3"))
+    _simulate_kill_after(tmp_path / "b", 2)
+    resumed = teacher_train.main(_teacher_args(tmp_path / "b", vae_file, cache))
+    a, _ = _ckpt_model(tmp_path / "a")
+    b, _ = _ckpt_model(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["heldout_sample_psnr"] == full["heldout_sample_psnr"]
+    assert (tmp_path / "b" / "iasa_mini_teacher.safetensors").is_file() and (tmp_path / "b" / "preview.png").is_file()
+
+
+def test_two_process_gloo_ddp_equals_one_process_on_the_global_batch(tmp_path, vae_file):
+    """torchrun, 2 CPU ranks x 2 windows == 1 process x 4 windows (gradients averaged), ranks in sync."""
+    from iasa.training import teacher_train
+
+    cache = tmp_path / "latents.safetensors"
+    common = ["--eval-windows", "0", "--steps", "3"]
+    teacher_train.main(_teacher_args(tmp_path / "single", vae_file, cache, *common))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "iasa_cli.py"), "training.teacher_train",
+           *_teacher_args(tmp_path / "ddp", vae_file, cache, *common)]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True
+    single, _ = _ckpt_model(tmp_path / "single")
+    ddp, _ = _ckpt_model(tmp_path / "ddp")
+    init = build_teacher(TeacherConfig(dim=128, num_layers=1, ffn_dim=128), seed=0).state_dict()
+    assert any(not torch.equal(single[k], init[k]) for k in single)
+    for k in single:
+        assert torch.allclose(single[k], ddp[k], atol=2e-6, rtol=1e-5), k

@@ -1,0 +1,133 @@
+"""Training clips in memory: from synthetic shards (``training/synth/shards.py``) or procedural figures,
+and a frame bank on the device that draws random windows / crops without host syncs.
+
+``--data`` forms: a shard directory or file (``*.safetensors`` written by ``training.synth.build render``),
+or ``procedural:N[:T[:S]]`` (N seeded procedural clips of T frames at S x S pixels, default 33 and 256;
+for tests and smoke runs; the held-out split has N // 8 clips, at least 2).
+Splits: clips whose metadata says ``split == "train"`` are training clips; everything else is held out.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+PROCEDURAL = "procedural"
+HELDOUT_SEED_BASE = 1_000_000
+
+
+def _procedural(spec: str, split: str, max_clips: int | None) -> list[dict]:
+    from .procedural import make_clip
+
+    parts = spec.split(":")
+    try:
+        n = int(parts[1]) if len(parts) > 1 else 8
+        t = int(parts[2]) if len(parts) > 2 else 33
+        size = int(parts[3]) if len(parts) > 3 else 256
+    except ValueError:
+        raise ValueError(f"--data {spec!r}: expected procedural:N[:T[:S]] with integers") from None
+    if split != "train":
+        n = max(2, n // 8)
+    if max_clips:
+        n = min(n, max_clips)
+    base = 0 if split == "train" else HELDOUT_SEED_BASE
+    return [dict(make_clip(base + i, t, size), split=split) for i in range(n)]
+
+
+def load_clips(source: str | Path, split: str = "train", max_clips: int | None = None,
+               keys: tuple[str, ...] = ("frames", "keypoints"), rank: int = 0, world_size: int = 1) -> list[dict]:
+    """Clips of one split as dicts with ``id``, ``split`` and the asked ``keys`` (numpy arrays).
+
+    ``rank``/``world_size`` keep every ``world_size``-th clip (for per-rank preprocessing)."""
+    source = str(source)
+    if source.startswith(PROCEDURAL):
+        clips = _procedural(source, split, max_clips)
+    else:
+        from .synth.shards import iter_shard, shard_index, shard_paths
+
+        clips = []
+        for path in shard_paths(source):
+            meta = shard_index(path)
+            if not any((m.get("split") == "train") == (split == "train") for m in meta):
+                continue
+            for clip in iter_shard(path, keys=keys):
+                if (clip.get("split") == "train") == (split == "train"):
+                    clips.append(clip)
+                if max_clips and len(clips) >= max_clips:
+                    break
+            if max_clips and len(clips) >= max_clips:
+                break
+    clips = clips[rank::world_size]
+    if not clips:
+        raise ValueError(f"--data {source}: no {split!r} clips found")
+    return clips
+
+
+class FrameBank:
+    """All frames of a clip set as one uint8 tensor ``[N, H, W, 3]`` on ``device``; draws windows of
+    ``T`` consecutive frames of one clip (uniform over all windows) with random crops."""
+
+    def __init__(self, clips: list[dict], window: int, device: torch.device):
+        self.lengths = [len(c["frames"]) for c in clips]
+        shapes = {tuple(c["frames"].shape[1:]) for c in clips}
+        if len(shapes) != 1:
+            raise ValueError(f"FrameBank: clips have different frame sizes {sorted(shapes)}; render them at one size")
+        self.height, self.width, _ = shapes.pop()
+        self.device = device
+        self.frames = torch.from_numpy(np.concatenate([c["frames"] for c in clips])).to(device)
+        self._set_window(window)
+
+    def _set_window(self, window: int) -> None:
+        self.window = int(window)
+        starts, offset = [], 0
+        for n in self.lengths:
+            if n >= self.window:
+                starts.append(np.arange(offset, offset + n - self.window + 1))
+            offset += n
+        if not starts:
+            raise ValueError(f"FrameBank: no clip has {self.window} frames (longest {max(self.lengths)}); "
+                             "use a shorter window")
+        self.starts = torch.from_numpy(np.concatenate(starts)).to(self.device)
+
+    def with_window(self, window: int) -> "FrameBank":
+        """The same frames (shared, not copied) with another window length."""
+        new = object.__new__(FrameBank)
+        new.__dict__.update(self.__dict__)
+        new._set_window(window)
+        return new
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.starts.numel())
+
+    def sample(self, batch: int, crop: int | None, gen: torch.Generator, flip: bool = False) -> torch.Tensor:
+        """float ``[B, 3, T, crop, crop]`` in -1..1 (``crop=None``: full frames)."""
+        dev = self.device
+        idx = self.starts[torch.randint(0, self.n_windows, (batch,), generator=gen, device=dev)]
+        t = idx[:, None] + torch.arange(self.window, device=dev)[None]
+        ch, cw = (self.height, self.width) if crop is None else (crop, crop)
+        if ch > self.height or cw > self.width:
+            raise ValueError(f"crop {crop} is larger than the frames ({self.height}x{self.width})")
+        y0 = (torch.rand(batch, generator=gen, device=dev) * (self.height - ch + 1)).long()
+        x0 = (torch.rand(batch, generator=gen, device=dev) * (self.width - cw + 1)).long()
+        ys = y0[:, None] + torch.arange(ch, device=dev)[None]
+        xs = x0[:, None] + torch.arange(cw, device=dev)[None]
+        px = self.frames[t[:, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]  # [B, T, h, w, 3]
+        if flip:
+            do = torch.rand(batch, generator=gen, device=dev) < 0.5
+            px = torch.where(do[:, None, None, None, None], px.flip(3), px)
+        return to_model_range(px)
+
+    def windows(self, count: int) -> torch.Tensor:
+        """``count`` fixed full-frame windows spread over the bank (for evaluation / calibration)."""
+        pick = torch.linspace(0, self.n_windows - 1, min(count, self.n_windows), device=self.device).long()
+        t = self.starts[pick][:, None] + torch.arange(self.window, device=self.device)[None]
+        return to_model_range(self.frames[t])
+
+
+def to_model_range(px: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, T, H, W, 3]`` -> float ``[B, 3, T, H, W]`` in -1..1 (ComfyUI's VAE ``process_input``)."""
+    return px.permute(0, 4, 1, 2, 3).float().mul_(2.0 / 255.0).sub_(1.0)

@@ -1,0 +1,203 @@
+"""The training loop shared by the VAE and teacher trainers: LR schedule, time budget, checkpoints,
+resume, loss logging, all without per-step host syncs (metrics stay on the device until a log step).
+
+A trainer supplies ``step_fn(step) -> (loss, {name: tensor})`` and the modules; :meth:`Runner.run` does
+the rest. Stops: ``steps`` reached, ``max_minutes`` of loop time spent (clean stop: checkpoint, and the
+trainer exports), or ``stop_after`` steps in this process (checkpoint only: simulates an interruption).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import distributed as D
+from .checkpoint import CheckpointManager, model_tensors, optimizer_from_tensors, optimizer_to_tensors, \
+    rng_from_tensors, rng_to_tensors
+from .logs import LossLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/run"
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup: int = 100
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_minutes: float = 0.0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    stop_after: int = 0
+    resume: bool = True
+    seed: int = 0
+
+    @classmethod
+    def add_args(cls, p: argparse.ArgumentParser, **defaults) -> None:
+        g = p.add_argument_group("run")
+        for f in fields(cls):
+            d = defaults.get(f.name, f.default)
+            name = "--" + f.name.replace("_", "-")
+            if f.type in ("bool", bool):
+                g.add_argument(name, action=argparse.BooleanOptionalAction, default=d)
+            else:
+                typ = {"int": int, "float": float, "str": str}.get(f.type, str) if isinstance(f.type, str) else f.type
+                g.add_argument(name, type=typ, default=d)
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> "RunConfig":
+        return cls(**{f.name: getattr(a, f.name) for f in fields(cls)})
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_frac * lr`` at ``steps`` (a function of the step only)."""
+    if cfg.warmup > 0 and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    span = max(1, cfg.steps - cfg.warmup)
+    frac = min(1.0, (step - cfg.warmup) / span)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def make_optimizer(params, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    kw = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=cfg.weight_decay, **kw)
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, info: D.DistInfo, model: torch.nn.Module, train_module: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator], name: str,
+                 meta: dict | None = None):
+        self.cfg, self.info, self.model, self.train_module = cfg, info, model, train_module
+        self.opt, self.generators, self.name = optimizer, generators, name
+        self.meta = meta or {}
+        self.out = Path(cfg.out)
+        self.ckpt = CheckpointManager(self.out / "checkpoints", keep=cfg.keep_checkpoints)
+        self.losslog = LossLog(self.out, name=f"{name}_loss", enabled=info.is_main)
+        self.step = 0
+        self.stop_reason = ""
+        self._acc: dict[str, torch.Tensor] = {}
+        self._acc_n = 0
+        self._t_log = time.perf_counter()
+        self.loop_seconds = 0.0
+        self.step_seconds: list[float] = []
+
+    # ------------------------------------------------------------------ checkpoints
+    def resume(self) -> int:
+        path = self.ckpt.latest() if self.cfg.resume else None
+        if path is None:
+            return 0
+        files, state = self.ckpt.load(path)
+        self.model.load_state_dict(files["model"], strict=True)
+        optimizer_from_tensors(self.opt, files.get("optim", {}), state["optimizer"])
+        rng_from_tensors(files["rng"], self.generators)
+        self.step = int(state["step"])
+        self.loop_seconds = float(state.get("loop_seconds", 0.0))
+        self.losslog.truncate_after(self.step)
+        log.info("%s: resumed from %s (step %d)", self.name, path, self.step)
+        return self.step
+
+    def save_checkpoint(self) -> None:
+        if self.info.is_main:
+            opt_t, opt_meta = optimizer_to_tensors(self.opt)
+            self.ckpt.save(self.step, {"model": model_tensors(self.model), "optim": opt_t,
+                                       "rng": rng_to_tensors(self.generators)},
+                           {"optimizer": opt_meta, "loop_seconds": self.loop_seconds, "name": self.name, **self.meta})
+        D.barrier(self.info)
+
+    # ------------------------------------------------------------------ logging
+    def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            v = v.detach().float()
+            self._acc[k] = self._acc[k] + v if k in self._acc else v.clone()
+        self._acc_n += 1
+
+    def _flush(self) -> dict:
+        if not self._acc_n:
+            return {}
+        names = sorted(self._acc)
+        vec = torch.stack([self._acc[k] for k in names]) / self._acc_n
+        vec = D.all_reduce_mean(vec, self.info).cpu()  # the one host sync per log interval
+        now = time.perf_counter()
+        row = {"step": self.step, "lr": lr_at(self.step - 1, self.cfg),
+               "sec_per_step": (now - self._t_log) / self._acc_n, **{k: float(v) for k, v in zip(names, vec)}}
+        self.step_seconds.append(row["sec_per_step"])
+        self._t_log = now
+        self._acc, self._acc_n = {}, 0
+        self.losslog.append(row)
+        log.info("%s step %d: %s", self.name, self.step,
+                 " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
+        return row
+
+    # ------------------------------------------------------------------ loop
+    def _time_up(self, t0: float, done_here: int) -> str:
+        """``max_minutes`` is this process's loop budget (a resumed run gets a fresh one)."""
+        cfg = self.cfg
+        reason = ""
+        if cfg.stop_after and done_here >= cfg.stop_after:
+            reason = "stop_after"
+        elif cfg.max_minutes > 0:
+            if self.info.world_size == 1 or done_here % 10 == 0:  # ranks agree every 10 steps (one sync)
+                up = (time.perf_counter() - t0) >= cfg.max_minutes * 60
+                if D.broadcast_flag(up, self.info):
+                    reason = "max_minutes"
+        return reason
+
+    def run(self, step_fn: Callable[[int], tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> str:
+        """Train to ``steps`` (or a stop); returns the stop reason ('steps', 'max_minutes', 'stop_after')."""
+        cfg = self.cfg
+        params = [p for p in self.train_module.parameters() if p.requires_grad]
+        t0 = time.perf_counter()
+        base_seconds = self.loop_seconds
+        done_here = 0
+        self._t_log = t0
+        reason = "steps"
+        while self.step < cfg.steps:
+            r = self._time_up(t0, done_here) if done_here else ""
+            if r:
+                reason = r
+                break
+            lr = lr_at(self.step, cfg)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self.opt.zero_grad(set_to_none=True)
+            loss, metrics = step_fn(self.step)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+            self.opt.step()
+            self.step += 1
+            done_here += 1
+            self._accumulate(metrics)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self._flush()
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                self.loop_seconds = base_seconds + time.perf_counter() - t0
+                self.save_checkpoint()
+        self._flush()
+        self.loop_seconds = base_seconds + time.perf_counter() - t0
+        self.stop_reason = reason
+        self.save_checkpoint()
+        if self.info.is_main:
+            self.losslog.finish(title=f"{self.name} ({self.step} steps)", series=self._series())
+        log.info("%s: stopped at step %d (%s), loop %.1f s", self.name, self.step, reason, self.loop_seconds)
+        return reason
+
+    def _series(self) -> tuple[str, ...]:
+        rows = self.losslog.rows()
+        keys = [k for k in (rows[-1] if rows else {}) if k not in ("step", "lr", "sec_per_step", "grad_norm")]
+        return tuple(keys) or ("loss",)
+
+    @property
+    def finished(self) -> bool:
+        """True when the weights should be exported (not after a simulated interruption)."""
+        return self.stop_reason in ("steps", "max_minutes")

@@ -1,0 +1,286 @@
+"""Train the IASA-mini teacher: a tiny Wan 2.1 DiT (ComfyUI's ``WanModel``) conditioned like Wan
+Fun-Control (in_dim 48 = noise | pose-video latent | reference latent), by flow matching exactly as
+ComfyUI samples it (``training/flow.py``), on latents encoded once with the IASA-mini VAE.
+
+Condition dropout (``--p-uncond``) zeroes control and reference together: the all-zero concat is what a
+stock ``WanFunControlToVideo`` without control_video / start_image produces, i.e. the negative branch
+for CFG. Text is unused (zero context; a node supplies zeros ``[B, 512, 4096]``; training uses a
+``--context-tokens``-long zero context, which gives the same output since all keys are equal).
+
+CPU smoke run::
+
+    python iasa_cli.py training.teacher_train --data procedural:4:9 --vae .dev/runs/vae-smoke/iasa_mini_vae.safetensors \\
+        --out .dev/runs/teacher-smoke --layers 2 --ffn 256 --frames 5 --batch 2 --steps 4 --log-every 2 \\
+        --eval-windows 1 --eval-steps 2 --device cpu
+
+H200 (about 6 minutes of training after the one-off latent encoding)::
+
+    python iasa_cli.py training.teacher_train --data .dev/synth/shards --vae .dev/runs/vae/iasa_mini_vae.safetensors \\
+        --out .dev/runs/teacher --dim 256 --layers 8 --ffn 1024 --frames 33 --batch 32 --steps 3000 \\
+        --max-minutes 6 --shift 3
+
+Several GPUs: ``torchrun --nproc_per_node=N iasa_cli.py training.teacher_train ...`` (``--batch`` is global).
+Outputs: ``iasa_mini_teacher.safetensors`` (+ ``.json`` card; loads with stock ``UNETLoader``),
+``teacher_loss.csv/.json/.png``, ``summary.json``, ``preview.png``, ``latents.safetensors`` (cache,
+reused by later runs with the same data/VAE/frames), ``checkpoints/`` (a rerun resumes).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distributed as D
+from . import flow
+from .clips import FrameBank, load_clips
+from .runner import RunConfig, Runner, make_optimizer
+from .teacher_data import LatentSet, build_latent_set, concat_latent, load_latent_set, model_input, save_latent_set
+from .tiny_wan import TeacherConfig, build_teacher, config_dict, load_vae, save_model
+
+log = logging.getLogger(__name__)
+WEIGHTS_NAME = "iasa_mini_teacher.safetensors"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="training.teacher_train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="shard dir/file, or procedural:N[:T[:S]]")
+    p.add_argument("--vae", required=True, help="IASA-mini VAE safetensors (from training.vae_train)")
+    p.add_argument("--dim", type=int, default=256, help="multiple of 128 (head_dim 128)")
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--ffn", type=int, default=1024)
+    p.add_argument("--frames", type=int, default=33, help="pixel frames per window (1 + 4k)")
+    p.add_argument("--stride", type=int, default=0, help="window stride in frames (0 = --frames)")
+    p.add_argument("--max-windows-per-clip", type=int, default=0)
+    p.add_argument("--batch", type=int, default=16, help="global batch (windows), split over ranks")
+    p.add_argument("--shift", type=float, default=3.0, help="flow shift for training sigmas (use it at sampling)")
+    p.add_argument("--p-uncond", type=float, default=0.1, help="probability of zeroing control + reference")
+    p.add_argument("--ref-random-prob", type=float, default=0.2,
+                   help="probability that the reference is a random frame of the clip instead of the first")
+    p.add_argument("--context-tokens", type=int, default=1, help="length of the zero text context in training")
+    p.add_argument("--amp", choices=("bf16", "none"), default="bf16")
+    p.add_argument("--latents-cache", default="", help="latent cache file (default <out>/latents.safetensors)")
+    p.add_argument("--render-workers", type=int, default=0, help="pose rendering processes (0 = cores - 1)")
+    p.add_argument("--encode-batch", type=int, default=4)
+    p.add_argument("--max-clips", type=int, default=0)
+    p.add_argument("--eval-windows", type=int, default=4, help="held-out windows sampled after training")
+    p.add_argument("--eval-steps", type=int, default=20)
+    p.add_argument("--eval-cfg", type=float, default=3.0)
+    p.add_argument("--save-dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--device", default="auto")
+    RunConfig.add_args(p, out=".dev/runs/teacher", steps=3000, lr=4e-4, warmup=200, min_lr_frac=0.1,
+                       weight_decay=0.01, log_every=50, checkpoint_every=1000)
+    a = p.parse_args(argv)
+    if (a.frames - 1) % 4:
+        p.error(f"--frames must be 1 + 4k, got {a.frames}")
+    if a.dim % 128:
+        p.error(f"--dim must be a multiple of 128 (stock detection: num_heads = dim // 128), got {a.dim}")
+    return a
+
+
+def _amp(dev: torch.device, amp: str):
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp == "bf16" and dev.type == "cuda")
+
+
+def get_latents(a, info: D.DistInfo, vae, dev: torch.device) -> LatentSet:
+    """Load the cache if it matches, else rank 0 builds and writes it while the others wait."""
+    cache = Path(a.latents_cache or Path(a.out) / "latents.safetensors")
+    want = {"data": str(a.data), "frames": a.frames, "stride": a.stride or a.frames, "vae": str(a.vae),
+            "max_clips": a.max_clips, "max_windows_per_clip": a.max_windows_per_clip, "seed": a.seed}
+    if cache.is_file():
+        ls, meta = load_latent_set(cache)
+        if all(meta.get(k) == v for k, v in want.items()):
+            log.info("teacher data: %d windows from cache %s", len(ls), cache)
+            return ls.to(dev)
+        log.warning("latent cache %s was made with other settings (%s); rebuilding", cache,
+                    {k: meta.get(k) for k in want})
+    if info.is_main:
+        clips = load_clips(a.data, "train", a.max_clips or None)
+        ls = build_latent_set(clips, vae, a.frames, a.stride or a.frames, dev, batch=a.encode_batch,
+                              workers=a.render_workers, amp=a.amp == "bf16", seed=a.seed,
+                              max_per_clip=a.max_windows_per_clip)
+        save_latent_set(ls, cache, want)
+    D.barrier(info)
+    if not info.is_main:
+        ls, _ = load_latent_set(cache)
+    return ls.to(dev)
+
+
+class TeacherStep:
+    """One flow-matching step on a global batch drawn from the shared generator (this rank's slice)."""
+
+    def __init__(self, model, lat: LatentSet, a, info: D.DistInfo, gen: torch.Generator):
+        self.model, self.lat, self.a, self.gen = model, lat, a, gen
+        self.my = D.rank_slice(a.batch, info)
+        per = self.my.stop - self.my.start
+        self.context = torch.zeros(per, a.context_tokens, 4096, device=info.device)
+        self.dev = info.device
+
+    def draw(self) -> dict[str, torch.Tensor]:
+        a, g, dev, lat = self.a, self.gen, self.dev, self.lat
+        B = a.batch
+        idx = torch.randint(0, len(lat), (B,), generator=g, device=dev)
+        use_random_ref = torch.rand(B, generator=g, device=dev) < a.ref_random_prob
+        keep = (torch.rand(B, generator=g, device=dev) >= a.p_uncond).float()
+        sigma = flow.sample_sigmas(B, a.shift, generator=g, device=dev)
+        noise = torch.randn((B,) + tuple(lat.x0.shape[1:]), generator=g, device=dev)
+        m = self.my
+        return {"idx": idx[m], "use_random_ref": use_random_ref[m], "keep": keep[m], "sigma": sigma[m], "noise": noise[m]}
+
+    def __call__(self, step: int):
+        d = self.draw()
+        lat = self.lat
+        x0 = lat.x0[d["idx"]]
+        ref = torch.where(d["use_random_ref"][:, None, None, None, None], lat.ref_random[d["idx"]], x0[:, :, :1])
+        cond = concat_latent(lat.control[d["idx"]], ref) * d["keep"][:, None, None, None, None]
+        x_t = flow.noisy_latent(x0, d["noise"], d["sigma"])
+        with _amp(self.dev, self.a.amp):
+            v = self.model(model_input(x_t, cond), flow.model_timestep(d["sigma"]), self.context)
+        loss = flow.flow_loss(v, x0, d["noise"])
+        return loss, {"loss": loss.detach()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    info = D.init_distributed(a.device)
+    cfg = RunConfig.from_args(a)
+    dev = info.device
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    t_start = time.perf_counter()
+    vae, vae_card = load_vae(a.vae, device=dev)
+    lat = get_latents(a, info, vae, dev)
+    t_data = time.perf_counter() - t_start
+
+    tcfg = TeacherConfig(dim=a.dim, num_layers=a.layers, ffn_dim=a.ffn)
+    model = build_teacher(tcfg, seed=cfg.seed, device=dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("teacher: %.2f M parameters, %d heads, %d windows, latent %s, data ready in %.1f s",
+             n_params / 1e6, tcfg.num_heads, len(lat), tuple(lat.x0.shape[1:]), t_data)
+    train_module = D.wrap_ddp(model, info)
+    opt = make_optimizer(model.parameters(), cfg, dev)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(cfg.seed)
+    runner = Runner(cfg, info, model, train_module, opt, {"data": gen}, "teacher", meta={"args": vars(a)})
+    runner.resume()
+    runner.run(TeacherStep(train_module, lat, a, info, gen))
+
+    summary = {"stop_reason": runner.stop_reason, "step": runner.step, "loop_seconds": round(runner.loop_seconds, 2),
+               "data_seconds": round(t_data, 2), "params_M": round(n_params / 1e6, 3), "windows": len(lat),
+               "sec_per_step_median": float(np.median(runner.step_seconds[1:] or runner.step_seconds or [float("nan")])),
+               "world_size": info.world_size, "ranks_in_sync": D.params_in_sync(model, info)}
+    if runner.finished and info.is_main:
+        summary.update(finalize(model, vae, vae_card, tcfg, a, cfg, dev))
+    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    if info.is_main:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+        log.info("teacher summary: %s", json.dumps(summary))
+    D.cleanup(info)
+    return summary
+
+
+@torch.no_grad()
+def sample(model, control: torch.Tensor, ref: torch.Tensor, noise: torch.Tensor, steps: int, shift: float,
+           cfg_scale: float, amp: str = "none") -> torch.Tensor:
+    """Euler / simple-scheduler sampling with CFG against the all-zero concat, as a stock workflow does."""
+    cond = concat_latent(control, ref)
+    both = torch.cat([cond, torch.zeros_like(cond)])
+    ctx = torch.zeros(2 * noise.shape[0], 1, 4096, device=noise.device)
+
+    def velocity(x, s):
+        with _amp(noise.device, amp):
+            v = model(model_input(torch.cat([x, x]), both), flow.model_timestep(torch.cat([s, s])), ctx).float()
+        c, u = v.chunk(2)
+        return flow.cfg_velocity(c, u, cfg_scale)
+
+    return flow.sample_euler(velocity, noise, flow.simple_sigmas(shift, steps).to(noise.device))
+
+
+def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig, dev: torch.device) -> dict:
+    """Held-out sampling PSNR, fp16 check, preview strip, export for stock UNETLoader."""
+    from .vae_train import psnr, wan21_latent_format
+
+    model.eval()
+    out: dict = {}
+    fmt = wan21_latent_format()
+    try:
+        held = load_clips(a.data, "heldout", a.eval_windows)
+    except ValueError:
+        log.warning("no held-out clips in %s: evaluating on training clips", a.data)
+        held = load_clips(a.data, "train", a.eval_windows)
+    held = [c for c in held if len(c["frames"]) >= a.frames][: a.eval_windows]
+    if held and a.eval_windows > 0:
+        hl = build_latent_set(held, vae, a.frames, 10 ** 9, dev, batch=a.encode_batch, workers=1,
+                              amp=a.amp == "bf16", seed=cfg.seed + 1)
+        g = torch.Generator(device=dev)
+        g.manual_seed(1234)
+        noise = torch.randn(hl.x0.shape, generator=g, device=dev)
+        x0_hat = sample(model, hl.control, hl.x0[:, :, :1], noise, a.eval_steps, a.shift, a.eval_cfg, a.amp)
+        gt = FrameBank(held, a.frames, dev).windows(len(held))
+        with torch.no_grad():
+            dec = torch.cat([vae.decode(fmt.process_out(x0_hat[i:i + 1])).float() for i in range(len(x0_hat))])
+            rec = torch.cat([vae.decode(fmt.process_out(hl.x0[i:i + 1])).float() for i in range(len(hl.x0))])
+        out["heldout_sample_psnr"] = psnr(dec, gt)
+        out["heldout_vae_psnr"] = psnr(rec, gt)
+        out["eval"] = {"windows": len(held), "steps": a.eval_steps, "cfg": a.eval_cfg, "shift": a.shift}
+        _preview(gt[0], dec[0], Path(cfg.out) / "preview.png")
+        log.info("teacher: held-out sample PSNR %.2f dB (VAE reconstruction %.2f dB)", out["heldout_sample_psnr"],
+                 out["heldout_vae_psnr"])
+    if dev.type == "cuda":
+        out["fp16_rel_error"] = _fp16_check(model, a, dev)
+    card = {"name": "IASA-mini teacher", "format": "Wan 2.1 DiT, Fun-Control layout, stock UNETLoader (WAN21 t2v)",
+            "config": config_dict(tcfg), "in_channels": "0:16 noise | 16:32 pose-video latent | 32:48 reference latent "
+            "(frame 0), normalised (Wan21.process_in) as WanFunControlToVideo + concat_cond give them",
+            "sampling": {"shift": a.shift, "how": f"ModelSamplingSD3(shift={a.shift}), euler/simple, ~{a.eval_steps} "
+                         f"steps, cfg ~{a.eval_cfg}; negative = WanFunControlToVideo without control_video/start_image"},
+            "training": {"steps": cfg.steps, "batch": a.batch, "frames": a.frames, "lr": cfg.lr, "p_uncond": a.p_uncond,
+                         "ref_random_prob": a.ref_random_prob, "data": a.data},
+            "text": "unused: the context is zeros [B, 512, 4096]",
+            "vae": {k: vae_card.get(k) for k in ("name", "config", "heldout_psnr_db")},
+            "eval": {k: v for k, v in out.items() if k != "eval"}}
+    dtype = torch.bfloat16 if a.save_dtype == "bf16" else torch.float32
+    out["weights"] = str(save_model(model, Path(cfg.out) / WEIGHTS_NAME, card, dtype=dtype))
+    return out
+
+
+@torch.no_grad()
+def _fp16_check(model, a, dev) -> float:
+    """ComfyUI runs Wan in fp16 on such GPUs by default: relative error of an fp16 forward vs fp32."""
+    g = torch.Generator(device=dev)
+    g.manual_seed(7)
+    f = (a.frames - 1) // 4 + 1
+    x = torch.randn(2, 48, f, 32, 32, generator=g, device=dev)
+    t = torch.tensor([900.0, 300.0], device=dev)
+    ctx = torch.zeros(2, 1, 4096, device=dev)
+    ref = model(x, t, ctx).float()
+    m16 = copy.deepcopy(model).half()
+    y = m16(x.half(), t, ctx.half()).float()
+    return float((y - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def _preview(gt: torch.Tensor, gen: torch.Tensor, path: Path, n: int = 4) -> None:
+    """Top row: ground truth, bottom row: sample (n frames spread over the window)."""
+    import cv2
+
+    T = gt.shape[1]
+    idx = np.linspace(0, T - 1, n).round().astype(int)
+    rows = []
+    for v in (gt, gen):
+        img = ((v[:, idx].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
+        rows.append(np.concatenate(list(img), axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.concatenate(rows, axis=0)[..., ::-1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Train the IASA-mini VAE: ComfyUI's Wan 2.1 ``WanVAE`` at a small width, on synthetic clips.
+
+Loss: L1 + L2 + an edge (finite-difference) term on random crops of short windows, through ComfyUI's own
+chunked causal ``encode``/``decode`` (1 + 4 + 4 ... frames), tiny KL on the encoder's (mu, logvar).
+After training, the latents are calibrated to ComfyUI's ``latent_formats.Wan21`` statistics: a per-channel
+affine folded into the encoder's output conv and its inverse into the decoder's input conv, so the
+stock ``process_in`` gives zero-mean, unit-variance latents on the calibration clips and
+``decode(encode(x))`` is unchanged. The result loads with stock ``VAELoader``.
+
+CPU smoke run (seconds)::
+
+    python iasa_cli.py training.vae_train --data procedural:6:9 --out .dev/runs/vae-smoke --dim 8 \\
+        --frames 5 --crop 32 --batch 2 --steps 4 --log-every 2 --eval-clips 1 --calib-clips 2 --device cpu
+
+H200 (about 4 minutes of training; shards from ``training.synth.build render``)::
+
+    python iasa_cli.py training.vae_train --data .dev/synth/shards --out .dev/runs/vae --dim 32 \\
+        --frames 9 --crop 128 --batch 16 --steps 4000 --max-minutes 4 --lr 1e-3
+
+Several GPUs: ``torchrun --nproc_per_node=N iasa_cli.py training.vae_train ...`` (``--batch`` is global).
+Outputs in ``--out``: ``iasa_mini_vae.safetensors`` (+ ``.json`` card), ``vae_loss.csv/.json/.png``,
+``summary.json``, ``checkpoints/``. A rerun with the same ``--out`` resumes from the last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed as D
+from .clips import FrameBank, load_clips
+from .runner import RunConfig, Runner, make_optimizer
+from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, save_model
+
+log = logging.getLogger(__name__)
+WEIGHTS_NAME = "iasa_mini_vae.safetensors"
+
+
+class AutoEncoder(torch.nn.Module):
+    """``x -> (reconstruction, mu, logvar)`` through the VAE's own encode/decode (a hook on the encoder's
+    output conv reads logvar, which ``WanVAE.encode`` drops)."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+        self._conv1_out: torch.Tensor | None = None
+        vae.conv1.register_forward_hook(self._keep)
+
+    def _keep(self, _m, _inp, out):
+        self._conv1_out = out
+
+    def forward(self, x: torch.Tensor):
+        mu = self.vae.encode(x)
+        logvar = self._conv1_out[:, self.vae.z_dim:]
+        self._conv1_out = None
+        return self.vae.decode(mu), mu, logvar
+
+
+def recon_losses(rec: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    rec, x = rec.float(), x.float()
+    d = rec - x
+    edge = (((rec[..., 1:, :] - rec[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])).abs().mean()
+            + ((rec[..., 1:] - rec[..., :-1]) - (x[..., 1:] - x[..., :-1])).abs().mean()) * 0.5
+    return {"l1": d.abs().mean(), "l2": (d * d).mean(), "edge": edge}
+
+
+def kl_term(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    mu, logvar = mu.float(), logvar.float().clamp(-30, 20)
+    return 0.5 * torch.mean(mu * mu + logvar.exp() - 1.0 - logvar)
+
+
+def autocast(device: torch.device, amp: str):
+    enabled = amp == "bf16" and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def encode_batches(vae, x: torch.Tensor, batch: int, amp: str = "none") -> torch.Tensor:
+    with autocast(x.device, amp):
+        return torch.cat([vae.encode(x[i:i + batch]).float() for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def reconstruct(vae, x: torch.Tensor, batch: int, amp: str = "none") -> torch.Tensor:
+    out = []
+    with autocast(x.device, amp):
+        for i in range(0, len(x), batch):
+            out.append(vae.decode(vae.encode(x[i:i + batch])).float())
+    return torch.cat(out)
+
+
+def psnr(rec: torch.Tensor, x: torch.Tensor) -> float:
+    """Mean per-clip PSNR (dB) in 0..1 image space, with ComfyUI's output clamp."""
+    a = ((rec.float() + 1) / 2).clamp(0, 1)
+    b = ((x.float() + 1) / 2).clamp(0, 1)
+    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+@torch.no_grad()
+def latent_stats(vae, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean / std of ``encode`` over clips ``x`` (float64)."""
+    mu = encode_batches(vae, x, batch).double()
+    flat = mu.transpose(0, 1).reshape(mu.shape[1], -1)
+    return flat.mean(1), flat.std(1, unbiased=False)
+
+
+def wan21_latent_format():
+    from .comfy_env import ensure_comfy_on_path
+
+    ensure_comfy_on_path()
+    import comfy.latent_formats
+
+    return comfy.latent_formats.Wan21()
+
+
+@torch.no_grad()
+def calibrate(vae, x: torch.Tensor, batch: int) -> dict:
+    """Fold the affine that maps this VAE's latents on ``x`` to Wan21's mean/std; returns the numbers."""
+    fmt = wan21_latent_format()
+    target_mean = fmt.latents_mean.flatten().double()
+    target_std = fmt.latents_std.flatten().double() / fmt.scale_factor
+    mean, std = latent_stats(vae, x, batch)
+    std = std.clamp_min(1e-6)
+    scale = target_std / std.cpu()
+    shift = target_mean - scale * mean.cpu()
+    fold_latent_affine(vae, scale, shift)
+    return {"raw_mean": mean.tolist(), "raw_std": std.tolist(), "scale": scale.tolist(), "shift": shift.tolist()}
+
+
+@torch.no_grad()
+def normalised_stats(vae, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean / std per channel of ``Wan21.process_in(encode(x))`` (what the DiT sees)."""
+    fmt = wan21_latent_format()
+    lat = fmt.process_in(encode_batches(vae, x, batch).double().cpu())
+    flat = lat.transpose(0, 1).reshape(lat.shape[1], -1)
+    return flat.mean(1), flat.std(1, unbiased=False)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="training.vae_train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="shard dir/file, or procedural:N[:T[:S]]")
+    p.add_argument("--dim", type=int, default=32, help="VAE width (stock loader reads it from the weights)")
+    p.add_argument("--frames", type=int, default=9, help="training window (1 + 4k frames)")
+    p.add_argument("--crop", type=int, default=128, help="random square crop (multiple of 8); 0 = full frames")
+    p.add_argument("--batch", type=int, default=8, help="global batch (windows), split over ranks")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
+    p.add_argument("--l2-weight", type=float, default=1.0)
+    p.add_argument("--edge-weight", type=float, default=0.5)
+    p.add_argument("--kl-weight", type=float, default=1e-5)
+    p.add_argument("--amp", choices=("bf16", "none"), default="bf16", help="autocast on CUDA")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--max-clips", type=int, default=0, help="cap on training clips (0 = all)")
+    p.add_argument("--eval-clips", type=int, default=8, help="held-out windows for PSNR")
+    p.add_argument("--eval-frames", type=int, default=17)
+    p.add_argument("--calib-clips", type=int, default=32, help="training windows for latent calibration")
+    p.add_argument("--eval-batch", type=int, default=4)
+    p.add_argument("--save-dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--device", default="auto")
+    RunConfig.add_args(p, out=".dev/runs/vae", steps=4000, lr=1e-3, warmup=200, min_lr_frac=0.05,
+                       log_every=50, checkpoint_every=1000)
+    a = p.parse_args(argv)
+    if (a.frames - 1) % 4:
+        p.error(f"--frames must be 1 + 4k (Wan's temporal compression), got {a.frames}")
+    if a.crop and a.crop % 8:
+        p.error(f"--crop must be a multiple of 8, got {a.crop}")
+    return a
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    info = D.init_distributed(a.device)
+    cfg = RunConfig.from_args(a)
+    dev = info.device
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    t_start = time.perf_counter()
+
+    train_clips = load_clips(a.data, "train", a.max_clips or None)
+    try:
+        held_clips = load_clips(a.data, "heldout", max(a.eval_clips, 1))
+    except ValueError:
+        log.warning("no held-out clips in %s: PSNR is measured on training clips instead", a.data)
+        held_clips = train_clips[: max(a.eval_clips, 1)]
+    bank = FrameBank(train_clips, a.frames, dev)
+    log.info("vae: %d training clips, %d windows of %d frames, frames %dx%d; data loaded in %.1f s",
+             len(train_clips), bank.n_windows, a.frames, bank.height, bank.width, time.perf_counter() - t_start)
+    del train_clips
+
+    vae = build_vae(VAEConfig(dim=a.dim), seed=cfg.seed, device=dev)
+    if a.channels_last:
+        vae = vae.to(memory_format=torch.channels_last_3d)
+    ae = AutoEncoder(vae)
+    train_module = D.wrap_ddp(ae, info)
+    opt = make_optimizer(vae.parameters(), cfg, dev)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(cfg.seed)
+    runner = Runner(cfg, info, vae, train_module, opt, {"data": gen}, "vae",
+                    meta={"args": {k: v for k, v in vars(a).items()}})
+    runner.resume()
+    my = D.rank_slice(a.batch, info)
+    crop = a.crop or None
+
+    def step_fn(step: int):
+        x = bank.sample(a.batch, crop, gen, flip=a.flip)[my]
+        if a.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with autocast(dev, a.amp):
+            rec, mu, logvar = train_module(x)
+        parts = recon_losses(rec, x)
+        kl = kl_term(mu, logvar)
+        loss = parts["l1"] + a.l2_weight * parts["l2"] + a.edge_weight * parts["edge"] + a.kl_weight * kl
+        return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}, "kl": kl.detach()}
+
+    t_loop = time.perf_counter()
+    runner.run(step_fn)
+    summary = {"stop_reason": runner.stop_reason, "step": runner.step, "loop_seconds": round(runner.loop_seconds, 2),
+               "sec_per_step_median": _median(runner.step_seconds[1:] or runner.step_seconds),
+               "world_size": info.world_size, "ranks_in_sync": D.params_in_sync(vae, info)}
+    if runner.finished and info.is_main:
+        summary.update(finalize(vae, bank, held_clips, a, cfg, dev))
+    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    summary["train_seconds_this_process"] = round(time.perf_counter() - t_loop, 2)
+    if info.is_main:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+        log.info("vae summary: %s", json.dumps({k: v for k, v in summary.items() if k != "calibration"}))
+    D.cleanup(info)
+    return summary
+
+
+def _median(xs: list[float]) -> float:
+    return float(sorted(xs)[len(xs) // 2]) if xs else float("nan")
+
+
+def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, dev: torch.device) -> dict:
+    """Held-out PSNR, latent calibration (checked), export for stock VAELoader."""
+    vae.eval()
+    held = FrameBank(held_clips, min(a.eval_frames, min(len(c["frames"]) for c in held_clips)), dev)
+    x_eval = held.windows(a.eval_clips)
+    try:
+        calib_bank = bank.with_window(held.window)
+    except ValueError:
+        calib_bank = bank
+    x_cal = calib_bank.windows(a.calib_clips)
+    out: dict = {}
+    rec_before = reconstruct(vae, x_eval, a.eval_batch)
+    out["heldout_psnr_fp32"] = psnr(rec_before, x_eval)
+    out["calibration"] = calibrate(vae, x_cal, a.eval_batch)
+    m, s = normalised_stats(vae, x_cal, a.eval_batch)
+    out["normalised_mean_absmax"] = float(m.abs().max())
+    out["normalised_std_range"] = [float(s.min()), float(s.max())]
+    rec_after = reconstruct(vae, x_eval, a.eval_batch)
+    out["heldout_psnr_fp32_calibrated"] = psnr(rec_after, x_eval)
+    out["calibration_max_abs_change"] = float((rec_after - rec_before).abs().max())
+    if dev.type == "cuda":  # ComfyUI runs the VAE with bf16 weights on such GPUs
+        vae16 = copy.deepcopy(vae).to(torch.bfloat16)
+        out["heldout_psnr_bf16_weights"] = psnr(reconstruct(vae16, x_eval.to(torch.bfloat16), a.eval_batch), x_eval)
+        del vae16
+    out["heldout_windows"] = [int(x_eval.shape[0]), int(x_eval.shape[2])]
+    card = {"name": "IASA-mini VAE", "format": "Wan 2.1 VAE (stock VAELoader)", "config": config_dict(VAEConfig(dim=a.dim)),
+            "latent_format": "comfy.latent_formats.Wan21 (calibrated: process_in gives ~zero mean, unit std)",
+            "trained_steps": cfg.steps, "data": a.data, "frames": a.frames, "crop": a.crop,
+            "heldout_psnr_db": round(out["heldout_psnr_fp32_calibrated"], 3),
+            "losses": {"l1": 1.0, "l2": a.l2_weight, "edge": a.edge_weight, "kl": a.kl_weight}}
+    dtype = torch.bfloat16 if a.save_dtype == "bf16" else torch.float32
+    path = save_model(vae, Path(cfg.out) / WEIGHTS_NAME, card, dtype=dtype)
+    out["weights"] = str(path)
+    log.info("vae: held-out PSNR %.2f dB (after calibration %.2f dB); saved %s", out["heldout_psnr_fp32"],
+             out["heldout_psnr_fp32_calibrated"], path)
+    return out
+
+
+if __name__ == "__main__":
+    main()
