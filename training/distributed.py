@@ -104,6 +104,15 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0.5)
 
 
+def broadcast_int(value: int, info: DistInfo) -> int:
+    """Rank 0's integer for everyone."""
+    if info.world_size == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=info.device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def rank_slice(global_batch: int, info: DistInfo) -> slice:
     if global_batch % info.world_size:
         raise ValueError(f"global batch {global_batch} must be divisible by the world size {info.world_size}")

@@ -4,6 +4,10 @@ resume, loss logging, all without per-step host syncs (metrics stay on the devic
 A trainer supplies ``step_fn(step) -> (loss, {name: tensor})`` and the modules; :meth:`Runner.run` does
 the rest. Stops: ``steps`` reached, ``max_minutes`` of loop time spent (clean stop: checkpoint, and the
 trainer exports), or ``stop_after`` steps in this process (checkpoint only: simulates an interruption).
+
+``steps = 0`` with ``max_minutes``: the step count is measured, not guessed. After 5 untimed and 20 timed
+steps (inside the LR warm-up) the runner sets ``steps`` so the loop ends at ~97 % of the budget, and the
+cosine schedule ends there too. The number is kept in checkpoints, so a resumed run keeps it.
 """
 from __future__ import annotations
 
@@ -59,10 +63,16 @@ class RunConfig:
         return cls(**{f.name: getattr(a, f.name) for f in fields(cls)})
 
 
+AUTO_WARM, AUTO_TIMED, AUTO_FILL = 5, 20, 0.97
+
+
 def lr_at(step: int, cfg: RunConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_frac * lr`` at ``steps`` (a function of the step only)."""
+    """Linear warm-up, then cosine decay to ``min_lr_frac * lr`` at ``steps`` (a function of the step only;
+    constant after the warm-up while ``steps`` is still being measured)."""
     if cfg.warmup > 0 and step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.steps <= 0:
+        return cfg.lr
     span = max(1, cfg.steps - cfg.warmup)
     frac = min(1.0, (step - cfg.warmup) / span)
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
@@ -101,6 +111,8 @@ class Runner:
         optimizer_from_tensors(self.opt, files.get("optim", {}), state["optimizer"])
         rng_from_tensors(files["rng"], self.generators)
         self.step = int(state["step"])
+        if self.cfg.steps <= 0 and int(state.get("total_steps", 0)) > 0:
+            self.cfg.steps = int(state["total_steps"])
         self.loop_seconds = float(state.get("loop_seconds", 0.0))
         self.losslog.truncate_after(self.step)
         log.info("%s: resumed from %s (step %d)", self.name, path, self.step)
@@ -111,7 +123,8 @@ class Runner:
             opt_t, opt_meta = optimizer_to_tensors(self.opt)
             self.ckpt.save(self.step, {"model": model_tensors(self.model), "optim": opt_t,
                                        "rng": rng_to_tensors(self.generators)},
-                           {"optimizer": opt_meta, "loop_seconds": self.loop_seconds, "name": self.name, **self.meta})
+                           {"optimizer": opt_meta, "loop_seconds": self.loop_seconds, "name": self.name,
+                            "total_steps": self.cfg.steps, **self.meta})
         D.barrier(self.info)
 
     # ------------------------------------------------------------------ logging
@@ -152,16 +165,44 @@ class Runner:
                     reason = "max_minutes"
         return reason
 
+    def _sync(self) -> None:
+        if self.info.device.type == "cuda":
+            torch.cuda.synchronize(self.info.device)
+
+    def _measure_steps(self, t0: float, t_probe: float) -> None:
+        """Fix ``steps`` from the measured step time so the loop fills ``max_minutes`` (rank 0 decides)."""
+        self._sync()
+        now = time.perf_counter()
+        per_step = (now - t_probe) / AUTO_TIMED
+        left = self.cfg.max_minutes * 60 * AUTO_FILL - (now - t0)
+        total = self.step + max(1, int(left / per_step))
+        self.cfg.steps = D.broadcast_int(total, self.info)
+        log.info("%s: %.3f s/step measured -> %d steps for a %.1f min budget", self.name, per_step,
+                 self.cfg.steps, self.cfg.max_minutes)
+        if self.cfg.warmup < self.step:
+            log.warning("%s: warm-up (%d) is shorter than the step measurement (%d steps); the LR stayed "
+                        "constant until now", self.name, self.cfg.warmup, self.step)
+
     def run(self, step_fn: Callable[[int], tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> str:
         """Train to ``steps`` (or a stop); returns the stop reason ('steps', 'max_minutes', 'stop_after')."""
         cfg = self.cfg
+        if cfg.steps <= 0 and cfg.max_minutes <= 0:
+            raise ValueError("--steps 0 (measure the step count) needs --max-minutes > 0")
         params = [p for p in self.train_module.parameters() if p.requires_grad]
         t0 = time.perf_counter()
         base_seconds = self.loop_seconds
         done_here = 0
         self._t_log = t0
         reason = "steps"
-        while self.step < cfg.steps:
+        t_probe = t0
+        while cfg.steps <= 0 or self.step < cfg.steps:
+            if cfg.steps <= 0 and done_here == AUTO_WARM:
+                self._sync()
+                t_probe = time.perf_counter()
+            elif cfg.steps <= 0 and done_here == AUTO_WARM + AUTO_TIMED:
+                self._measure_steps(t0, t_probe)
+                if self.step >= cfg.steps:
+                    break
             r = self._time_up(t0, done_here) if done_here else ""
             if r:
                 reason = r

@@ -12,10 +12,11 @@ CPU smoke run (seconds)::
     python iasa_cli.py training.vae_train --data procedural:6:9 --out .dev/runs/vae-smoke --dim 8 \\
         --frames 5 --crop 32 --batch 2 --steps 4 --log-every 2 --eval-clips 1 --calib-clips 2 --device cpu
 
-H200 (about 4 minutes of training; shards from ``training.synth.build render``)::
+H200, 4 minutes of training (``--steps 0``: the step count is measured from the first 25 steps so the
+cosine schedule ends with the budget; shards from ``training.synth.build render``)::
 
     python iasa_cli.py training.vae_train --data .dev/synth/shards --out .dev/runs/vae --dim 32 \\
-        --frames 9 --crop 128 --batch 16 --steps 4000 --max-minutes 4 --lr 1e-3
+        --frames 9 --crop 128 --batch 16 --steps 0 --max-minutes 4 --lr 1e-3
 
 Several GPUs: ``torchrun --nproc_per_node=N iasa_cli.py training.vae_train ...`` (``--batch`` is global).
 Outputs in ``--out``: ``iasa_mini_vae.safetensors`` (+ ``.json`` card), ``vae_loss.csv/.json/.png``,
@@ -27,13 +28,11 @@ import argparse
 import copy
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import distributed as D
 from .clips import FrameBank, load_clips
@@ -166,7 +165,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-batch", type=int, default=4)
     p.add_argument("--save-dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--device", default="auto")
-    RunConfig.add_args(p, out=".dev/runs/vae", steps=4000, lr=1e-3, warmup=200, min_lr_frac=0.05,
+    RunConfig.add_args(p, out=".dev/runs/vae", steps=0, max_minutes=4.0, lr=1e-3, warmup=200, min_lr_frac=0.05,
                        log_every=50, checkpoint_every=1000)
     a = p.parse_args(argv)
     if (a.frames - 1) % 4:

@@ -77,7 +77,7 @@ def test_init_leaves_no_parameter_uninitialised():
     assert torch.equal(model.blocks[1].self_attn.norm_q.weight, torch.ones(128))
     assert 0.5 / 128 ** 0.5 < float(model.blocks[0].modulation.detach().std()) < 2.0 / 128 ** 0.5
     vae = build_vae(VAEConfig(dim=8))
-    assert float(vae.encoder.conv1.weight.std()) > 0
+    assert float(vae.encoder.conv1.weight.detach().std()) > 0
     model.blocks[0].ffn[0].weight.data.fill_(float("nan"))
     with pytest.raises(RuntimeError, match="uninitialised"):
         _check_initialised(model, "test")
@@ -173,6 +173,9 @@ def test_stock_unet_loader_detects_wan21_fun_control_and_matches_forward(comfy, 
     assert torch.allclose(den, flow.denoised(x[:, :16], v, sigma), atol=1e-5, rtol=1e-4)
     back, card = load_teacher(path)
     assert card["name"] == "t" and torch.equal(back.head.modulation, ours.head.modulation)
+    bf = save_model(ours, tmp_path / "teacher_bf16.safetensors", {}, dtype=torch.bfloat16)  # the shipped form
+    m16 = comfy.sd.load_diffusion_model_state_dict(comfy.utils.load_torch_file(str(bf))).model
+    assert isinstance(m16, comfy.model_base.WAN21) and m16.model_config.unet_config["in_dim"] == 48
 
 
 def test_concat_layout_equals_stock_wan_fun_control(comfy):
@@ -195,9 +198,10 @@ def test_concat_layout_equals_stock_wan_fun_control(comfy):
     model = comfy.sd.load_diffusion_model_state_dict(
         {k: v.clone() for k, v in _tiny_teacher().state_dict().items()}).model
     noise = latent["samples"]
-    stock = model.concat_cond(noise=noise, concat_latent_image=pos[0][1]["concat_latent_image"], device=torch.device("cpu"))
+    stock = model.concat_cond(noise=noise, concat_latent_image=pos[0][1]["concat_latent_image"],
+                              device=torch.device("cpu")).detach()
     empty = model.concat_cond(noise=noise, concat_latent_image=neg_empty[0][1]["concat_latent_image"],
-                              device=torch.device("cpu"))
+                              device=torch.device("cpu")).detach()
     fmt = comfy.latent_formats.Wan21()
     px = torch.from_numpy(clip["frames"])[None]
     x0 = encode_normalised(ours, px, amp=False, latent_format=fmt)

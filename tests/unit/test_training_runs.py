@@ -177,3 +177,34 @@ def test_two_process_gloo_ddp_equals_one_process_on_the_global_batch(tmp_path, v
     assert any(not torch.equal(single[k], init[k]) for k in single)
     for k in single:
         assert torch.allclose(single[k], ddp[k], atol=2e-6, rtol=1e-5), k
+
+
+def test_measured_step_count_fills_the_time_budget(tmp_path, monkeypatch):
+    """--steps 0: the runner measures the step time, fixes the step count, ends the schedule with the budget.
+    A fake clock that advances 10 ms per training step makes this deterministic."""
+    from iasa.training import runner as runner_mod
+    from iasa.training.runner import AUTO_FILL, AUTO_TIMED, AUTO_WARM, lr_at
+
+    clock = [0.0]
+    monkeypatch.setattr(runner_mod, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    model = torch.nn.Linear(4, 1)
+    cfg = RunConfig(out=str(tmp_path), steps=0, max_minutes=0.02, lr=1e-2, warmup=AUTO_WARM + AUTO_TIMED + 5,
+                    min_lr_frac=0.1, checkpoint_every=0, log_every=10 ** 6, resume=False)
+    x = torch.randn(8, 4)
+
+    def step_fn(step):
+        clock[0] += 0.01
+        loss = model(x).pow(2).mean()
+        return loss, {"loss": loss.detach()}
+
+    runner = Runner(cfg, D.DistInfo(), model, model, make_optimizer(model.parameters(), cfg, torch.device("cpu")), {}, "m")
+    assert runner.run(step_fn) == "steps"
+    expected = AUTO_WARM + AUTO_TIMED + int((0.02 * 60 * AUTO_FILL - 0.01 * (AUTO_WARM + AUTO_TIMED)) / 0.01)
+    assert abs(cfg.steps - expected) <= 1 and runner.step == cfg.steps
+    assert clock[0] <= 0.02 * 60
+    assert lr_at(cfg.steps - 1, cfg) == pytest.approx(0.1 * 1e-2, rel=0.05)
+    _, state = _ckpt_model(tmp_path)
+    assert state["total_steps"] == cfg.steps
+    with pytest.raises(ValueError, match="max-minutes"):
+        Runner(RunConfig(out=str(tmp_path / "x"), steps=0), D.DistInfo(), model, model,
+               make_optimizer(model.parameters(), cfg, torch.device("cpu")), {}, "m").run(step_fn)
