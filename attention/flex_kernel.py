@@ -1,0 +1,156 @@
+"""FlexAttention kernel for a ``BlockLayout`` (slot order, ``BlockMask.from_kv_blocks``).
+
+Selected key blocks without padding are passed as *full* blocks (no ``mask_mod`` runs there); blocks
+that contain padding slots are *partial* blocks whose ``mask_mod`` keeps real key slots only.
+
+Eager (uncompiled) FlexAttention ignores the block lists and evaluates ``mask_mod`` on the dense score
+matrix, so the eager path gets a ``mask_mod`` that encodes the whole pattern (block table lookup and
+key validity). It computes dense attention: a CPU/test path only.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import torch
+
+from .gather import ensure_recompile_limit
+from .layout import BlockLayout
+from .slots import block_dense, cached, from_slots, slot_tables, to_slots
+
+_compiled_lock = threading.Lock()
+_compiled_flex: Callable | None = None
+
+
+def compiled_flex_attention() -> Callable:
+    """``torch.compile(flex_attention, dynamic=False)``, created once per process.
+
+    It compiles once per new shape (a few seconds on GPU, ~50 s on a 2-core CPU); the recompile limit
+    is raised so that many shapes never make dynamo fall back to eager (= dense) flex.
+    """
+    global _compiled_flex
+    with _compiled_lock:
+        if _compiled_flex is None:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            ensure_recompile_limit()
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        return _compiled_flex
+
+
+def _compact(selected: torch.Tensor, idx: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep ``idx`` entries where ``selected`` (order kept), left-aligned, zero-filled to ``width``."""
+    kmax = idx.shape[-1]
+    pos = torch.arange(kmax, device=idx.device).expand_as(idx)
+    order = torch.where(selected, pos, pos + kmax).argsort(dim=-1, stable=True)
+    packed = torch.where(selected, idx, 0).gather(-1, order)
+    count = selected.sum(-1)
+    packed = torch.where(pos < count[..., None], packed, 0)
+    out = torch.zeros(*idx.shape[:-1], width, dtype=torch.int32, device=idx.device)
+    out[..., :kmax] = packed.to(torch.int32)
+    return count.to(torch.int32), out
+
+
+def split_full_partial(layout: BlockLayout, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(partial_cnt, partial_idx, full_cnt, full_idx), shapes ``[1, Hl, nb]`` / ``[1, Hl, nb, nb]``.
+
+    A selected block is *partial* when it holds a padding slot. Index rows are padded to ``nb``
+    columns (older FlexAttention releases size the dense mask from that width).
+    """
+    nb, bs = layout.num_blocks, layout.block_size
+    tables = slot_tables(layout, device)
+    has_pad = (~tables.slot_valid).view(nb, bs).any(1)
+    cnt = layout.kv_num_blocks.to(device=device, dtype=torch.int64)
+    idx = layout.kv_indices.to(device=device, dtype=torch.int64)
+    valid = torch.arange(idx.shape[-1], device=device) < cnt[..., None]
+    pad_sel = has_pad[idx] & valid
+    p_cnt, p_idx = _compact(pad_sel, idx, nb)
+    f_cnt, f_idx = _compact(valid & ~pad_sel, idx, nb)
+    return p_cnt[None], p_idx[None], f_cnt[None], f_idx[None]
+
+
+def _key_is_real_mask_mod(slot_valid: torch.Tensor) -> Callable:
+    def key_is_real(b, h, q_idx, kv_idx):
+        return slot_valid[kv_idx]
+
+    return key_is_real
+
+
+def _whole_pattern_mask_mod(layout: BlockLayout, device: torch.device) -> Callable:
+    slot_valid = slot_tables(layout, device).slot_valid
+    dense = block_dense(layout, device)
+    bs = layout.block_size
+    if dense.shape[0] == 1:
+        dense0 = dense[0]
+
+        def shared_pattern(b, h, q_idx, kv_idx):
+            return dense0[q_idx // bs, kv_idx // bs] & slot_valid[kv_idx]
+
+        return shared_pattern
+
+    def per_head_pattern(b, h, q_idx, kv_idx):
+        return dense[h, q_idx // bs, kv_idx // bs] & slot_valid[kv_idx]
+
+    return per_head_pattern
+
+
+def build_block_mask(layout: BlockLayout, device: torch.device, whole_pattern_mask_mod: bool = False):
+    """The ``BlockMask`` of a layout over the slot sequence (cached per layout and device)."""
+
+    def build():
+        from torch.nn.attention.flex_attention import BlockMask
+
+        p_cnt, p_idx, f_cnt, f_idx = split_full_partial(layout, device)
+        if whole_pattern_mask_mod:
+            mask_mod = _whole_pattern_mask_mod(layout, device)
+        else:
+            mask_mod = _key_is_real_mask_mod(slot_tables(layout, device).slot_valid)
+        slots = layout.num_blocks * layout.block_size
+        return BlockMask.from_kv_blocks(
+            p_cnt,
+            p_idx,
+            f_cnt,
+            f_idx,
+            BLOCK_SIZE=layout.block_size,
+            mask_mod=mask_mod,
+            seq_lengths=(slots, slots),
+        )
+
+    return cached(layout, ("flex_block_mask", str(device), whole_pattern_mask_mod), build)
+
+
+def flex_kernel_options(block_size: int, device: torch.device) -> dict | None:
+    """Tile sizes for CUDA when the block is not a multiple of 128 (torch 2.11 requires the sparse block
+    to be a multiple of the kernel tiles and does not shrink them itself). None: defaults."""
+    if device.type != "cuda" or block_size % 128 == 0:
+        return None
+    pow2 = block_size & -block_size  # largest power of two dividing block_size
+    if pow2 < 16:
+        raise ValueError(
+            f"block_size={block_size} has no power-of-two factor >= 16; compiled FlexAttention on CUDA needs "
+            "block sizes that split into 16+ token tiles (use a multiple of 16, e.g. 64 or 128)"
+        )
+    return {"BLOCK_M": min(pow2, 128), "BLOCK_N": min(pow2, 64)}
+
+
+def flex_block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BlockLayout,
+    scale: float,
+    compiled: bool = True,
+) -> torch.Tensor:
+    """``[B, H, L, D]`` in, ``[B, H, L, D]`` out (original token order)."""
+    device = q.device
+    tables = slot_tables(layout, device)
+    block_mask = build_block_mask(layout, device, whole_pattern_mask_mod=not compiled)
+    qs, ks, vs = to_slots(q, tables), to_slots(k, tables), to_slots(v, tables)
+    if compiled:
+        options = flex_kernel_options(layout.block_size, device)
+        out = compiled_flex_attention()(qs, ks, vs, block_mask=block_mask, scale=scale, kernel_options=options)
+    else:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        out = flex_attention(qs, ks, vs, block_mask=block_mask, scale=scale)
+    return from_slots(out, tables)
