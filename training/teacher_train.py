@@ -40,7 +40,7 @@ import torch
 
 from . import distributed as D
 from . import flow
-from .clips import FrameBank, load_clips
+from .clips import load_clips, to_model_range
 from .runner import RunConfig, Runner, make_optimizer
 from .teacher_data import LatentSet, build_latent_set, concat_latent, load_latent_set, model_input, save_latent_set
 from .tiny_wan import TeacherConfig, build_teacher, config_dict, load_vae, save_model
@@ -237,7 +237,7 @@ def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig,
         g.manual_seed(1234)
         noise = torch.randn(hl.x0.shape, generator=g, device=dev)
         x0_hat = sample(model, hl.control, hl.x0[:, :, :1], noise, a.eval_steps, a.shift, a.eval_cfg, a.amp)
-        gt = FrameBank(held, a.frames, dev).windows(len(held))
+        gt = to_model_range(torch.from_numpy(np.stack([c["frames"][: a.frames] for c in held])).to(dev))
         with torch.no_grad():
             dec = torch.cat([vae.decode(fmt.process_out(x0_hat[i:i + 1])).float() for i in range(len(x0_hat))])
             rec = torch.cat([vae.decode(fmt.process_out(hl.x0[i:i + 1])).float() for i in range(len(hl.x0))])

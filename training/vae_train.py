@@ -25,7 +25,6 @@ Outputs in ``--out``: ``iasa_mini_vae.safetensors`` (+ ``.json`` card), ``vae_lo
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
@@ -264,7 +263,9 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
     out["heldout_psnr_fp32_calibrated"] = psnr(rec_after, x_eval)
     out["calibration_max_abs_change"] = float((rec_after - rec_before).abs().max())
     if dev.type == "cuda":  # ComfyUI runs the VAE with bf16 weights on such GPUs
-        vae16 = copy.deepcopy(vae).to(torch.bfloat16)
+        vae16 = build_vae(VAEConfig(dim=a.dim), init=False)
+        vae16.load_state_dict(vae.state_dict())
+        vae16 = vae16.to(device=dev, dtype=torch.bfloat16).eval()
         out["heldout_psnr_bf16_weights"] = psnr(reconstruct(vae16, x_eval.to(torch.bfloat16), a.eval_batch), x_eval)
         del vae16
     out["heldout_windows"] = [int(x_eval.shape[0]), int(x_eval.shape[2])]
