@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from iasa.harness.demo import saved_files
+from iasa.harness.server import PACK_LINK_NAME
 from iasa.harness.workflow_ui import api_to_ui
 
 from .conftest import API_WORKFLOWS, REPO, load_api_workflow
@@ -41,8 +42,7 @@ def test_object_info_lists_every_node_with_inputs_and_tooltips(object_info):
 
 
 def test_every_pack_node_is_known_to_the_test(object_info):
-    pack = {k for k, v in object_info.items() if v["python_module"].startswith("custom_nodes.")
-            and k.startswith("IASA")}
+    pack = {k for k, v in object_info.items() if v["python_module"] == f"custom_nodes.{PACK_LINK_NAME}"}
     assert pack == set(PACK_NODES)
 
 
