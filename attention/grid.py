@@ -109,10 +109,15 @@ class TokenGrid:
         return self.video_frames * self.tokens_per_frame
 
     @property
+    def patch_grid(self) -> tuple[int, int, int]:
+        """(frames, Hp, Wp) of the patchified latent, as newer ComfyUI reports it in ``grid_sizes``
+        (reference and appended frames included, ``ref_tokens_before`` not)."""
+        return (self.leading_ref_frames + self.video_frames + self.extra_frames_after, self.hp, self.wp)
+
+    @property
     def seq_len(self) -> int:
         """Total self-attention length L of the call, global tokens included."""
-        frames = self.leading_ref_frames + self.video_frames + self.extra_frames_after
-        return self.ref_tokens_before + frames * self.tokens_per_frame
+        return self.ref_tokens_before + self.patch_grid[0] * self.tokens_per_frame
 
     @property
     def global_tokens(self) -> int:

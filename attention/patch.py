@@ -10,7 +10,8 @@
   wrapped, not replaced;
 - ``optimized_attention_override``: self-attention of the video tokens goes to the block-sparse kernel;
   cross-attention, masked calls, dense layers/steps and unknown shapes go to the previous override if
-  one was set (another pack's patch) or to ComfyUI's own backend.
+  one was set (another pack's patch) or to ComfyUI's own backend. Where newer ComfyUI reports
+  ``grid_sizes``, a grid that disagrees with the one learnt from the latent keeps the call dense.
 
 The layout is built once per grid (once per sampling run in practice) and shared by cond and uncond,
 every layer and every step. This module imports ComfyUI only inside :func:`apply_sparse_attention`.
@@ -151,6 +152,9 @@ class SparseAttentionPatch:
         seq_q, seq_k = (q.shape[2], k.shape[2]) if kwargs.get("skip_reshape") else (q.shape[1], k.shape[1])
         if seq_q != seq_k or seq_q != call.grid.seq_len:
             return "cross_or_other"
+        native = to.get("grid_sizes")   # newer ComfyUI: (F, Hp, Wp) of the patchified video
+        if native is not None and tuple(int(v) for v in native) != call.grid.patch_grid:
+            return "grid_mismatch"
         block = to.get("block_index", to.get(BLOCK_KEY))
         if block is not None and block < self.dense_blocks:
             return "dense_block"

@@ -1,0 +1,146 @@
+"""The ComfyUI patch's routing logic, without ComfyUI: which attention calls go sparse, which stay dense."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import torch
+
+from iasa.attention.grid import TokenGrid
+from iasa.attention.patch import (BLOCK_KEY, CALL_KEY, BlockIndexPatch, CallInfo, SparseAttentionPatch,
+                                  grid_from_call, step_index)
+from iasa.attention.pose_layout import SparseAttentionConfig
+from iasa.attention.reference import layout_to_token_mask
+
+from .attention_poses import talking_pose
+
+GRID = TokenGrid.from_latent_shape((3, 8, 8))       # 3 latent frames of 4x4 tokens -> L = 48
+HEADS, HEAD_DIM = 2, 16
+
+
+def make_patch(**kw) -> SparseAttentionPatch:
+    pose = talking_pose(n_frames=9, width=64, height=64)
+    return SparseAttentionPatch(pose, SparseAttentionConfig(top_k=1, block_size=16), kernel="sdpa", **kw)
+
+
+def qkv(seq_q: int, seq_k: int | None = None, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    seq_k = seq_k or seq_q
+    q = torch.randn(1, seq_q, HEADS * HEAD_DIM, generator=g)
+    k = torch.randn(1, seq_k, HEADS * HEAD_DIM, generator=g)
+    v = torch.randn(1, seq_k, HEADS * HEAD_DIM, generator=g)
+    return q, k, v
+
+
+class DenseBackend:
+    """Stands in for ComfyUI's backend: plain attention on [B, L, H*D], counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, q, k, v, heads=None, transformer_options=None, **kwargs):
+        self.calls += 1
+        b, lq, hd = q.shape
+        qh, kh, vh = (t.view(b, t.shape[1], heads, hd // heads).transpose(1, 2) for t in (q, k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh)
+        return out.transpose(1, 2).reshape(b, lq, hd)
+
+
+def options(**extra) -> dict:
+    return {CALL_KEY: CallInfo(GRID, step=3), **extra}
+
+
+def test_video_self_attention_is_sparse_and_exact():
+    patch, dense = make_patch(), DenseBackend()
+    q, k, v = qkv(GRID.seq_len)
+    out = patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options())
+    assert dense.calls == 0 and patch.stats["sparse"] == 1
+    mask = torch.as_tensor(layout_to_token_mask(patch.layout_for(CallInfo(GRID, 3)).layout))
+    qh, kh, vh = (t.view(1, GRID.seq_len, HEADS, HEAD_DIM).transpose(1, 2) for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+    torch.testing.assert_close(out, ref.transpose(1, 2).reshape(1, GRID.seq_len, -1), atol=1e-5, rtol=1e-5)
+    assert not mask.all(), "the pattern must actually be sparse"
+
+
+def test_cross_attention_and_unknown_calls_stay_dense():
+    patch, dense = make_patch(), DenseBackend()
+    q, k, v = qkv(GRID.seq_len, 7)
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options())      # cross-attention
+    q2, k2, v2 = qkv(GRID.seq_len)
+    patch.attention(dense, q2, k2, v2, heads=HEADS, transformer_options={})            # no grid from the wrapper
+    patch.attention(dense, q2, k2, v2, heads=HEADS, mask=torch.ones(1), transformer_options=options())
+    assert dense.calls == 3 and patch.stats["sparse"] == 0
+    assert patch.stats["dense_cross_or_other"] == 1 and patch.stats["dense_no_grid"] == 1
+    assert patch.stats["dense_masked"] == 1
+
+
+def test_dense_blocks_steps_and_native_keys():
+    patch, dense = make_patch(dense_blocks=2, dense_steps=4), DenseBackend()
+    q, k, v = qkv(GRID.seq_len)
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(**{BLOCK_KEY: 1}))
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(block_index=5))   # step 3 < 4
+    assert dense.calls == 2
+    late = {CALL_KEY: CallInfo(GRID, step=4), "block_index": 2}
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=late)
+    assert patch.stats["sparse"] == 1
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options={**late, "grid_sizes": (3, 4, 5)})
+    assert patch.stats["dense_grid_mismatch"] == 1
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options={**late, "grid_sizes": GRID.patch_grid})
+    assert patch.stats["sparse"] == 2
+
+
+def test_previous_override_receives_the_dense_calls():
+    seen = []
+
+    def previous(func, *args, **kwargs):
+        seen.append(args[0].shape)
+        return func(*args, **kwargs)
+
+    patch, dense = make_patch(), DenseBackend()
+    patch.previous_override = previous
+    q, k, v = qkv(GRID.seq_len, 5)
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options())
+    assert seen == [q.shape] and dense.calls == 1
+
+
+def test_layout_is_built_once_per_grid():
+    patch, dense = make_patch(), DenseBackend()
+    q, k, v = qkv(GRID.seq_len)
+    for _ in range(4):
+        patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options())
+    assert patch.stats["layouts_built"] == 1 and patch.stats["sparse"] == 4
+
+
+def test_step_index_and_block_patch():
+    schedule = torch.tensor([1.0, 0.9, 0.7, 0.4, 0.0])
+    assert step_index({"sigmas": torch.tensor([0.7]), "sample_sigmas": schedule}) == 2
+    assert step_index({}) is None
+    seen = {}
+
+    def original(args):
+        seen.update(args["transformer_options"])
+        return {"img": args["img"]}
+
+    def previous(args, extra):
+        seen["previous"] = True
+        return extra["original_block"](args)
+
+    BlockIndexPatch(7, previous)({"img": 1, "transformer_options": {"a": 1}}, {"original_block": original})
+    assert seen == {"a": 1, BLOCK_KEY: 7, "previous": True}
+
+
+def test_grid_from_call_offsets():
+    dm = types.SimpleNamespace(patch_size=(1, 2, 2), ref_conv=None)
+    model = types.SimpleNamespace(diffusion_model=dm, latent_format=types.SimpleNamespace(latent_channels=16))
+    x = torch.zeros(2, 16, 5, 9, 13)        # odd sizes: Wan pads up to the patch
+    grid = grid_from_call(model, x, {"time_dim_concat": torch.zeros(1, 16, 2, 9, 13)})
+    assert (grid.video_frames, grid.hp, grid.wp, grid.extra_frames_after) == (5, 5, 7, 2)
+    dm.ref_conv = object()
+    grid = grid_from_call(model, x, {"reference_latent": torch.zeros(1, 16, 9, 13)})
+    assert grid.ref_tokens_before == 5 * 7 and grid.token_px == 16
+    model.latent_format.latent_channels = 48       # Wan 2.2-TI2V-5B: 32 px tokens
+    assert grid_from_call(model, x, {}).token_px == 32
+    Animate = type("AnimateWanModel", (), {"patch_size": (1, 2, 2), "ref_conv": None})
+    grid = grid_from_call(types.SimpleNamespace(diffusion_model=Animate(), latent_format=None), x, {})
+    assert grid.leading_ref_frames == 1 and grid.video_frames == 4
+    assert np.prod(grid.patch_grid) + grid.ref_tokens_before == grid.seq_len
