@@ -1,24 +1,85 @@
 """The README's main job: boot ComfyUI headless, post the demo workflow, print the mp4's path.
 
-    python iasa_cli.py harness.demo [--workflow workflows/api/<name>.json] [--base DIR]
+    python iasa_cli.py harness.demo [--workflow workflows/api/<name>.json] [--base DIR] [--weights DIR]
 
+Default workflow: the IASA-mini talking video (``workflows/api/iasa_mini_talking.json``: bundled synthetic
+speaker + speech -> pose -> IASA-mini teacher through stock Wan Fun-Control nodes -> mp4 with sound) when
+both bundled weights are in ``models/``; otherwise the pose-video workflow, with a printed note.
 Inputs are the bundled demo files (assets/demo); the output lands in the base directory's output folder.
+``--weights DIR`` uses ``DIR/iasa_mini_teacher.safetensors`` and ``DIR/iasa_mini_vae.safetensors`` instead of
+the bundled ones (linked into the base directory's model folders for this run only).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
 import time
+from dataclasses import dataclass, field
 
 import av
 
 from .client import ComfyClient
 from .server import REPO, ComfyServer, prepare_base
 
-DEFAULT_WORKFLOW = REPO / "workflows" / "api" / "iasa_pose_video.json"
-DEMO_INPUTS = [REPO / "assets" / "demo" / "speech.wav", REPO / "assets" / "demo" / "reference.jpg"]
+MINI_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"
+POSE_WORKFLOW = REPO / "workflows" / "api" / "iasa_pose_video.json"
+DEFAULT_WORKFLOW = POSE_WORKFLOW  # kept for callers that want the model-free workflow
+ASSETS = REPO / "assets" / "demo"
+DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "synth_speaker.png",
+               ASSETS / "synth_speaker_pose.json"]
+# Bundled IASA-mini weights: file name -> ComfyUI model folder key (pack folder models/<key>/).
+TEACHER_FILE, VAE_FILE = "iasa_mini_teacher.safetensors", "iasa_mini_vae.safetensors"
+MINI_WEIGHTS = {TEACHER_FILE: "diffusion_models", VAE_FILE: "vae"}
+
+
+def bundled_weights(models_dir: pathlib.Path = REPO / "models") -> dict[str, pathlib.Path]:
+    """Paths of the bundled IASA-mini files, present or not."""
+    return {name: models_dir / key / name for name, key in MINI_WEIGHTS.items()}
+
+
+def missing_weights(models_dir: pathlib.Path = REPO / "models") -> list[pathlib.Path]:
+    return [p for p in bundled_weights(models_dir).values() if not p.is_file()]
+
+
+def choose_workflow(models_dir: pathlib.Path = REPO / "models") -> pathlib.Path:
+    """The talking-video workflow when the bundled weights exist, else the pose video (with a note)."""
+    missing = missing_weights(models_dir)
+    if not missing:
+        return MINI_WORKFLOW
+    print("[demo] NOTE: the bundled IASA-mini model is missing ("
+          + ", ".join(str(p) for p in missing)
+          + "); running the pose-video workflow instead (speech -> pose -> skeleton video with sound). "
+            "Put the weights there (see models/README.md) for the talking video.")
+    return POSE_WORKFLOW
+
+
+@contextlib.contextmanager
+def linked_weights(base: pathlib.Path, files: dict[str, pathlib.Path] | None):
+    """Link weight files (``{bundled file name: path}``) into the base's model folders for one run, so
+    they are used instead of the bundled ones (the base's folders come first); removed afterwards."""
+    links = []
+    try:
+        for name, path in (files or {}).items():
+            src = pathlib.Path(path).resolve()
+            if not src.is_file():
+                raise FileNotFoundError(f"{path}: no such weights file (wanted for {name})")
+            dst = base / "models" / MINI_WEIGHTS[name] / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_symlink() or dst.exists():
+                raise FileExistsError(f"{dst} already exists; remove it or use another --base")
+            dst.symlink_to(src)
+            links.append(dst)
+        yield links
+    finally:
+        for link in links:
+            link.unlink(missing_ok=True)
+
+
+def weights_from_dir(weights_dir: pathlib.Path | None) -> dict[str, pathlib.Path] | None:
+    return None if weights_dir is None else {name: weights_dir / name for name in MINI_WEIGHTS}
 
 
 def media_duration(path: pathlib.Path) -> dict:
@@ -31,6 +92,8 @@ def media_duration(path: pathlib.Path) -> dict:
             if s.type == "video":
                 out["frames"] = s.frames
                 out["fps"] = float(s.average_rate)
+                out["width"] = s.codec_context.width
+                out["height"] = s.codec_context.height
         return out
 
 
@@ -44,35 +107,54 @@ def saved_files(outputs: dict) -> list[dict]:
     return found
 
 
-def run_demo(workflow: pathlib.Path, base: pathlib.Path) -> pathlib.Path:
+@dataclass
+class DemoRun:
+    video: pathlib.Path
+    workflow: pathlib.Path
+    server_start_s: float
+    workflow_s: float              # queueing the prompt -> mp4 written
+    total_s: float                 # server start + workflow + reading the result
+    media: dict = field(default_factory=dict)
+
+
+def run_demo(workflow: pathlib.Path, base: pathlib.Path, weights: dict[str, pathlib.Path] | None = None) -> DemoRun:
     prepare_base(base, DEMO_INPUTS)
     prompt = json.loads(workflow.read_text())
     t0 = time.monotonic()
-    with ComfyServer(base) as server:
+    with linked_weights(base, weights), ComfyServer(base) as server:
         print(f"[demo] ComfyUI up at {server.url} in {server.start_seconds:.1f} s; queueing {workflow.name}")
+        t1 = time.monotonic()
         result = ComfyClient(server.url).run(prompt, timeout=3600)
+        t_workflow = time.monotonic() - t1
         if result.status != "success":
             err = result.error or {}
             sys.exit(f"[demo] workflow failed in node {err.get('node_id')} ({err.get('node_type')}): "
                      f"{err.get('exception_message', 'see the server log')}\n{server.log_tail(30)}")
+        start_s = server.start_seconds
     videos = [f for f in saved_files(result.outputs) if f["filename"].endswith(".mp4")]
     if not videos:
         sys.exit(f"[demo] the workflow produced no mp4; outputs: {result.outputs}")
     v = videos[0]
     path = base / "output" / v.get("subfolder", "") / v["filename"]
     info = media_duration(path)
-    print(f"[demo] done in {time.monotonic() - t0:.1f} s: {info.get('frames')} frames at {info.get('fps'):.2f} fps, "
-          f"video {info.get('video', 0):.2f} s, audio {info.get('audio', 0):.2f} s")
+    run = DemoRun(path, workflow, start_s, t_workflow, time.monotonic() - t0, info)
+    print(f"[demo] done in {run.total_s:.1f} s (workflow {t_workflow:.1f} s): {info.get('frames')} frames at "
+          f"{info.get('fps'):.2f} fps, video {info.get('video', 0):.2f} s, audio {info.get('audio', 0):.2f} s")
     print(path.resolve())
-    return path
+    return run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workflow", type=pathlib.Path, default=DEFAULT_WORKFLOW)
+    ap.add_argument("--workflow", type=pathlib.Path, default=None,
+                    help="API-format workflow (default: the IASA-mini talking video when its weights are bundled)")
     ap.add_argument("--base", type=pathlib.Path, default=REPO / ".iasa" / "comfy_home")
+    ap.add_argument("--weights", type=pathlib.Path, default=None,
+                    help="folder with iasa_mini_teacher.safetensors and iasa_mini_vae.safetensors to use instead "
+                         "of the bundled ones (implies the talking workflow)")
     args = ap.parse_args()
-    run_demo(args.workflow, args.base)
+    workflow = args.workflow or (MINI_WORKFLOW if args.weights else choose_workflow())
+    run_demo(workflow, args.base, weights_from_dir(args.weights))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,16 @@ import folder_paths
 AUDIO_VIDEO = ("audio", "video")
 
 
-def list_input_files(content_types: tuple[str, ...] = AUDIO_VIDEO) -> list[str]:
-    """Files of the input folder (sub-folders included) whose MIME type is one of ``content_types``."""
+def list_input_files(content_types: tuple[str, ...] = AUDIO_VIDEO, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """Files of the input folder (sub-folders included) whose MIME type is one of ``content_types`` or,
+    when ``suffixes`` is given, whose name ends with one of them (case-insensitive, e.g. ``(".json",)``)."""
     root = folder_paths.get_input_directory()
     found = []
     for dirpath, _dirs, files in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         found += [f if rel == "." else os.path.join(rel, f) for f in files]
+    if suffixes:
+        return sorted(f for f in found if f.lower().endswith(tuple(s.lower() for s in suffixes)))
     return sorted(folder_paths.filter_files_content_types(found, list(content_types)))
 
 

@@ -1,6 +1,7 @@
 """IASA Extract Pose, IASA Audio To Pose and IASA Render Pose."""
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import comfy.utils
@@ -8,11 +9,13 @@ from comfy_api.latest import io
 
 from ..pose.audio_to_pose import audio_to_pose
 from ..pose.extract import extract_pose
+from ..pose.pose_files import read_pose_file
 from ..pose.keypoints import (PoseFormatError, frames_without_person, from_pose_keypoint, hold_nearest_person,
                               to_pose_keypoint)
 from ..pose.regions import sequence_masks
 from ..pose.render import render_pose
 from .convert import frames_to_image, image_to_uint8, masks_to_tensor
+from .files import input_file_problem, list_input_files, resolve_input_file
 from .types import AudioFeaturesType, PoseKeypoint
 
 log = logging.getLogger(__name__)
@@ -160,3 +163,45 @@ class IASARenderPose(io.ComfyNode):
         seq = from_pose_keypoint(pose, input_name="pose")
         frames = render_pose(seq, width or None, height or None, body=body, face=face, hands=hands)
         return io.NodeOutput(frames_to_image(frames))
+
+
+class IASALoadPose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IASALoadPose",
+            display_name="IASA Load Pose",
+            category="IASA/pose",
+            description="Loads POSE_KEYPOINT from a .json file in ComfyUI's input folder: DWPose / OpenPose "
+                        "keypoints as comfyui_controlnet_aux saves them (a list of frames or one frame), or "
+                        "OpenPose's own JSON (BODY_25 is converted to the 18-point body).",
+            inputs=[
+                io.Combo.Input("pose_file", options=list_input_files(suffixes=(".json",)),
+                               tooltip="Pose JSON file in ComfyUI's input folder (copy it there)."),
+                io.Int.Input("canvas_width", default=0, min=0, max=16384,
+                             tooltip="Canvas width in pixels, used only when the file has none (OpenPose's own "
+                                     "JSON); 0 = take it from the file."),
+                io.Int.Input("canvas_height", default=0, min=0, max=16384,
+                             tooltip="Canvas height in pixels, used only when the file has none; 0 = from the file."),
+            ],
+            outputs=[
+                PoseKeypoint.Output(display_name="pose"),
+                io.Int.Output(display_name="frame_count"),
+                io.Int.Output(display_name="width"),
+                io.Int.Output(display_name="height"),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, pose_file, **_):
+        return input_file_problem(pose_file, "pose_file") or True
+
+    @classmethod
+    def fingerprint_inputs(cls, pose_file, canvas_width=0, canvas_height=0, **_):
+        with open(resolve_input_file(pose_file, "pose_file"), "rb") as f:
+            return f"{hashlib.sha256(f.read()).hexdigest()}:{canvas_width}x{canvas_height}"
+
+    @classmethod
+    def execute(cls, pose_file, canvas_width, canvas_height) -> io.NodeOutput:
+        frames = read_pose_file(resolve_input_file(pose_file, "pose_file"), "pose_file", (canvas_width, canvas_height))
+        return io.NodeOutput(frames, len(frames), frames[0]["canvas_width"], frames[0]["canvas_height"])

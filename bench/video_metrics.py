@@ -1,0 +1,84 @@
+"""Frame-quality numbers for generated clips against ground truth (numpy + scikit-image, no ComfyUI).
+
+Frames are uint8 ``[T, H, W, 3]``; region masks bool ``[T, H, W]`` (the shards' face / lips / hand masks).
+PSNR pools the squared error over every frame of a clip (inside a mask: over the masked pixels only);
+SSIM is the mean over frames of scikit-image's SSIM on RGB.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PEAK = 255.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """PSNR (dB) of two clips, optionally only over the pixels where ``mask`` [T, H, W] is set;
+    NaN when the mask is empty, ``inf`` for identical clips."""
+    _check_pair(a, b)
+    d = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != a.shape[:3]:
+            raise ValueError(f"psnr: mask shape {mask.shape} does not match frames {a.shape[:3]}")
+        if not mask.any():
+            return float("nan")
+        d = d[mask]
+    mse = float(d.mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(PEAK ** 2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    _check_pair(a, b)
+    return float(np.mean([structural_similarity(x, y, channel_axis=-1, data_range=PEAK) for x, y in zip(a, b)]))
+
+
+def mouth_change(frames: np.ndarray, lips: np.ndarray) -> np.ndarray:
+    """Per frame ``t >= 1``: mean absolute difference to frame 0 inside the union of the clip's lips masks
+    (how far the mouth region moved away from the reference frame). Empty masks give NaNs."""
+    region = np.asarray(lips, bool).any(axis=0)
+    if not region.any():
+        return np.full(len(frames) - 1, np.nan)
+    f = frames.astype(np.float32)[:, region]
+    return np.abs(f[1:] - f[:1]).mean(axis=(1, 2))
+
+
+def correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation; NaN when either side is constant or has NaNs."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) != len(y) or len(x) < 3 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def mouth_audio_corr(frames: np.ndarray, lips: np.ndarray, energy: np.ndarray) -> float:
+    """Correlation between :func:`mouth_change` and the per-frame speech energy (frames 1..T-1)."""
+    return correlation(mouth_change(frames, lips), np.asarray(energy)[1: len(frames)])
+
+
+def clip_scores(gen: np.ndarray, gt: np.ndarray, masks: dict[str, np.ndarray], energy: np.ndarray) -> dict:
+    """Every number of one clip: psnr, ssim, psnr_face, psnr_mouth, psnr_hands, mouth_audio_corr."""
+    hands = np.asarray(masks["left_hand"], bool) | np.asarray(masks["right_hand"], bool)
+    return {"psnr": psnr(gen, gt), "ssim": ssim(gen, gt), "psnr_face": psnr(gen, gt, masks["face"]),
+            "psnr_mouth": psnr(gen, gt, masks["lips"]), "psnr_hands": psnr(gen, gt, hands),
+            "mouth_audio_corr": mouth_audio_corr(gen, masks["lips"], energy)}
+
+
+def mean_scores(per_clip: list[dict], keys: tuple[str, ...]) -> dict:
+    """Mean of each key over clips, ignoring NaN (e.g. a clip without visible hands); None if all NaN."""
+    out = {}
+    for k in keys:
+        vals = np.array([c[k] for c in per_clip], np.float64)
+        vals = vals[np.isfinite(vals)]
+        out[k] = round(float(vals.mean()), 4) if len(vals) else None
+    return out
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"frames must be two [T, H, W, 3] arrays of one shape, got {a.shape} and {b.shape}")

@@ -1,0 +1,289 @@
+"""IASA-mini through a real server: bundled model folders, stock loaders on IASA-mini-format files, the
+talking workflow end to end (random weights, shrunk: plumbing, not quality), IASA Load Pose, and, when
+the trained weights are bundled, a check that the teacher's frames follow the control pose."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import types
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from iasa.bench.quality import WORKFLOW, quality_prompt, wan_length
+from iasa.bench.video_metrics import psnr
+from iasa.harness.client import PromptRejected
+from iasa.harness.demo import TEACHER_FILE, VAE_FILE, bundled_weights, saved_files
+
+from .conftest import REPO
+from .test_bad_input import assert_server_still_serves
+
+TEST_TEACHER = "iasa_test_mini_teacher.safetensors"
+TEST_VAE = "iasa_test_mini_vae.safetensors"
+
+
+def write_random_mini(teacher_path, vae_path) -> None:
+    """IASA-mini-format files with random weights: a 1-layer Fun-Control teacher (in_dim 48) and a
+    width-8 Wan 2.1 VAE, made by the training code's own builders and writer."""
+    import torch
+
+    from iasa.training.tiny_wan import TeacherConfig, VAEConfig, build_teacher, build_vae, save_model
+
+    teacher = build_teacher(TeacherConfig(dim=128, num_layers=1, ffn_dim=256), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in teacher.parameters():  # the zero-initialised head would make every sample the same
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    save_model(teacher, teacher_path, {"purpose": "integration tests (random)"}, dtype=torch.float32)
+    save_model(build_vae(VAEConfig(dim=8), seed=0), vae_path, {"purpose": "integration tests (random)"},
+               dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def random_mini(server):
+    models = server.base / "models"
+    (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    (models / "vae").mkdir(parents=True, exist_ok=True)
+    write_random_mini(models / "diffusion_models" / TEST_TEACHER, models / "vae" / TEST_VAE)
+    return TEST_TEACHER, TEST_VAE
+
+
+def _by_type(prompt: dict, class_type: str) -> list[dict]:
+    return [n for n in prompt.values() if n["class_type"] == class_type]
+
+
+def shrunk_talking_workflow(teacher: str, vae: str, seconds: float, size: int, steps: int) -> dict:
+    """The talking workflow as shipped, with other model files, less audio, a smaller video and fewer steps."""
+    wf = json.loads(WORKFLOW.read_text())
+    _by_type(wf, "UNETLoader")[0]["inputs"]["unet_name"] = teacher
+    _by_type(wf, "VAELoader")[0]["inputs"]["vae_name"] = vae
+    _by_type(wf, "IASALoadAudio")[0]["inputs"]["duration"] = seconds
+    for node in _by_type(wf, "WanFunControlToVideo"):
+        node["inputs"]["width"] = node["inputs"]["height"] = size
+    _by_type(wf, "KSampler")[0]["inputs"]["steps"] = steps
+    return wf
+
+
+# ------------------------------------------------------------------------------------ model folders
+@pytest.fixture(scope="module")
+def comfy_path():
+    """ComfyUI's modules importable in this process (iasa.nodes imports comfy_api)."""
+    from iasa.training.comfy_env import ensure_comfy_on_path
+
+    return ensure_comfy_on_path()
+
+
+def test_bundled_folders_are_appended_once_after_the_users_folders(tmp_path, comfy_path):
+    from iasa.nodes.model_folders import WEIGHT_EXTENSIONS, register_bundled_model_folders
+
+    user_unet, user_vae = str(tmp_path / "user" / "unet"), str(tmp_path / "user" / "vae")
+    fake = types.SimpleNamespace(folder_names_and_paths={"diffusion_models": ([user_unet], {".safetensors", ".ckpt"}),
+                                                         "vae": ([user_vae], {".safetensors"})})
+    root = tmp_path / "pack"
+    added = register_bundled_model_folders(root, fake)
+    assert added == {"diffusion_models": str(root / "models" / "diffusion_models"), "vae": str(root / "models" / "vae")}
+    register_bundled_model_folders(root, fake)  # importing twice adds nothing
+    assert fake.folder_names_and_paths["diffusion_models"][0] == [user_unet, added["diffusion_models"]]
+    assert fake.folder_names_and_paths["vae"] == ([user_vae, added["vae"]], {".safetensors"})  # extensions untouched
+    # A YAML entry that already points at the bundled folder (through a link) is not duplicated.
+    (root / "models" / "vae").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(root / "models" / "vae")
+    fake2 = types.SimpleNamespace(folder_names_and_paths={"diffusion_models": ([], set(WEIGHT_EXTENSIONS)),
+                                                          "vae": ([str(tmp_path / "link")], {".safetensors"})})
+    register_bundled_model_folders(root, fake2)
+    assert fake2.folder_names_and_paths["vae"][0] == [str(tmp_path / "link")]
+    # A ComfyUI without the key gets it with the weight extensions only (an empty set would list every file).
+    fake3 = types.SimpleNamespace(folder_names_and_paths={})
+    register_bundled_model_folders(root, fake3)
+    assert fake3.folder_names_and_paths["vae"] == ([added["vae"]], set(WEIGHT_EXTENSIONS))
+
+
+def test_real_folder_paths_lists_only_the_bundled_weights(tmp_path, comfy_path):
+    import folder_paths
+
+    from iasa.nodes.model_folders import register_bundled_model_folders
+
+    root = tmp_path / "pack"
+    for key, files in {"diffusion_models": ["tiny_teacher.safetensors", "tiny_teacher.json", "notes.md"],
+                       "vae": ["tiny_vae.safetensors", "tiny_vae.json"]}.items():
+        (root / "models" / key).mkdir(parents=True)
+        for f in files:
+            (root / "models" / key / f).write_bytes(b"x")
+    saved = {k: (list(v[0]), set(v[1])) for k, v in folder_paths.folder_names_and_paths.items()}
+    try:
+        register_bundled_model_folders(root, folder_paths)
+        assert "tiny_teacher.safetensors" in folder_paths.get_filename_list("diffusion_models")
+        assert not {"tiny_teacher.json", "notes.md"} & set(folder_paths.get_filename_list("diffusion_models"))
+        assert "tiny_vae.safetensors" in folder_paths.get_filename_list("vae")
+        assert "tiny_vae.json" not in folder_paths.get_filename_list("vae")
+        full = folder_paths.get_full_path("vae", "tiny_vae.safetensors")
+        assert full == str(root / "models" / "vae" / "tiny_vae.safetensors")
+    finally:
+        folder_paths.folder_names_and_paths.clear()
+        folder_paths.folder_names_and_paths.update(saved)
+        folder_paths.filename_list_cache.clear()
+
+
+def test_server_registers_the_packs_model_folders(client):
+    paths = client.get_json("/internal/folder_paths")
+    real = {k: [os.path.realpath(p) for p in v] for k, v in paths.items()}
+    assert os.path.realpath(REPO / "models" / "diffusion_models") in real["diffusion_models"]
+    assert os.path.realpath(REPO / "models" / "vae") in real["vae"]
+
+
+# ------------------------------------------------------------------------------ stock loaders, workflow
+def test_stock_loaders_load_iasa_mini_format_files(client, random_mini):
+    teacher, vae = random_mini
+    info = client.get_json("/object_info/UNETLoader")["UNETLoader"]["input"]["required"]["unet_name"][0]
+    assert teacher in info
+    assert vae in client.get_json("/object_info/VAELoader")["VAELoader"]["input"]["required"]["vae_name"][0]
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": teacher, "weight_dtype": "default"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": vae}},
+        "3": {"class_type": "IASAEmptyConditioning", "inputs": {"tokens": 512, "width": 4096}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "synth_speaker.png"}},
+        "5": {"class_type": "WanFunControlToVideo",
+              "inputs": {"positive": ["3", 0], "negative": ["3", 0], "vae": ["2", 0], "width": 32, "height": 48,
+                         "length": 5, "batch_size": 1, "start_image": ["4", 0]}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 0, "steps": 1, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "simple", "positive": ["5", 0],
+                                                   "negative": ["5", 1], "latent_image": ["5", 2], "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["2", 0]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "iasa_test/mini_loaders"}},
+    }
+    result = client.run(prompt, timeout=600)
+    assert result.status == "success", result.error
+    files = saved_files(result.outputs)
+    assert len(files) == 5  # 5 frames = 2 latent frames of the 48-channel (Fun-Control) model
+    img = Image.open(io.BytesIO(client.view(files[0]["filename"], files[0]["subfolder"])))
+    assert img.size == (32, 48)
+
+
+def test_talking_workflow_runs_end_to_end_with_random_weights(client, random_mini):
+    """The shipped workflow, shrunk: 0.6 s of the demo speech (15 video frames at 25 fps), 32x32, 2 steps."""
+    wf = shrunk_talking_workflow(*random_mini, seconds=0.6, size=32, steps=2)
+    result = client.run(wf, timeout=900)
+    assert result.status == "success", result.error
+    mp4 = next(f for f in saved_files(result.outputs) if f["filename"].endswith(".mp4"))
+    with av.open(io.BytesIO(client.view(mp4["filename"], mp4.get("subfolder", "")))) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        audio_s = float(a.duration * a.time_base)
+    # length = IASA Audio Features' frame_count (15); Wan makes 4k + 1 <= 15 frames; CreateVideo cuts the
+    # audio to the video's length.
+    assert len(frames) == wan_length(15) == 13
+    assert frames[0].shape == (32, 32, 3) and float(v.average_rate) == 25.0
+    assert abs(audio_s - 13 / 25) < 0.05
+
+
+# ------------------------------------------------------------------------------------- IASA Load Pose
+def test_load_pose_reads_the_bundled_pose(client):
+    prompt = {
+        "1": {"class_type": "IASALoadPose", "inputs": {"pose_file": "synth_speaker_pose.json", "canvas_width": 0,
+                                                        "canvas_height": 0}},
+        "2": {"class_type": "IASARenderPose", "inputs": {"pose": ["1", 0], "width": 0, "height": 0, "body": True,
+                                                         "face": True, "hands": True}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "iasa_test/load_pose"}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["1", 2]}},
+    }
+    result = client.run(prompt)
+    assert result.status == "success", result.error
+    assert result.outputs["4"]["text"] == ["1"] and result.outputs["5"]["text"] == ["256"]
+    f = saved_files(result.outputs)[0]
+    img = np.asarray(Image.open(io.BytesIO(client.view(f["filename"], f["subfolder"]))).convert("RGB"))
+    assert img.shape == (256, 256, 3) and (img.max(axis=2) > 100).mean() > 0.01  # the skeleton is drawn
+
+
+def _load_pose_prompt(name: str) -> dict:
+    return {
+        "1": {"class_type": "IASALoadPose", "inputs": {"pose_file": name, "canvas_width": 0, "canvas_height": 0}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}},
+    }
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", ["pose_file", "iasa_bad.json", "not valid JSON", "line 1"]),
+    ('{"people": "nobody"}', ["pose_file", "iasa_bad.json", "frame 0", "'people' list"]),
+    ('[{"people": [{"pose_keypoints_2d": [1, 2, 3, 4]}], "canvas_width": 64, "canvas_height": 64}]',
+     ["pose_keypoints_2d", "4 numbers", "54 or 75"]),
+    ('{"version": 1.3, "people": []}', ["canvas_width", "canvas_height"]),
+])
+def test_load_pose_bad_files_give_a_clear_node_error(client, server, content, words):
+    (server.base / "input" / "iasa_bad.json").write_text(content)
+    result = client.run(_load_pose_prompt("iasa_bad.json"))
+    assert result.status == "error"
+    err = result.error
+    assert err["node_id"] == "1"
+    for w in words:
+        assert w in err["exception_message"], err["exception_message"]
+    assert_server_still_serves(client)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("../secret.wav", ["pose_file", "outside", "refused"]),
+    ("../../../../../../etc/passwd", ["pose_file", "outside", "refused"]),
+    ("/etc/passwd", ["pose_file", "outside", "refused"]),
+    ("missing_pose.json", ["pose_file", "not found"]),
+])
+def test_load_pose_refuses_files_outside_the_input_folder(client, name, words):
+    with pytest.raises(PromptRejected) as exc:
+        client.queue(_load_pose_prompt(name))
+    errors = exc.value.body["node_errors"]["1"]["errors"]
+    text = " ".join(e.get("details", "") + " " + e.get("message", "") for e in errors)
+    for w in words:
+        assert w in text, text
+    assert_server_still_serves(client)
+
+
+# ------------------------------------------------------------------------- quality (trained weights)
+def _trained_weights_missing() -> str | None:
+    missing = [str(p.relative_to(REPO)) for p in bundled_weights().values() if not p.is_file()]
+    if not missing:
+        return None
+    return f"needs the trained IASA-mini weights ({', '.join(missing)} missing; see models/README.md)"
+
+
+@pytest.mark.skipif(_trained_weights_missing() is not None, reason=_trained_weights_missing() or "")
+def test_trained_teacher_frames_follow_the_control_pose(client, server):
+    """33 frames of the bundled speaker driven by 1.3 s of the demo speech, sampled with the shipped
+    workflow's settings, against the same poses drawn by the synthetic-speaker renderer (ground truth).
+    Following the pose means: close to the ground truth overall, and, where the pose moved the
+    picture away from the reference frame, closer to the ground truth than to the reference."""
+    from iasa.audio.features import features_from_audio
+    from iasa.audio.loading import load_audio_file
+    from iasa.pose.audio_to_pose import audio_to_pose
+    from iasa.pose.keypoints import from_pose_keypoint, to_pose_keypoint
+    from iasa.pose.pose_files import read_pose_file, write_pose_file
+    from iasa.training.synth.character import draw_sequence
+    from iasa.training.synth.demo_assets import DEFAULT_SEED
+    from iasa.training.synth.identity import Identity
+
+    assert {TEACHER_FILE, VAE_FILE} <= {n["inputs"].get("unet_name", n["inputs"].get("vae_name"))
+                                        for n in json.loads(WORKFLOW.read_text()).values()}
+    ref_pose = from_pose_keypoint(read_pose_file(REPO / "assets" / "demo" / "synth_speaker_pose.json"))
+    audio = load_audio_file(REPO / "assets" / "demo" / "speech.wav", duration=1.3)
+    seq = audio_to_pose(ref_pose, features_from_audio(audio, 25.0), seed=7)
+    seq.points = seq.points[: wan_length(len(seq))]
+    write_pose_file(server.base / "input" / "iasa_test_follow_pose.json", to_pose_keypoint(seq))
+    prompt = quality_prompt(json.loads(WORKFLOW.read_text()), "synth_speaker.png", "iasa_test_follow_pose.json",
+                            "iasa_test/follow_pose")
+    result = client.run(prompt, timeout=1800)
+    assert result.status == "success", result.error
+    gen = np.stack([np.asarray(Image.open(io.BytesIO(client.view(f["filename"], f["subfolder"]))).convert("RGB"))
+                    for f in saved_files(result.outputs)])
+    truth = draw_sequence(seq.points, Identity.sample(DEFAULT_SEED), 256)
+    reference = np.asarray(Image.open(REPO / "assets" / "demo" / "synth_speaker.png").convert("RGB"))
+    assert gen.shape == truth.shape
+    moved = np.abs(truth.astype(np.int16) - reference.astype(np.int16)).max(axis=-1) > 40  # [T, H, W]
+    assert moved[1:].mean() > 0.002, "the test pose barely moves; make it longer"
+    overall = psnr(gen, truth)
+    to_truth = psnr(gen, truth, moved)
+    to_reference = psnr(gen, np.broadcast_to(reference, gen.shape).copy(), moved)
+    numbers = (f"PSNR to the ground truth {overall:.2f} dB; where the pose moved: {to_truth:.2f} dB to the ground "
+               f"truth, {to_reference:.2f} dB to the reference frame")
+    assert overall > 18.0, f"not the speaker: {numbers}"
+    assert to_truth > to_reference + 1.0, f"the control pose is not followed: {numbers}"

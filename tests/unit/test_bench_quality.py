@@ -1,0 +1,86 @@
+"""bench/quality.py pieces that need no server: metrics, clip lengths, the prompt derived from the talking workflow."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from iasa.bench.quality import WORKFLOW, quality_prompt, wan_length
+from iasa.bench.video_metrics import correlation, mean_scores, mouth_audio_corr, mouth_change, psnr, ssim
+
+
+def test_psnr_known_values_and_masks():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[..., 0] = 255
+    assert psnr(a, b) == pytest.approx(10 * math.log10(3))  # mse = 255^2 / 3
+    assert psnr(a, a) == math.inf
+    mask = np.zeros((2, 4, 4), bool)
+    assert math.isnan(psnr(a, b, mask))
+    c = a.copy()
+    c[:, :2] = 10
+    mask[:, 2:] = True
+    assert psnr(a, c, mask) == math.inf and psnr(a, c) < 40
+    with pytest.raises(ValueError, match="mask shape"):
+        psnr(a, b, mask[:1])
+    with pytest.raises(ValueError, match="one shape"):
+        psnr(a, b[:1])
+
+
+def test_ssim_is_one_for_identical_and_lower_for_noise():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert ssim(a, rng.integers(0, 256, a.shape, dtype=np.uint8)) < 0.2
+
+
+def test_mouth_audio_corr_follows_a_mouth_that_opens_with_energy():
+    T = 20
+    energy = np.abs(np.sin(np.linspace(0, 3, T))).astype(np.float32)
+    frames = np.full((T, 16, 16, 3), 100, np.uint8)
+    lips = np.zeros((T, 16, 16), bool)
+    lips[:, 8:12, 6:10] = True
+    for t in range(T):
+        frames[t, 9:11, 6:10] = 100 - 80 * energy[t] + 80 * energy[0]  # darker = more open
+    assert mouth_change(frames, lips).shape == (T - 1,)
+    assert mouth_audio_corr(frames, lips, energy) > 0.99
+    still = np.repeat(frames[:1], T, axis=0)
+    assert math.isnan(mouth_audio_corr(still, lips, energy))  # no change at all: undefined, not 0
+    assert math.isnan(mouth_audio_corr(frames, np.zeros_like(lips), energy))
+    assert math.isnan(correlation([1, 2], [1, 2]))
+
+
+def test_mean_scores_skips_nan_and_reports_none_when_empty():
+    out = mean_scores([{"a": 1.0, "b": float("nan")}, {"a": 3.0, "b": float("nan")}], ("a", "b"))
+    assert out == {"a": 2.0, "b": None}
+
+
+@pytest.mark.parametrize("n, want", [(1, 1), (4, 1), (5, 5), (33, 33), (36, 33), (170, 169)])
+def test_wan_length(n, want):
+    assert wan_length(n) == want
+
+
+def test_quality_prompt_keeps_the_workflow_but_drives_it_with_the_given_pose():
+    wf = json.loads(WORKFLOW.read_text())
+    p = quality_prompt(wf, "iasa_quality/a_ref.png", "iasa_quality/a_pose.json", "q/a", steps=7, cfg=2.5)
+    types = {n["class_type"] for n in p.values()}
+    assert not types & {"IASALoadAudio", "IASAAudioFeatures", "IASAAudioToPose", "CreateVideo", "SaveVideo"}
+    by_type = {n["class_type"]: (k, n) for k, n in p.items()}
+    pose_id, pose = by_type["IASALoadPose"]
+    assert pose["inputs"]["pose_file"] == "iasa_quality/a_pose.json"
+    assert by_type["LoadImage"][1]["inputs"]["image"] == "iasa_quality/a_ref.png"
+    assert by_type["IASARenderPose"][1]["inputs"]["pose"] == [pose_id, 0]
+    fun = [n for n in p.values() if n["class_type"] == "WanFunControlToVideo"]
+    assert len(fun) == 2 and all(n["inputs"]["length"] == [pose_id, 1] for n in fun)
+    ks = by_type["KSampler"][1]["inputs"]
+    assert (ks["steps"], ks["cfg"]) == (7, 2.5)
+    # what the workflow itself sets stays: models, shift, sampler, resolution
+    orig = {n["class_type"]: n for n in wf.values()}
+    for t in ("UNETLoader", "VAELoader", "ModelSamplingSD3"):
+        assert by_type[t][1]["inputs"] == orig[t]["inputs"]
+    assert ks["sampler_name"] == orig["KSampler"]["inputs"]["sampler_name"]
+    save = by_type["SaveImage"][1]["inputs"]
+    assert save["images"] == [by_type["VAEDecode"][0], 0] and save["filename_prefix"] == "q/a"
+    assert wf == json.loads(WORKFLOW.read_text())  # the input is not modified
