@@ -42,7 +42,7 @@ from . import distributed as D
 from . import flow
 from .clips import load_clips, to_model_range
 from .model_card import provenance
-from .runner import RunConfig, Runner, make_optimizer
+from .runner import RunConfig, Runner, configure_cuda, make_optimizer
 from .teacher_data import LatentSet, build_latent_set, concat_latent, load_latent_set, model_input, save_latent_set
 from .tiny_wan import TeacherConfig, build_teacher, config_dict, load_vae, save_model
 
@@ -164,10 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = D.init_distributed(a.device)
     cfg = RunConfig.from_args(a)
     dev = info.device
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    configure_cuda(dev)
     t_start = time.perf_counter()
     vae, vae_card = load_vae(a.vae, device=dev)
     lat = get_latents(a, info, vae, dev)

@@ -36,7 +36,7 @@ import torch
 from . import distributed as D
 from .clips import FrameBank, load_clips
 from .model_card import provenance
-from .runner import RunConfig, Runner, make_optimizer
+from .runner import RunConfig, Runner, configure_cuda, make_optimizer
 from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, save_model
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = D.init_distributed(a.device)
     cfg = RunConfig.from_args(a)
     dev = info.device
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    configure_cuda(dev)
     t_start = time.perf_counter()
 
     train_clips = load_clips(a.data, "train", a.max_clips or None)

@@ -5,7 +5,6 @@ images are extracted once per module and the video is short.
 """
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 from types import SimpleNamespace
 
@@ -23,6 +22,7 @@ from iasa.pose.keypoints import (
     FACE_R_EYE, FACE_R_PUPIL, LHAND, RHAND, PoseSequence,
 )
 from iasa.pose.smoothing import smooth_points, smooth_sequence
+from .photos import guitar_player
 
 # ---------------------------------------------------------------------------------------------- images
 
@@ -37,16 +37,6 @@ def grace_hopper() -> np.ndarray:
     import matplotlib
 
     path = pathlib.Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    return np.array(Image.open(path).convert("RGB"))
-
-
-def guitar_player() -> np.ndarray:
-    spec = importlib.util.find_spec("comfyui_workflow_templates_media_video")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("comfyui_workflow_templates_media_video is not installed: no photo with two visible hands")
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "templates" / "video_wan2_2_14B_s2v-1.webp"
-    if not path.exists():
-        pytest.skip(f"{path} is missing: no photo with two visible hands")
     return np.array(Image.open(path).convert("RGB"))
 
 

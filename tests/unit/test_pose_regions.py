@@ -1,15 +1,13 @@
 """Region masks from keypoints (pose/regions.py): containment, hands, priorities, token-grid pooling."""
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from iasa.pose.keypoints import B, FACE, FACE_OUTER_LIP, LHAND, N_POINTS, RHAND, PoseSequence
 from iasa.pose.regions import LABELS, MASK_NAMES, body_scale, frame_masks, label_map, sequence_masks
+from .photos import guitar_player
 
 # A frontal speaker on a 512 x 512 canvas: hands raised in front of the chest.
 BODY_PX = {
@@ -87,20 +85,10 @@ def test_synthetic_speaker_masks_contain_their_keypoints():
     assert m["lips"].sum() < 0.25 * m["face"].sum()
 
 
-def _guitar_player() -> np.ndarray:
-    spec = importlib.util.find_spec("comfyui_workflow_templates_media_video")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("comfyui_workflow_templates_media_video is not installed: no photo with two visible hands")
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "templates" / "video_wan2_2_14B_s2v-1.webp"
-    if not path.exists():
-        pytest.skip(f"{path} is missing: no photo with two visible hands")
-    return np.array(Image.open(path).convert("RGB"))
-
-
 def test_real_photo_masks_find_face_lips_and_both_hands():
     from iasa.pose.extract import extract_pose
 
-    img = _guitar_player()
+    img = guitar_player()
     seq = extract_pose(img)
     f = seq.points[0]
     assert (f[LHAND, 2] > 0.3).all() and (f[RHAND, 2] > 0.3).all()

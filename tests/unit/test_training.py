@@ -13,15 +13,7 @@ from iasa.training.tiny_wan import (TeacherConfig, VAEConfig, _check_initialised
                                     fold_latent_affine, load_teacher, load_vae, save_model,
                                     teacher_config_from_state_dict)
 from iasa.training.vae_train import calibrate, normalised_stats, reconstruct
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine has 2 cores shared with other work: one thread is faster and steadier here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,10 @@ from iasa.training.logs import LossLog
 from iasa.training.runner import RunConfig, Runner, make_optimizer
 from iasa.training.teacher_data import LatentSet
 from iasa.training.tiny_wan import TeacherConfig, VAEConfig, build_teacher, build_vae, save_model
+from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = "procedural:3:9:32"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
