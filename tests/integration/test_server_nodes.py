@@ -131,3 +131,15 @@ def test_preview_image_of_masks(client):
     assert 0.01 < mask.mean() < 0.2
     ys, xs = np.nonzero(mask)
     assert 80 < ys.mean() < 300 and 150 < xs.mean() < 400
+
+
+def test_features_accept_stock_load_audio(client):
+    """IASA Audio Features takes the AUDIO of ComfyUI's own LoadAudio (PyAV-decoded) as well as ours."""
+    prompt = {
+        "1": {"class_type": "LoadAudio", "inputs": {"audio": "speech.wav"}},
+        "2": {"class_type": "IASAAudioFeatures", "inputs": {"audio": ["1", 0], "fps": 25.0}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
+    }
+    result = client.run(prompt)
+    assert result.status == "success", result.error
+    assert result.outputs["3"]["text"] == ["170"]   # ceil(6.786 s x 25 fps)
