@@ -147,6 +147,16 @@ def init_teacher_weights(model: torch.nn.Module) -> None:
 
 
 # -------------------------------------------------------------------------------------------- build
+def _seeded_init(module: torch.nn.Module, init_fn, seed: int | None, what: str) -> None:
+    """NaN-fill, run ``init_fn`` under ``seed`` without touching the global RNG, check nothing was missed."""
+    _fill_nan(module)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        init_fn(module)
+    _check_initialised(module, what)
+
+
 def build_vae(cfg: VAEConfig, seed: int | None = 0, device: torch.device | str = "cpu", init: bool = True):
     """A ``WanVAE`` exactly as stock ``VAELoader`` builds it for a width-``cfg.dim`` Wan 2.1 VAE."""
     ensure_comfy_on_path()
@@ -154,12 +164,7 @@ def build_vae(cfg: VAEConfig, seed: int | None = 0, device: torch.device | str =
 
     vae = wv.WanVAE(dim=cfg.dim, z_dim=cfg.z_dim, **WAN21_VAE_LAYOUT)
     if init:
-        _fill_nan(vae)
-        with torch.random.fork_rng(devices=[]):  # seeded init that leaves the global RNG alone
-            if seed is not None:
-                torch.manual_seed(seed)
-            init_vae_weights(vae)
-        _check_initialised(vae, "build_vae")
+        _seeded_init(vae, init_vae_weights, seed, "build_vae")
     return vae.to(device)
 
 
@@ -176,12 +181,7 @@ def build_teacher(cfg: TeacherConfig, seed: int | None = 0, device: torch.device
         cross_attn_norm=True, eps=cfg.eps, operations=comfy.ops.disable_weight_init, dtype=torch.float32,
     )
     if init:
-        _fill_nan(model)
-        with torch.random.fork_rng(devices=[]):  # seeded init that leaves the global RNG alone
-            if seed is not None:
-                torch.manual_seed(seed)
-            init_teacher_weights(model)
-        _check_initialised(model, "build_teacher")
+        _seeded_init(model, init_teacher_weights, seed, "build_teacher")
     return model.to(device)
 
 
