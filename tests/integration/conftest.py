@@ -72,3 +72,27 @@ def object_info(client) -> dict:
 
 def load_api_workflow(name: str) -> dict:
     return json.loads((REPO / "workflows" / "api" / name).read_text())
+
+
+def speech_pose_nodes(seed: int) -> dict:
+    """API nodes 1-5: 1 s of the bundled speech -> features; the astronaut photo -> pose -> audio-driven pose."""
+    return {
+        "1": {"class_type": "IASALoadAudio", "inputs": {"audio": "speech.wav", "sample_rate": 0, "mono": True,
+                                                        "start": 0.0, "duration": 1.0}},
+        "2": {"class_type": "IASAAudioFeatures", "inputs": {"audio": ["1", 0], "fps": 25.0}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "reference.jpg"}},
+        "4": {"class_type": "IASAExtractPose", "inputs": {"image": ["3", 0], "smoothing": 0.0, "no_person": "error"}},
+        "5": {"class_type": "IASAAudioToPose", "inputs": {"reference_pose": ["4", 0], "features": ["2", 0],
+                                                          "seed": seed, "mouth": 1.0, "head": 1.0, "gestures": 1.0,
+                                                          "blinks": True, "driving_mode": "loop"}},
+    }
+
+
+def rejection_text(client, prompt: dict, node: str = "1") -> str:
+    """Queue a prompt that validation must refuse; the text of ``node``'s validation errors."""
+    from iasa.harness.client import PromptRejected
+
+    with pytest.raises(PromptRejected) as exc:
+        client.queue(prompt)
+    errors = exc.value.body["node_errors"][node]["errors"]
+    return " ".join(e.get("details", "") + " " + e.get("message", "") for e in errors)

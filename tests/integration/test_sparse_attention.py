@@ -10,20 +10,13 @@ from safetensors.torch import load as load_safetensors
 
 from iasa.harness.demo import saved_files
 
-from .conftest import TINY_WAN
+from .conftest import TINY_WAN, speech_pose_nodes
 
 
 def graph(model_node: dict | None, extra: dict | None = None, prefix: str = "iasa_test/latent") -> dict:
     """Audio-driven pose (1 s) -> [model patch] -> KSampler on a 128x128x25 latent -> SaveLatent."""
     g = {
-        "1": {"class_type": "IASALoadAudio", "inputs": {"audio": "speech.wav", "sample_rate": 0, "mono": True,
-                                                        "start": 0.0, "duration": 1.0}},
-        "2": {"class_type": "IASAAudioFeatures", "inputs": {"audio": ["1", 0], "fps": 25.0}},
-        "3": {"class_type": "LoadImage", "inputs": {"image": "reference.jpg"}},
-        "4": {"class_type": "IASAExtractPose", "inputs": {"image": ["3", 0], "smoothing": 0.0, "no_person": "error"}},
-        "5": {"class_type": "IASAAudioToPose", "inputs": {"reference_pose": ["4", 0], "features": ["2", 0], "seed": 5,
-                                                          "mouth": 1.0, "head": 1.0, "gestures": 1.0, "blinks": True,
-                                                          "driving_mode": "loop"}},
+        **speech_pose_nodes(seed=5),
         "10": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN, "weight_dtype": "default"}},
         "11": {"class_type": "IASAEmptyConditioning", "inputs": {"tokens": 8, "width": 4096}},
         "12": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 128, "height": 128, "length": 25,
