@@ -77,7 +77,10 @@ def setup_logging(info: DistInfo, level: int = logging.INFO) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Tear the process group down together: a rank that destroys its gloo group while another is still
+    working (rank 0 exporting weights) can abort at exit ("terminate called without an active exception")."""
     if info.initialised and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
