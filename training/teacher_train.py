@@ -44,7 +44,7 @@ from .clips import load_clips, to_model_range
 from .model_card import provenance
 from .runner import RunConfig, Runner, configure_cuda, make_optimizer
 from .teacher_data import LatentSet, build_latent_set, concat_latent, load_latent_set, model_input, save_latent_set
-from .tiny_wan import TeacherConfig, build_teacher, config_dict, load_vae, save_model
+from .tiny_wan import TeacherConfig, build_teacher, config_dict, file_sha256, init_from_weights, load_vae, save_model
 
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "iasa_mini_teacher.safetensors"
@@ -76,6 +76,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--eval-cfg", type=float, default=3.0)
     p.add_argument("--save-dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--init", default="", help="start from these exported teacher weights (fine-tuning); "
+                   "--dim/--layers/--ffn must match them")
     p.add_argument("--device", default="auto")
     RunConfig.add_args(p, out=".dev/runs/teacher", steps=0, max_minutes=6.0, lr=4e-4, warmup=200, min_lr_frac=0.1,
                        weight_decay=0.01, log_every=50, checkpoint_every=1000)
@@ -94,7 +96,7 @@ def _amp(dev: torch.device, amp: str):
 def get_latents(a, info: D.DistInfo, vae, dev: torch.device) -> LatentSet:
     """Load the cache if it matches, else rank 0 builds and writes it while the others wait."""
     cache = Path(a.latents_cache or Path(a.out) / "latents.safetensors")
-    want = {"data": str(a.data), "frames": a.frames, "stride": a.stride or a.frames, "vae_sha256": _sha256(a.vae),
+    want = {"data": str(a.data), "frames": a.frames, "stride": a.stride or a.frames, "vae_sha256": file_sha256(a.vae),
             "max_clips": a.max_clips, "max_windows_per_clip": a.max_windows_per_clip, "seed": a.seed}
     if cache.is_file():
         ls, meta = load_latent_set(cache)
@@ -113,16 +115,6 @@ def get_latents(a, info: D.DistInfo, vae, dev: torch.device) -> LatentSet:
     if not info.is_main:
         ls, _ = load_latent_set(cache)
     return ls.to(dev)
-
-
-def _sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class TeacherStep:
@@ -172,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tcfg = TeacherConfig(dim=a.dim, num_layers=a.layers, ffn_dim=a.ffn)
     model = build_teacher(tcfg, seed=cfg.seed, device=dev)
+    init = init_from_weights(model, a.init, "teacher") if a.init else None
     n_params = sum(p.numel() for p in model.parameters())
     log.info("teacher: %.2f M parameters, %d heads, %d windows, latent %s, data ready in %.1f s",
              n_params / 1e6, tcfg.num_heads, len(lat), tuple(lat.x0.shape[1:]), t_data)
@@ -189,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
                "world_size": info.world_size, "ranks_in_sync": D.params_in_sync(model, info)}
     if runner.finished and info.is_main:
         summary.update(finalize(model, vae, vae_card, tcfg, a, cfg, dev,
-                                provenance(runner.loop_seconds, dev, info.world_size)))
+                                {**provenance(runner.loop_seconds, dev, info.world_size), **({"init": init} if init else {})}))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     if info.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -291,6 +291,32 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu", dtype: to
     return model.to(device=device, dtype=dtype), card
 
 
+def init_from_weights(module: torch.nn.Module, path: str | Path, what: str) -> dict:
+    """Load exported weights (``save_model``) into a freshly built ``module`` to fine-tune them; the shapes
+    must match the module's config. Returns the provenance that goes into the new model card."""
+    sd, card = read_weights(path)
+    own = module.state_dict()
+    bad = sorted(k for k in own if k not in sd or sd[k].shape != own[k].shape)
+    extra = sorted(k for k in sd if k not in own)
+    if bad or extra:
+        raise ModelFileError(f"--init {path}: these weights do not fit the {what} being trained (check its width/"
+                             f"layers): mismatched or missing {bad[:4]}, unexpected {extra[:4]}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+    steps = card.get("trained_steps", (card.get("training") or {}).get("steps"))
+    return {"file": Path(path).name, "sha256": file_sha256(path), "trained_steps": steps,
+            **{k: card[k] for k in ("command", "train_seconds", "hardware", "date", "init") if k in card}}
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def config_dict(cfg) -> dict:
     d = asdict(cfg)
     if isinstance(cfg, TeacherConfig):

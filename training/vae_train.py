@@ -37,7 +37,7 @@ from . import distributed as D
 from .clips import FrameBank, load_clips
 from .model_card import provenance
 from .runner import RunConfig, Runner, configure_cuda, make_optimizer
-from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, save_model
+from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, init_from_weights, save_model
 
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "iasa_mini_vae.safetensors"
@@ -164,6 +164,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--calib-clips", type=int, default=32, help="training windows for latent calibration")
     p.add_argument("--eval-batch", type=int, default=4)
     p.add_argument("--save-dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--init", default="", help="start from these exported VAE weights (fine-tuning); --dim must match")
+    p.add_argument("--train-part", choices=("all", "decoder"), default="all",
+                   help="'decoder' freezes the encoder, so latents (and a teacher trained on them) stay valid")
     p.add_argument("--device", default="auto")
     RunConfig.add_args(p, out=".dev/runs/vae", steps=0, max_minutes=4.0, lr=1e-3, warmup=200, min_lr_frac=0.05,
                        log_every=50, checkpoint_every=1000)
@@ -195,11 +198,13 @@ def main(argv: list[str] | None = None) -> dict:
     del train_clips
 
     vae = build_vae(VAEConfig(dim=a.dim), seed=cfg.seed, device=dev)
+    init = init_from_weights(vae, a.init, "VAE") if a.init else None
+    trainable = trainable_parameters(vae, a.train_part)
     if a.channels_last:
         vae = vae.to(memory_format=torch.channels_last_3d)
     ae = AutoEncoder(vae)
     train_module = D.wrap_ddp(ae, info)
-    opt = make_optimizer(vae.parameters(), cfg, dev)
+    opt = make_optimizer(trainable, cfg, dev)
     gen = torch.Generator(device=dev)
     gen.manual_seed(cfg.seed)
     runner = Runner(cfg, info, vae, train_module, opt, {"data": gen}, "vae",
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
                "world_size": info.world_size, "ranks_in_sync": D.params_in_sync(vae, info)}
     if runner.finished and info.is_main:
         summary.update(finalize(vae, bank, held_clips, a, cfg, dev,
-                                provenance(runner.loop_seconds, dev, info.world_size)))
+                                {**provenance(runner.loop_seconds, dev, info.world_size), **({"init": init} if init else {})}))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     summary["train_seconds_this_process"] = round(time.perf_counter() - t_loop, 2)
     if info.is_main:
@@ -235,6 +240,16 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("vae summary: %s", json.dumps({k: v for k, v in summary.items() if k != "calibration"}))
     D.cleanup(info)
     return summary
+
+
+def trainable_parameters(vae, part: str) -> list[torch.nn.Parameter]:
+    """All parameters, or only the decoder side (``conv2`` + ``decoder``) with the encoder frozen."""
+    if part == "all":
+        return list(vae.parameters())
+    frozen = list(vae.encoder.parameters()) + list(vae.conv1.parameters())
+    for q in frozen:
+        q.requires_grad_(False)
+    return list(vae.conv2.parameters()) + list(vae.decoder.parameters())
 
 
 def _median(xs: list[float]) -> float:
@@ -256,7 +271,10 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
     out: dict = {}
     rec_before = reconstruct(vae, x_eval, a.eval_batch)
     out["heldout_psnr_fp32"] = psnr(rec_before, x_eval)
-    out["calibration"] = calibrate(vae, x_cal, a.eval_batch)
+    if a.train_part == "decoder":  # the latent space must stay exactly the one the teacher was trained on
+        out["calibration"] = "kept from --init (encoder frozen)"
+    else:
+        out["calibration"] = calibrate(vae, x_cal, a.eval_batch)
     m, s = normalised_stats(vae, x_cal, a.eval_batch)
     out["normalised_mean_absmax"] = float(m.abs().max())
     out["normalised_std_range"] = [float(s.min()), float(s.max())]
@@ -272,7 +290,7 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
     out["heldout_windows"] = [int(x_eval.shape[0]), int(x_eval.shape[2])]
     card = {"name": "IASA-mini VAE", "format": "Wan 2.1 VAE (stock VAELoader)", "config": config_dict(VAEConfig(dim=a.dim)),
             "latent_format": "comfy.latent_formats.Wan21 (calibrated: process_in gives ~zero mean, unit std)",
-            "trained_steps": cfg.steps, "data": a.data, "frames": a.frames, "crop": a.crop,
+            "trained_steps": cfg.steps, "data": a.data, "frames": a.frames, "crop": a.crop, "train_part": a.train_part,
             "heldout_psnr_db": round(out["heldout_psnr_fp32_calibrated"], 3),
             "losses": {"l1": 1.0, "l2": a.l2_weight, "edge": a.edge_weight, "kl": a.kl_weight},
             "metrics": {k: out[k] for k in ("heldout_psnr_fp32_calibrated", "heldout_psnr_bf16_weights",

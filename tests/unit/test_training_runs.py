@@ -127,6 +127,32 @@ def test_vae_resume_equals_uninterrupted_run(tmp_path):
         assert (tmp_path / "b" / name).is_file(), name
 
 
+def test_vae_decoder_fine_tune_from_exported_weights_keeps_the_encoder(tmp_path, vae_file):
+    """--init + --train-part decoder: the encoder side (hence the latents a teacher was trained on) is
+    bit-identical, the decoder moved, the card says where the weights came from."""
+    from iasa.training import vae_train
+    from iasa.training.tiny_wan import file_sha256, read_weights
+
+    vae_train.main(_vae_args(tmp_path / "ft", "--init", str(vae_file), "--train-part", "decoder",
+                             "--save-dtype", "fp32"))
+    before, _ = read_weights(vae_file)
+    after, card = read_weights(tmp_path / "ft" / "iasa_mini_vae.safetensors")
+    enc = [k for k in before if k.startswith(("encoder.", "conv1."))]
+    dec = [k for k in before if k.startswith(("decoder.", "conv2."))]
+    assert enc and dec and len(enc) + len(dec) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in dec)
+    assert card["init"]["sha256"] == file_sha256(vae_file) and card["train_part"] == "decoder"
+
+
+def test_init_from_weights_of_another_size_is_refused_by_name(tmp_path, vae_file):
+    from iasa.training import vae_train
+    from iasa.training.tiny_wan import ModelFileError
+
+    with pytest.raises(ModelFileError, match=r"--init .*vae.safetensors.*width"):
+        vae_train.main(_vae_args(tmp_path / "x", "--dim", "16", "--init", str(vae_file)))
+
+
 def _teacher_args(out: Path, vae: Path, cache: Path, *extra: str) -> list[str]:
     return ["--data", DATA, "--vae", str(vae), "--out", str(out), "--dim", "128", "--layers", "1", "--ffn", "128",
             "--frames", "5", "--batch", "4", "--steps", "5", "--log-every", "1", "--checkpoint-every", "2",
