@@ -29,8 +29,9 @@ PACK_NODES = {
 }
 # Workflows whose full run needs the bundled IASA-mini weights and minutes of CPU sampling: test_iasa_mini.py
 # runs them shrunk (short audio, low resolution, few steps) with random weights of the same format.
-HEAVY_WORKFLOWS = {"iasa_mini_talking": "runs shrunk with random weights in test_iasa_mini.py "
-                                        "(full size needs the bundled weights and minutes of CPU)"}
+HEAVY_WORKFLOWS = {"iasa_mini_talking": "full size takes ~500 s of this 2-core CPU (bench/results/demo.json); "
+                                        "it runs shrunk with random weights and for 33 frames with the bundled "
+                                        "weights in test_iasa_mini.py"}
 RUNNABLE_WORKFLOWS = [pytest.param(w, marks=pytest.mark.skip(reason=HEAVY_WORKFLOWS[w.stem]))
                       if w.stem in HEAVY_WORKFLOWS else w for w in API_WORKFLOWS]
 
