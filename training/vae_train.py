@@ -278,7 +278,7 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
     m, s = normalised_stats(vae, x_cal, a.eval_batch)
     out["normalised_mean_absmax"] = float(m.abs().max())
     out["normalised_std_range"] = [float(s.min()), float(s.max())]
-    rec_after = reconstruct(vae, x_eval, a.eval_batch)
+    rec_after = rec_before if a.train_part == "decoder" else reconstruct(vae, x_eval, a.eval_batch)
     out["heldout_psnr_fp32_calibrated"] = psnr(rec_after, x_eval)
     out["calibration_max_abs_change"] = float((rec_after - rec_before).abs().max())
     if dev.type == "cuda":  # ComfyUI runs the VAE with bf16 weights on such GPUs
