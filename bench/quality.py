@@ -23,7 +23,6 @@ cut to 4k + 1 frames (Wan's temporal compression).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -216,9 +215,9 @@ def _record(model: str, per_clip: list[dict], clips: list[dict], **extra) -> dic
 
 # ---------------------------------------------------------------------------------------------- main
 def weights_info(path: pathlib.Path) -> dict:
-    from ..training.tiny_wan import read_weights
+    from ..training.tiny_wan import file_sha256, read_weights
 
-    h = hashlib.sha256(path.read_bytes()).hexdigest()
+    h = file_sha256(path)
     _, card = read_weights(path)
     keep = ("name", "config", "training", "trained_steps", "heldout_psnr_db", "sampling", "eval", "data")
     return {"file": path.name, "sha256": h, "card": {k: card[k] for k in keep if k in card}}

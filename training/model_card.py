@@ -50,9 +50,10 @@ def comfyui_version() -> str:
 
 
 def provenance(train_seconds: float, device: torch.device | str, world_size: int = 1,
-               argv: list[str] | None = None) -> dict:
-    """``{"command", "train_seconds", "world_size", "hardware", "versions", "date"}`` for a model card."""
-    return {"command": training_command(argv, world_size), "train_seconds": round(float(train_seconds), 1),
+               argv: list[str] | None = None, init: dict | None = None) -> dict:
+    """``{"command", "train_seconds", "world_size", "hardware", "versions", "date"}`` for a model card, plus
+    ``"init"`` (the weights a fine-tune started from, ``tiny_wan.init_from_weights``) when given."""
+    return {**({"init": init} if init else {}), "command": training_command(argv, world_size), "train_seconds": round(float(train_seconds), 1),
             "world_size": int(world_size), "hardware": hardware(device),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "comfyui": comfyui_version()},

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
                "world_size": info.world_size, "ranks_in_sync": D.params_in_sync(model, info)}
     if runner.finished and info.is_main:
         summary.update(finalize(model, vae, vae_card, tcfg, a, cfg, dev,
-                                {**provenance(runner.loop_seconds, dev, info.world_size), **({"init": init} if init else {})}))
+                                provenance(runner.loop_seconds, dev, info.world_size, init=init)))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     if info.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
                "world_size": info.world_size, "ranks_in_sync": D.params_in_sync(vae, info)}
     if runner.finished and info.is_main:
         summary.update(finalize(vae, bank, held_clips, a, cfg, dev,
-                                {**provenance(runner.loop_seconds, dev, info.world_size), **({"init": init} if init else {})}))
+                                provenance(runner.loop_seconds, dev, info.world_size, init=init)))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     summary["train_seconds_this_process"] = round(time.perf_counter() - t_loop, 2)
     if info.is_main:
@@ -271,14 +271,15 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
     out: dict = {}
     rec_before = reconstruct(vae, x_eval, a.eval_batch)
     out["heldout_psnr_fp32"] = psnr(rec_before, x_eval)
-    if a.train_part == "decoder":  # the latent space must stay exactly the one the teacher was trained on
+    keep_latents = a.train_part == "decoder"  # the latent space must stay the one a teacher was trained on
+    if keep_latents:
         out["calibration"] = "kept from --init (encoder frozen)"
     else:
         out["calibration"] = calibrate(vae, x_cal, a.eval_batch)
     m, s = normalised_stats(vae, x_cal, a.eval_batch)
     out["normalised_mean_absmax"] = float(m.abs().max())
     out["normalised_std_range"] = [float(s.min()), float(s.max())]
-    rec_after = rec_before if a.train_part == "decoder" else reconstruct(vae, x_eval, a.eval_batch)
+    rec_after = rec_before if keep_latents else reconstruct(vae, x_eval, a.eval_batch)
     out["heldout_psnr_fp32_calibrated"] = psnr(rec_after, x_eval)
     out["calibration_max_abs_change"] = float((rec_after - rec_before).abs().max())
     if dev.type == "cuda":  # ComfyUI runs the VAE with bf16 weights on such GPUs
