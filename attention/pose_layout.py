@@ -92,14 +92,11 @@ def build_pose_layout(
     out = PoseLayout(grid=grid, config=config)
     if not pose.has_person().any():
         return _fallback(out, "the pose sequence has no person in any frame")
-    pose_px = pose_for_grid(pose, grid, n_px)
-    out.labels = token_labels(pose_px, grid, config.regions, latent_frames)
+    out.labels, out.frame_select, out.frame_scores = pose_pattern(pose_for_grid(pose, grid, n_px), grid, config,
+                                                                  latent_frames)
     if config.regions and not out.labels.any():
         return _fallback(out, f"no token of the {grid.hp}x{grid.wp} grid falls in a chosen region "
                               f"({', '.join(config.regions)}); is the pose on the video's canvas?")
-    out.frame_select, out.frame_scores = global_frame_mask(
-        pose_px, grid, config.top_k, config.causal, config.allow_scale, config.frame_pose,
-        config.min_shared_points, latent_frames)
     out.layout, out.groups = build_region_layout(out.labels, out.frame_select, grid, config.block_size)
     counts = region_token_counts(out.labels)
     if grid.global_tokens:
@@ -107,6 +104,16 @@ def build_pose_layout(
     out.density = density_report(out.layout, counts)
     log.info("IASA sparse layout: %s; %s", grid.describe(), out.density.summary())
     return out
+
+
+def pose_pattern(pose_px: PoseSequence, grid: TokenGrid, config: SparseAttentionConfig,
+                 latent_frames: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Region labels ``[T, hp, wp]``, frame selection and scores ``[T, T]`` of a pose already on the video's
+    pixel canvas with one frame per pixel frame (``pose_for_grid``): the pattern the layout is built from."""
+    labels = token_labels(pose_px, grid, config.regions, latent_frames)
+    select, scores = global_frame_mask(pose_px, grid, config.top_k, config.causal, config.allow_scale,
+                                       config.frame_pose, config.min_shared_points, latent_frames)
+    return labels, select, scores
 
 
 def _fallback(out: PoseLayout, reason: str) -> PoseLayout:

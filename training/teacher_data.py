@@ -1,19 +1,21 @@
 """Teacher training data: clip windows encoded once into normalised Wan 2.1 latents, laid out exactly as
-stock ``WanFunControlToVideo`` + ``WAN21.concat_cond`` feed a 48-channel Wan model.
+stock ``Wan22FunControlToVideo`` + ``WAN21`` feed a 48-channel Wan model with ``ref_conv``.
 
 Per window of ``frames`` pixel frames (``1 + 4k``):
 * ``x0``      = ``Wan21.process_in(vae.encode(frames))``                       ``[16, F, h, w]``
 * ``control`` = ``Wan21.process_in(vae.encode(render_pose(keypoints)))``       ``[16, F, h, w]``
-* ``ref``     = ``Wan21.process_in(vae.encode(one frame))``                    ``[16, 1, h, w]``
-  (the window's first frame is ``x0[:, :1]`` exactly: the VAE is causal; ``ref_random`` holds the
-  latent of a random frame of the same clip as an alternative reference).
+* ``ref_random`` = ``Wan21.process_in(vae.encode(one random frame of the clip))`` ``[16, 1, h, w]``
+  (the window's own first frame is ``x0[:, :1]`` exactly: the VAE is causal);
+* ``labels`` / ``frame_select``: the input-aware attention pattern of the window's pose (region label per
+  video token, frame pairs kept by paper Eq. 1-2), the mask the sparse teacher trains with.
 
-Model input (``concat_cond`` order: noise first): ``[x_t (16) | control (16) | ref at latent frame 0,
-zeros elsewhere (16)]``. The all-zero conditioning (what a ``WanFunControlToVideo`` without
-control_video / start_image gives after ``process_in``) is the unconditional branch for CFG.
+Model input (``concat_cond`` order: noise first): ``[x_t (16) | control (16) | zeros (16)]`` (the start-image
+channels that Wan22FunControlToVideo leaves empty) and the reference as ``reference_latent`` ``[B, 16, h, w]``,
+which ``ref_conv`` turns into ``h/2 * w/2`` tokens in front of the video. The unconditional branch for CFG
+is what a ``Wan22FunControlToVideo`` without control_video / ref_image gives: zero concat, no reference.
 
-Pose videos are rendered on CPU worker processes (``pose/render.py``: numpy + cv2 only) while the GPU
-encodes the previous batch.
+Pose videos and patterns are computed on CPU worker processes (``pose/render.py``, ``attention/``: numpy +
+cv2 only) while the GPU encodes the previous batch.
 """
 from __future__ import annotations
 
@@ -28,13 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..attention.grid import TokenGrid
+from ..attention.pose_layout import SparseAttentionConfig, pose_pattern
 from ..pose.keypoints import PoseSequence
 from ..pose.render import render_pose
 from .clips import to_model_range
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = "iasa-teacher-latents"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -42,20 +46,28 @@ class LatentSet:
     x0: torch.Tensor          # [N, 16, F, h, w] float32, normalised
     control: torch.Tensor     # [N, 16, F, h, w]
     ref_random: torch.Tensor  # [N, 16, 1, h, w]
+    labels: torch.Tensor      # uint8 [N, F, h/2, w/2] region label per video token
+    frame_select: torch.Tensor  # bool [N, F, F]
     ids: list[str]
+
+    TENSORS = ("x0", "control", "ref_random", "labels", "frame_select")
 
     def __len__(self) -> int:
         return int(self.x0.shape[0])
 
     def to(self, device) -> "LatentSet":
-        return LatentSet(self.x0.to(device), self.control.to(device), self.ref_random.to(device), self.ids)
+        return LatentSet(*(getattr(self, k).to(device) for k in self.TENSORS), self.ids)
 
 
-def concat_latent(control: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``[B, 32, F, h, w]``: control latent on channels 0:16, reference at latent frame 0 on 16:32."""
-    ref_full = torch.zeros_like(control)
-    ref_full[:, :, : ref.shape[2]] = ref[:, :, : control.shape[2]]
-    return torch.cat([control, ref_full], dim=1)
+def concat_latent(control: torch.Tensor) -> torch.Tensor:
+    """``[B, 32, F, h, w]``: control latent on channels 0:16, the empty start-image channels on 16:32."""
+    return torch.cat([control, torch.zeros_like(control)], dim=1)
+
+
+def token_grid(latent_thw: tuple[int, int, int], ref_tokens: bool = True) -> TokenGrid:
+    """Token grid of an IASA-mini call: patch (1, 2, 2), 16-px tokens, ``ref_conv`` tokens in front."""
+    f, h, w = latent_thw
+    return TokenGrid.from_latent_shape((f, h, w), (1, 2, 2), 8, ref_tokens_before=(h // 2) * (w // 2) if ref_tokens else 0)
 
 
 def model_input(x_t: torch.Tensor, concat: torch.Tensor) -> torch.Tensor:
@@ -74,10 +86,14 @@ def plan_windows(lengths: list[int], frames: int, stride: int, max_per_clip: int
     return out
 
 
-def _render_job(job: tuple[np.ndarray, int, int]) -> np.ndarray:
-    kp, width, height = job
-    img = render_pose(PoseSequence(kp, width, height), width, height)
-    return np.rint(img * 255.0).astype(np.uint8)  # exact: render_pose gives uint8 / 255
+def _render_job(job: tuple[np.ndarray, int, int, SparseAttentionConfig]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pose video (uint8) and attention pattern (labels, frame_select) of one window."""
+    kp, width, height, config = job
+    pose = PoseSequence(kp, width, height)
+    img = render_pose(pose, width, height)
+    grid = token_grid(((len(kp) - 1) // 4 + 1, height // 8, width // 8))
+    labels, select, _ = pose_pattern(pose, grid, config)
+    return np.rint(img * 255.0).astype(np.uint8), labels, select  # exact: render_pose gives uint8 / 255
 
 
 def _iter_rendered(jobs: list, workers: int):
@@ -107,8 +123,10 @@ def encode_normalised(vae, px_uint8: torch.Tensor, amp: bool, latent_format) -> 
 
 
 def build_latent_set(clips: list[dict], vae, frames: int, stride: int, device: torch.device, batch: int = 4,
-                     workers: int = 0, amp: bool = True, seed: int = 0, max_per_clip: int = 0) -> LatentSet:
-    """Render, encode and normalise every window of ``clips`` (dicts with frames, keypoints, id)."""
+                     workers: int = 0, amp: bool = True, seed: int = 0, max_per_clip: int = 0,
+                     pattern: SparseAttentionConfig = SparseAttentionConfig()) -> LatentSet:
+    """Render, encode and normalise every window of ``clips`` (dicts with frames, keypoints, id); compute
+    each window's attention ``pattern``."""
     from .vae_train import wan21_latent_format
 
     fmt = wan21_latent_format()
@@ -118,9 +136,9 @@ def build_latent_set(clips: list[dict], vae, frames: int, stride: int, device: t
         raise ValueError(f"no clip has {frames} frames; use a shorter --frames")
     rng = np.random.default_rng(seed)
     h, w = clips[0]["frames"].shape[1:3]
-    jobs = [(clips[c]["keypoints"][s:s + frames], w, h) for c, s in windows]
+    jobs = [(clips[c]["keypoints"][s:s + frames], w, h, pattern) for c, s in windows]
     rand_frame = [int(rng.integers(0, len(clips[c]["frames"]))) for c, _ in windows]
-    x0s, ctrls, refs = [], [], []
+    x0s, ctrls, refs, labels, selects = [], [], [], [], []
     t0 = time.perf_counter()
     vae.eval()
     pending: list[np.ndarray] = []
@@ -132,7 +150,9 @@ def build_latent_set(clips: list[dict], vae, frames: int, stride: int, device: t
         px = torch.from_numpy(np.stack([clips[windows[i][0]]["frames"][windows[i][1]:windows[i][1] + frames]
                                         for i in sel])).to(device)
         single = torch.from_numpy(np.stack([clips[windows[i][0]]["frames"][rand_frame[i]][None] for i in sel])).to(device)
-        pose = torch.from_numpy(np.stack(pending)).to(device)
+        pose = torch.from_numpy(np.stack([p[0] for p in pending])).to(device)
+        labels.extend(torch.from_numpy(p[1]) for p in pending)
+        selects.extend(torch.from_numpy(p[2]) for p in pending)
         x0s.append(encode_normalised(vae, px, amp, fmt))
         ctrls.append(encode_normalised(vae, pose, amp, fmt))
         refs.append(encode_normalised(vae, single, amp, fmt))
@@ -145,8 +165,8 @@ def build_latent_set(clips: list[dict], vae, frames: int, stride: int, device: t
             flush()
     if pending:
         flush()
-    out = LatentSet(torch.cat(x0s), torch.cat(ctrls), torch.cat(refs),
-                    [f"{clips[c].get('id', c)}@{s}" for c, s in windows])
+    out = LatentSet(torch.cat(x0s), torch.cat(ctrls), torch.cat(refs), torch.stack(labels).to(device),
+                    torch.stack(selects).to(device), [f"{clips[c].get('id', c)}@{s}" for c, s in windows])
     log.info("teacher data: %d windows of %d frames -> latents %s in %.1f s (%d render workers)",
              len(out), frames, tuple(out.x0.shape[1:]), time.perf_counter() - t0, workers)
     return out
@@ -159,8 +179,8 @@ def save_latent_set(ls: LatentSet, path: str | Path, info: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "ids": ls.ids, **info}
-    save_file({"x0": ls.x0.cpu().contiguous(), "control": ls.control.cpu().contiguous(),
-               "ref_random": ls.ref_random.cpu().contiguous()}, str(tmp), metadata={"iasa": json.dumps(meta)})
+    save_file({k: getattr(ls, k).cpu().contiguous() for k in LatentSet.TENSORS}, str(tmp),
+              metadata={"iasa": json.dumps(meta)})
     os.replace(tmp, path)
     return path
 
@@ -172,5 +192,5 @@ def load_latent_set(path: str | Path) -> tuple[LatentSet, dict]:
         meta = json.loads((f.metadata() or {}).get("iasa", "{}"))
         if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
             raise ValueError(f"{path} is not a teacher latent cache v{CACHE_VERSION}; delete it to rebuild")
-        t = {k: f.get_tensor(k) for k in ("x0", "control", "ref_random")}
-    return LatentSet(t["x0"], t["control"], t["ref_random"], meta["ids"]), meta
+        t = [f.get_tensor(k) for k in LatentSet.TENSORS]
+    return LatentSet(*t, meta["ids"]), meta

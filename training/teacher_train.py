@@ -1,10 +1,15 @@
-"""Train the IASA-mini teacher: a tiny Wan 2.1 DiT (ComfyUI's ``WanModel``) conditioned like Wan
-Fun-Control (in_dim 48 = noise | pose-video latent | reference latent), by flow matching exactly as
-ComfyUI samples it (``training/flow.py``), on latents encoded once with the IASA-mini VAE.
+"""Train the IASA-mini teacher: a tiny Wan 2.1 DiT (ComfyUI's ``WanModel``) conditioned like Wan 2.2
+Fun-Control (in_dim 48 = noise | pose-video latent | empty start-image channels; the reference picture as
+``ref_conv`` tokens in front of the video), by flow matching exactly as ComfyUI samples it
+(``training/flow.py``), on latents encoded once with the IASA-mini VAE.
 
-Condition dropout (``--p-uncond``) zeroes control and reference together: the all-zero concat is what a
-stock ``WanFunControlToVideo`` without control_video / start_image produces, i.e. the negative branch
-for CFG. Text is unused (zero context; a node supplies zeros ``[B, 512, 4096]``; training uses a
+Sparse (paper stage 1): with probability ``--sparse-prob`` a step runs every video self-attention under
+the window's input-aware mask (``--top-k`` frames, causal unless ``--bidirectional``; the mask IASA Sparse
+Attention builds from the same pose), otherwise dense, so the teacher works both ways.
+
+Condition dropout (``--p-uncond``) zeroes the pose-video latent and keeps the reference: what a stock
+``Wan22FunControlToVideo`` with ref_image and without control_video produces, i.e. the negative branch
+for CFG (guidance pushes towards the pose, the identity comes from the reference in both). Text is unused (zero context; a node supplies zeros ``[B, 512, 4096]``; training uses a
 ``--context-tokens``-long zero context, which gives the same output since all keys are equal).
 
 CPU smoke run::
@@ -43,6 +48,9 @@ from . import flow
 from .clips import load_clips, to_model_range
 from .model_card import provenance
 from .runner import RunConfig, Runner, configure_cuda, make_optimizer
+from ..attention.pattern_mask import pattern_token_mask
+from ..attention.pose_layout import SparseAttentionConfig
+from .masked_attention import transformer_options
 from .teacher_data import LatentSet, build_latent_set, concat_latent, load_latent_set, model_input, save_latent_set
 from .tiny_wan import TeacherConfig, build_teacher, config_dict, file_sha256, init_from_weights, load_vae, save_model
 
@@ -63,8 +71,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-windows-per-clip", type=int, default=0)
     p.add_argument("--batch", type=int, default=32, help="global batch (windows), split over ranks")
     p.add_argument("--shift", type=float, default=3.0, help="flow shift for training sigmas (use it at sampling)")
-    p.add_argument("--p-uncond", type=float, default=0.1, help="probability of zeroing control + reference")
-    p.add_argument("--ref-random-prob", type=float, default=0.2,
+    p.add_argument("--p-uncond", type=float, default=0.1, help="probability of zeroing the pose-video latent")
+    p.add_argument("--sparse-prob", type=float, default=0.8,
+                   help="fraction of steps trained under the input-aware attention mask (the rest dense)")
+    p.add_argument("--top-k", type=int, default=2, help="past frames kept per frame by the mask (paper Eq. 2)")
+    p.add_argument("--bidirectional", action="store_true", help="top-K among all frames instead of past ones")
+    p.add_argument("--ref-random-prob", type=float, default=0.6,
                    help="probability that the reference is a random frame of the clip instead of the first")
     p.add_argument("--context-tokens", type=int, default=1, help="length of the zero text context in training")
     p.add_argument("--amp", choices=("bf16", "none"), default="bf16")
@@ -97,7 +109,8 @@ def get_latents(a, info: D.DistInfo, vae, dev: torch.device) -> LatentSet:
     """Load the cache if it matches, else rank 0 builds and writes it while the others wait."""
     cache = Path(a.latents_cache or Path(a.out) / "latents.safetensors")
     want = {"data": str(a.data), "frames": a.frames, "stride": a.stride or a.frames, "vae_sha256": file_sha256(a.vae),
-            "max_clips": a.max_clips, "max_windows_per_clip": a.max_windows_per_clip, "seed": a.seed}
+            "max_clips": a.max_clips, "max_windows_per_clip": a.max_windows_per_clip, "seed": a.seed,
+            "top_k": a.top_k, "causal": not a.bidirectional}
     if cache.is_file():
         ls, meta = load_latent_set(cache)
         if all(meta.get(k) == v for k, v in want.items()):
@@ -109,12 +122,30 @@ def get_latents(a, info: D.DistInfo, vae, dev: torch.device) -> LatentSet:
         clips = load_clips(a.data, "train", a.max_clips or None)
         ls = build_latent_set(clips, vae, a.frames, a.stride or a.frames, dev, batch=a.encode_batch,
                               workers=a.render_workers, amp=a.amp == "bf16", seed=a.seed,
-                              max_per_clip=a.max_windows_per_clip)
+                              max_per_clip=a.max_windows_per_clip, pattern=pattern_config(a))
         save_latent_set(ls, cache, want)
     D.barrier(info)
     if not info.is_main:
         ls, _ = load_latent_set(cache)
     return ls.to(dev)
+
+
+def pattern_config(a) -> SparseAttentionConfig:
+    return SparseAttentionConfig(top_k=a.top_k, causal=not a.bidirectional)
+
+
+def teacher_velocity(model, x_t: torch.Tensor, sigma: torch.Tensor, control: torch.Tensor, ref: torch.Tensor,
+                     context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One teacher call as ComfyUI makes it: concat ``[x_t | control | 0]``, ``reference_latent`` (ref_conv
+    tokens) = ``ref[:, :, 0]``, optional input-aware self-attention ``mask`` ``[B, L, L]``."""
+    return model(model_input(x_t, concat_latent(control)), flow.model_timestep(sigma), context,
+                 reference_latent=ref[:, :, 0], transformer_options=transformer_options(mask))
+
+
+def window_mask(lat: LatentSet, idx: torch.Tensor) -> torch.Tensor:
+    """Input-aware token mask of windows ``idx`` (ref_conv tokens global)."""
+    h, w = lat.x0.shape[-2:]
+    return pattern_token_mask(lat.labels[idx], lat.frame_select[idx], global_before=(h // 2) * (w // 2))
 
 
 class TeacherStep:
@@ -135,18 +166,21 @@ class TeacherStep:
         keep = (torch.rand(B, generator=g, device=dev) >= a.p_uncond).float()
         sigma = flow.sample_sigmas(B, a.shift, generator=g, device=dev)
         noise = torch.randn((B,) + tuple(lat.x0.shape[1:]), generator=g, device=dev)
+        sparse = bool(torch.rand(1, generator=g, device=dev).item() < a.sparse_prob)  # same on every rank
         m = self.my
-        return {"idx": idx[m], "use_random_ref": use_random_ref[m], "keep": keep[m], "sigma": sigma[m], "noise": noise[m]}
+        return {"idx": idx[m], "use_random_ref": use_random_ref[m], "keep": keep[m], "sigma": sigma[m], "noise": noise[m],
+                "sparse": sparse}
 
     def __call__(self, step: int):
         d = self.draw()
         lat = self.lat
         x0 = lat.x0[d["idx"]]
         ref = torch.where(d["use_random_ref"][:, None, None, None, None], lat.ref_random[d["idx"]], x0[:, :, :1])
-        cond = concat_latent(lat.control[d["idx"]], ref) * d["keep"][:, None, None, None, None]
+        control = lat.control[d["idx"]] * d["keep"][:, None, None, None, None]
         x_t = flow.noisy_latent(x0, d["noise"], d["sigma"])
+        mask = window_mask(lat, d["idx"]) if d["sparse"] else None
         with _amp(self.dev, self.a.amp):
-            v = self.model(model_input(x_t, cond), flow.model_timestep(d["sigma"]), self.context)
+            v = teacher_velocity(self.model, x_t, d["sigma"], control, ref, self.context, mask)
         loss = flow.flow_loss(v, x0, d["noise"])
         return loss, {"loss": loss.detach()}
 
@@ -182,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
                "world_size": info.world_size, "ranks_in_sync": D.params_in_sync(model, info)}
     if runner.finished and info.is_main:
         summary.update(finalize(model, vae, vae_card, tcfg, a, cfg, dev,
-                                provenance(runner.loop_seconds, dev, info.world_size, init=init)))
+                                {"trained_steps": runner.step,
+                                 **provenance(runner.loop_seconds, dev, info.world_size, init=init)}))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     if info.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -194,15 +229,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 @torch.no_grad()
 def sample(model, control: torch.Tensor, ref: torch.Tensor, noise: torch.Tensor, steps: int, shift: float,
-           cfg_scale: float, amp: str = "none") -> torch.Tensor:
-    """Euler / simple-scheduler sampling with CFG against the all-zero concat, as a stock workflow does."""
-    cond = concat_latent(control, ref)
-    both = torch.cat([cond, torch.zeros_like(cond)])
+           cfg_scale: float, amp: str = "none", mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Euler / simple-scheduler sampling with CFG against the zero pose-video latent (same reference), as
+    the shipped workflow does; ``mask`` ``[B, L, L]``: sparse self-attention."""
+    both_control = torch.cat([control, torch.zeros_like(control)])
+    both_ref = torch.cat([ref, ref])
+    both_mask = None if mask is None else torch.cat([mask, mask])
     ctx = torch.zeros(2 * noise.shape[0], 1, 4096, device=noise.device)
 
     def velocity(x, s):
         with _amp(noise.device, amp):
-            v = model(model_input(torch.cat([x, x]), both), flow.model_timestep(torch.cat([s, s])), ctx).float()
+            v = teacher_velocity(model, torch.cat([x, x]), torch.cat([s, s]), both_control, both_ref, ctx,
+                                 both_mask).float()
         c, u = v.chunk(2)
         return flow.cfg_velocity(c, u, cfg_scale)
 
@@ -226,11 +264,12 @@ def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig,
     held = [c for c in held if len(c["frames"]) >= a.frames][: a.eval_windows]
     if held and a.eval_windows > 0:
         hl = build_latent_set(held, vae, a.frames, 10 ** 9, dev, batch=a.encode_batch, workers=1,
-                              amp=a.amp == "bf16", seed=cfg.seed + 1)
+                              amp=a.amp == "bf16", seed=cfg.seed + 1, pattern=pattern_config(a))
         g = torch.Generator(device=dev)
         g.manual_seed(1234)
         noise = torch.randn(hl.x0.shape, generator=g, device=dev)
-        x0_hat = sample(model, hl.control, hl.x0[:, :, :1], noise, a.eval_steps, a.shift, a.eval_cfg, a.amp)
+        mask = window_mask(hl, torch.arange(len(hl), device=dev))
+        x0_hat = sample(model, hl.control, hl.ref_random, noise, a.eval_steps, a.shift, a.eval_cfg, a.amp, mask)
         gt = to_model_range(torch.from_numpy(np.stack([c["frames"][: a.frames] for c in held])).to(dev))
         with torch.no_grad():
             dec = torch.cat([vae.decode(fmt.process_out(x0_hat[i:i + 1])).float() for i in range(len(x0_hat))])
@@ -243,13 +282,18 @@ def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig,
                  out["heldout_vae_psnr"])
     if dev.type == "cuda":
         out["fp16_rel_error"] = _fp16_check(model, a, dev)
-    card = {"name": "IASA-mini teacher", "format": "Wan 2.1 DiT, Fun-Control layout, stock UNETLoader (WAN21 t2v)",
-            "config": config_dict(tcfg), "in_channels": "0:16 noise | 16:32 pose-video latent | 32:48 reference latent "
-            "(frame 0), normalised (Wan21.process_in) as WanFunControlToVideo + concat_cond give them",
+    card = {"name": "IASA-mini teacher",
+            "format": "Wan 2.1 DiT, Wan 2.2 Fun-Control layout with ref_conv, stock UNETLoader (WAN21 t2v)",
+            "config": config_dict(tcfg), "in_channels": "0:16 noise | 16:32 pose-video latent | 32:48 empty start-image "
+            "channels, normalised (Wan21.process_in) as Wan22FunControlToVideo + concat_cond give them; the reference "
+            "picture's latent (ref_image -> reference_latent) becomes ref_conv tokens in front of the video",
             "sampling": {"shift": a.shift, "how": f"ModelSamplingSD3(shift={a.shift}), euler/simple, ~{a.eval_steps} "
-                         f"steps, cfg ~{a.eval_cfg}; negative = WanFunControlToVideo without control_video/start_image"},
-            "training": {"steps": cfg.steps, "batch": a.batch, "frames": a.frames, "lr": cfg.lr, "p_uncond": a.p_uncond,
-                         "ref_random_prob": a.ref_random_prob, "data": a.data},
+                         f"steps, cfg ~{a.eval_cfg}; negative = Wan22FunControlToVideo with the same ref_image and no "
+                         f"control_video"},
+            "attention": {"trained_sparse_fraction": a.sparse_prob, "top_k": a.top_k, "causal": not a.bidirectional,
+                          "how": "IASA Sparse Attention with these settings (the rest of the steps dense)"},
+            "training": {"steps_planned": cfg.steps, "batch": a.batch, "frames": a.frames, "lr": cfg.lr,
+                         "p_uncond": a.p_uncond, "ref_random_prob": a.ref_random_prob, "data": a.data},
             "text": "unused: the context is zeros [B, 512, 4096]",
             "vae": {k: vae_card.get(k) for k in ("name", "config", "heldout_psnr_db")},
             "eval": {k: v for k, v in out.items() if k != "eval"}, **(card_extra or {})}
@@ -265,12 +309,13 @@ def _fp16_check(model, a, dev) -> float:
     g.manual_seed(7)
     f = (a.frames - 1) // 4 + 1
     x = torch.randn(2, 48, f, 32, 32, generator=g, device=dev)
+    r = torch.randn(2, 16, 32, 32, generator=g, device=dev)
     t = torch.tensor([900.0, 300.0], device=dev)
     ctx = torch.zeros(2, 1, 4096, device=dev)
-    ref = model(x, t, ctx).float()
+    ref = model(x, t, ctx, reference_latent=r).float()
     m16 = copy.deepcopy(model).half()
     m16.patch_embedding.float()  # as ComfyUI builds WanModel for fp16: patch_embedding stays fp32
-    y = m16(x.half(), t, ctx.half()).float()
+    y = m16(x.half(), t, ctx.half(), reference_latent=r.half()).float()
     return float((y - ref).norm() / ref.norm().clamp_min(1e-12))
 
 

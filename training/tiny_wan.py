@@ -10,7 +10,8 @@ What the stock loaders detect (ComfyUI 0.3.75):
 * DiT (``comfy/model_detection.py``): Wan when ``head.modulation`` exists; ``dim`` from its last axis,
   ``num_heads = dim // 128``, ``ffn_dim``, ``num_layers``, ``in_dim`` (48 = Fun-Control: noise 16 +
   control-video latent 16 + reference latent 16), ``out_dim``; t2v without ``img_emb``; text_dim 4096,
-  qk_norm and cross_attn_norm on, patch (1, 2, 2).
+  qk_norm and cross_attn_norm on, patch (1, 2, 2); ``ref_conv.weight`` present -> ``in_dim_ref_conv`` (its
+  input channels): the reference latent becomes Hp*Wp tokens in front of the video tokens.
 
 Both are built with ``comfy.ops.disable_weight_init`` layers (ComfyUI's inference layers, which skip
 PyTorch's init), so every parameter is initialised here explicitly; ``build_*`` fills parameters with
@@ -65,6 +66,7 @@ class TeacherConfig:
     freq_dim: int = 256
     eps: float = 1e-6
     patch_size: tuple[int, int, int] = field(default=(1, 2, 2))
+    ref_conv: bool = True   # reference picture as ref_conv tokens before the video (Wan 2.1 Fun 1.1 / 2.2 Fun)
 
     def __post_init__(self):
         if self.dim % WAN_HEAD_DIM:
@@ -121,8 +123,8 @@ def init_vae_weights(vae: torch.nn.Module, zero_init_residual: bool = True) -> N
 
 @torch.no_grad()
 def init_teacher_weights(model: torch.nn.Module) -> None:
-    """Wan's own ``init_weights``: xavier linears, N(0, .02) text/time embeddings, zero output head,
-    ``randn / sqrt(dim)`` modulations, unit norms."""
+    """Wan's own ``init_weights``: xavier linears and patch convs (``ref_conv`` too), N(0, .02) text/time
+    embeddings, zero output head, ``randn / sqrt(dim)`` modulations, unit norms."""
     for m in model.modules():
         if isinstance(m, torch.nn.Linear):
             torch.nn.init.xavier_uniform_(m.weight)
@@ -133,8 +135,10 @@ def init_teacher_weights(model: torch.nn.Module) -> None:
                 m.weight.fill_(1.0)
             if getattr(m, "bias", None) is not None:
                 m.bias.zero_()
-    torch.nn.init.xavier_uniform_(model.patch_embedding.weight.view(model.patch_embedding.weight.shape[0], -1))
-    model.patch_embedding.bias.zero_()
+    for conv in (model.patch_embedding, getattr(model, "ref_conv", None)):
+        if conv is not None:
+            torch.nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+            conv.bias.zero_()
     for seq in (model.text_embedding, model.time_embedding):
         for m in seq.modules():
             if isinstance(m, torch.nn.Linear):
@@ -179,6 +183,7 @@ def build_teacher(cfg: TeacherConfig, seed: int | None = 0, device: torch.device
         ffn_dim=cfg.ffn_dim, freq_dim=cfg.freq_dim, text_dim=cfg.text_dim, out_dim=cfg.out_dim,
         num_heads=cfg.num_heads, num_layers=cfg.num_layers, window_size=(-1, -1), qk_norm=True,
         cross_attn_norm=True, eps=cfg.eps, operations=comfy.ops.disable_weight_init, dtype=torch.float32,
+        in_dim_ref_conv=LATENT_CHANNELS if cfg.ref_conv else None,
     )
     if init:
         _seeded_init(model, init_teacher_weights, seed, "build_teacher")
@@ -192,7 +197,8 @@ def teacher_config_from_state_dict(sd: dict[str, torch.Tensor]) -> TeacherConfig
     n_layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     return TeacherConfig(dim=sd["head.modulation"].shape[-1], num_layers=n_layers,
                          ffn_dim=sd["blocks.0.ffn.0.weight"].shape[0], in_dim=sd["patch_embedding.weight"].shape[1],
-                         out_dim=sd["head.head.weight"].shape[0] // 4, text_dim=sd["text_embedding.0.weight"].shape[1])
+                         out_dim=sd["head.head.weight"].shape[0] // 4, text_dim=sd["text_embedding.0.weight"].shape[1],
+                         ref_conv="ref_conv.weight" in sd)
 
 
 def vae_config_from_state_dict(sd: dict[str, torch.Tensor]) -> VAEConfig:

@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
                "world_size": info.world_size, "ranks_in_sync": D.params_in_sync(vae, info)}
     if runner.finished and info.is_main:
         summary.update(finalize(vae, bank, held_clips, a, cfg, dev,
-                                provenance(runner.loop_seconds, dev, info.world_size, init=init)))
+                                {"trained_steps": runner.step,
+                                 **provenance(runner.loop_seconds, dev, info.world_size, init=init)}))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     summary["train_seconds_this_process"] = round(time.perf_counter() - t_loop, 2)
     if info.is_main:

@@ -30,13 +30,17 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _seconds(args, split: str) -> tuple[float, float]:
+    return tuple(getattr(args, f"{split}_seconds"))
+
+
 def cmd_speech(args) -> dict:
     from .speech import make_corpus
 
     out = {}
     for split, n in (("train", args.train), ("heldout", args.heldout)):
         if n > 0:
-            clips = make_corpus(Path(args.out) / split, n, args.seed, split)
+            clips = make_corpus(Path(args.out) / split, n, args.seed, split, _seconds(args, split))
             out[split] = dict(clips=len(clips), seconds=round(sum(c.duration for c in clips), 1))
     return out
 
@@ -52,7 +56,7 @@ def cmd_motion(args) -> dict:
             continue
         speech_dir = root / "speech" / split
         if args.remake_speech or not (speech_dir / MANIFEST).exists():
-            make_corpus(speech_dir, n, args.seed, split)
+            make_corpus(speech_dir, n, args.seed, split, _seconds(args, split))
         summary[split] = build_motion(speech_dir, root / "motion", split, seed=args.seed, size=args.size, fps=args.fps,
                                       audio_codec=args.audio_codec, n_identities=args.identities)
         log.info("%s", summary[split])
@@ -91,6 +95,14 @@ def cmd_preview(args) -> dict:
     raise SystemExit(f"preview: shard {args.shard} has no clip {args.clip}")
 
 
+def _add_seconds(p: argparse.ArgumentParser) -> None:
+    from .speech import MAX_SECONDS, MIN_SECONDS
+
+    for split in SPLITS:
+        p.add_argument(f"--{split}-seconds", type=float, nargs=2, default=(MIN_SECONDS, MAX_SECONDS),
+                       metavar=("MIN", "MAX"), help=f"length range of the {split} clips in seconds")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="training.synth.build", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,12 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--train", type=int, default=400)
     sp.add_argument("--heldout", type=int, default=40)
     sp.add_argument("--seed", type=int, default=0)
+    _add_seconds(sp)
 
     mp_ = sub.add_parser("motion", help="speech corpus + keypoints motion bundle (needs espeak-ng, librosa)")
     mp_.add_argument("--out", required=True, help="root folder: speech/ and motion/ go inside")
     mp_.add_argument("--train", type=int, default=400)
     mp_.add_argument("--heldout", type=int, default=40)
     mp_.add_argument("--seed", type=int, default=0)
+    _add_seconds(mp_)
     mp_.add_argument("--size", type=int, default=256, help="square frame size in pixels")
     mp_.add_argument("--fps", type=float, default=25.0)
     mp_.add_argument("--audio-codec", default="mulaw", choices=("mulaw", "pcm16", "none"),

@@ -163,21 +163,23 @@ def _sentence_of_split(rng: np.random.Generator, n_clauses: int, split: str, max
     raise RuntimeError(f"no {split!r} sentence in {max_draws} draws")
 
 
-def _draw_clip(rng: np.random.Generator, split: str, workdir: Path, max_tries: int = 40):
-    """Draw voice settings and a sentence of the split until the padded clip lasts 2-6 s."""
+def _draw_clip(rng: np.random.Generator, split: str, workdir: Path, max_tries: int = 40,
+               seconds: tuple[float, float] = (MIN_SECONDS, MAX_SECONDS)):
+    """Draw voice settings and a sentence of the split until the padded clip lasts ``seconds`` (2-6 s)."""
+    lo, hi = seconds
     for _ in range(max_tries):
         voice = f"{DIALECTS[rng.integers(len(DIALECTS))]}+{VARIANTS[rng.integers(len(VARIANTS))]}"
         rate = int(rng.integers(135, 196))
         pitch = int(rng.integers(25, 76))
         word_gap = int(rng.choice([0, 0, 0, 1, 2, 4]))
         lead, tail = rng.uniform(0.15, 0.5, 2)
-        target = rng.uniform(MIN_SECONDS, MAX_SECONDS) - lead - tail
+        target = rng.uniform(lo, hi) - lead - tail
         words_wanted = target * rate / 60.0
-        n_clauses = 1 if words_wanted < 9 else 2 if words_wanted < 16 else 3
+        n_clauses = max(1, min(6, int(round(words_wanted / 7.5))))
         text = _sentence_of_split(rng, n_clauses, split)
         speech = synthesize(text, voice, rate, pitch, word_gap, workdir)
         total = (speech.size / SAMPLE_RATE) + lead + tail
-        if speech.size == 0 or not (MIN_SECONDS <= total <= MAX_SECONDS):
+        if speech.size == 0 or not (lo <= total <= hi):
             continue
         gain = float(rng.uniform(0.5, 0.9))
         y = np.concatenate([np.zeros(int(lead * SAMPLE_RATE), np.float32),
@@ -185,16 +187,19 @@ def _draw_clip(rng: np.random.Generator, split: str, workdir: Path, max_tries: i
                             np.zeros(int(tail * SAMPLE_RATE), np.float32)])
         return y, dict(text=text, voice=voice, rate=rate, pitch=pitch, word_gap=word_gap, gain=round(gain, 4),
                        lead_s=round(int(lead * SAMPLE_RATE) / SAMPLE_RATE, 4))
-    raise RuntimeError(f"could not draw a {MIN_SECONDS}-{MAX_SECONDS} s clip in {max_tries} tries (split {split!r})")
+    raise RuntimeError(f"could not draw a {lo}-{hi} s clip in {max_tries} tries (split {split!r})")
 
 
-def make_corpus(out_dir: str | Path, n_clips: int, seed: int, split: str) -> list[SpeechClip]:
-    """Write ``n_clips`` FLAC clips (16 kHz mono, 16 bit) of ``split`` into ``out_dir`` plus
-    ``manifest.json`` (a list of :class:`SpeechClip` dicts). Returns the clips."""
+def make_corpus(out_dir: str | Path, n_clips: int, seed: int, split: str,
+                seconds: tuple[float, float] = (MIN_SECONDS, MAX_SECONDS)) -> list[SpeechClip]:
+    """Write ``n_clips`` FLAC clips (16 kHz mono, 16 bit, each lasting ``seconds``) of ``split`` into
+    ``out_dir`` plus ``manifest.json`` (a list of :class:`SpeechClip` dicts). Returns the clips."""
     import soundfile as sf
 
     if split not in SPLITS:
         raise ValueError(f"make_corpus: split {split!r} is not one of {SPLITS}")
+    if not (0 < seconds[0] < seconds[1]):
+        raise ValueError(f"make_corpus: seconds must be an increasing (min, max) pair, got {seconds!r}")
     if not isinstance(n_clips, (int, np.integer)) or n_clips < 1:
         raise ValueError(f"make_corpus: n_clips must be a positive integer, got {n_clips!r}")
     out = Path(out_dir)
@@ -204,7 +209,7 @@ def make_corpus(out_dir: str | Path, n_clips: int, seed: int, split: str) -> lis
     seen: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
         while len(clips) < n_clips:
-            y, info = _draw_clip(rng, split, Path(tmp))
+            y, info = _draw_clip(rng, split, Path(tmp), seconds=tuple(seconds))
             if info["text"] in seen:  # keep sentences unique within the split
                 continue
             seen.add(info["text"])

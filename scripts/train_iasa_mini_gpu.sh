@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# IASA-mini v2 on one GPU machine, in resumable stages (models/README.md tells the history).
+#
+#   bash scripts/train_iasa_mini_gpu.sh start     # runs every stage not done yet, in the background (setsid)
+#   bash scripts/train_iasa_mini_gpu.sh wait 560  # follows the log for up to 560 s, then copies what is done
+#   bash scripts/train_iasa_mini_gpu.sh run       # the same stages in the foreground
+#
+# Inputs (carried to the machine, ignored by git): the motion bundle (.dev/synth/motion, from
+# `python iasa_cli.py training.synth.build motion ...` on a machine with espeak-ng) and a ComfyUI tree as
+# .dev/gpu/comfy.tar.gz (the `comfy/` package and its top-level modules; `scripts/pack_comfy_tree.sh`).
+# A stage whose weights already exist in $W (e.g. fetched from an earlier machine and carried back in
+# .dev/v2) is skipped. Budgets (minutes of training loop per stage) come from the environment.
+# Outputs for the caller go to $OUT (files over 15 MiB are split into .partNN pieces: `cat` joins them).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+W=${IASA_V2_WORK:-.dev/v2}
+MOTION=${MOTION:-.dev/synth/motion}
+SHARDS=${SHARDS:-/tmp/iasa_v2_shards}
+VAE_MIN=${VAE_MIN:-5}
+VAE_LONG_MIN=${VAE_LONG_MIN:-1.5}
+TEACHER_MIN=${TEACHER_MIN:-8.5}
+# Shapes (the defaults are the v2 recipe; a CPU dry run shrinks them: see tests/unit/test_gpu_recipe.py).
+VAE_DIM=${VAE_DIM:-32}; VAE_FRAMES=${VAE_FRAMES:-49}; VAE_CROP=${VAE_CROP:-128}; VAE_BATCH=${VAE_BATCH:-16}
+LONG_FRAMES=${LONG_FRAMES:-97}; LONG_CROP=${LONG_CROP:-64}; LONG_BATCH=${LONG_BATCH:-8}
+T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH=${T_BATCH:-32}
+EVAL=${EVAL:-8}; WORKERS=${WORKERS:-16}; DEVICE=${DEVICE:-auto}
+LOG="$W/pipeline.log"
+PY=${PYTHON:-python3}
+mkdir -p "$W"
+
+setup_comfy() {
+  if [ -z "${COMFYUI_DIR:-}" ]; then
+    export COMFYUI_DIR=/tmp/iasa_comfy
+    [ -f "$COMFYUI_DIR/main.py" ] || { mkdir -p "$COMFYUI_DIR"; tar -xzf .dev/gpu/comfy.tar.gz -C "$COMFYUI_DIR"; }
+  fi
+  export PYTHONUNBUFFERED=1
+}
+
+stage() {  # stage NAME DONE_FILE command...
+  local name=$1 done_file=$2; shift 2
+  if [ -f "$done_file" ]; then echo "[v2] $name: done already ($done_file)"; return 0; fi
+  echo "[v2] $name: start $(date +%T)"
+  local t0=$SECONDS
+  "$@"
+  echo "[v2] $name: finished in $((SECONDS - t0)) s $(date +%T)"
+}
+
+run_stages() {
+  setup_comfy
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  stage render "$SHARDS/.done" bash -c "$PY iasa_cli.py training.synth.build render --motion $MOTION --out $SHARDS \
+      --workers $WORKERS > $W/render.json && touch $SHARDS/.done"
+  stage vae "$W/vae/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" --out "$W/vae" \
+      --dim "$VAE_DIM" --frames "$VAE_FRAMES" --crop "$VAE_CROP" --batch "$VAE_BATCH" --steps 0 \
+      --max-minutes "$VAE_MIN" --lr 1e-3 --eval-frames "$VAE_FRAMES" --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+  stage vae_long "$W/vae_long/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" \
+      --out "$W/vae_long" --init "$W/vae/iasa_mini_vae.safetensors" --train-part decoder --dim "$VAE_DIM" \
+      --frames "$LONG_FRAMES" --crop "$LONG_CROP" --batch "$LONG_BATCH" --steps 0 --max-minutes "$VAE_LONG_MIN" \
+      --lr 3e-4 --warmup 20 --eval-frames "$LONG_FRAMES" --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+  stage teacher "$W/teacher/iasa_mini_teacher.safetensors" $PY iasa_cli.py training.teacher_train --data "$SHARDS" \
+      --vae "$W/vae_long/iasa_mini_vae.safetensors" --latents-cache "$SHARDS.latents.safetensors" \
+      --out "$W/teacher" --dim 256 --layers "$T_LAYERS" --ffn "$T_FFN" --frames "$T_FRAMES" --batch "$T_BATCH" \
+      --steps 0 --max-minutes "$TEACHER_MIN" --shift 3 --lr 4e-4 --render-workers "$((WORKERS - 1))" \
+      --eval-windows "$EVAL" --log-every 50 --device "$DEVICE"
+  echo "[v2] all stages done $(date +%T)"
+}
+
+collect() {  # what is done so far -> $OUT (8 files at most)
+  [ -n "${OUT:-}" ] || return 0
+  local files=()
+  for f in "$W/vae_long/iasa_mini_vae.safetensors" "$W/teacher/iasa_mini_teacher.safetensors"; do
+    [ -f "$f" ] || [ "$f" != "$W/vae_long/iasa_mini_vae.safetensors" ] || f="$W/vae/iasa_mini_vae.safetensors"
+    [ -f "$f" ] && files+=("$f")
+  done
+  local meta
+  meta=$(mktemp -d)
+  (cd "$W" && tar -czf "$meta/v2_meta.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' . 2>/dev/null) || true
+  cp "$meta/v2_meta.tar.gz" "$OUT/"
+  for f in "${files[@]}"; do
+    local stem
+    stem=$(basename "$(dirname "$f")")_$(basename "$f")
+    split -b 15M -d "$f" "$OUT/$stem.part"
+  done
+  ls -la "$OUT"
+}
+
+case "${1:-run}" in
+  run) run_stages 2>&1 | tee -a "$LOG"; collect ;;
+  start)
+    setsid nohup bash "$0" run-bg >> "$LOG" 2>&1 < /dev/null &
+    echo "[v2] started in the background, log $LOG" ;;
+  run-bg) run_stages ;;
+  wait)
+    limit=${2:-560}; t0=$SECONDS
+    while [ $((SECONDS - t0)) -lt "$limit" ]; do
+      if grep -q "all stages done" "$LOG" 2>/dev/null; then break; fi
+      if ! pgrep -f "train_iasa_mini_gpu.sh run-bg" > /dev/null; then echo "[v2] pipeline not running"; break; fi
+      sleep 10
+    done
+    tail -n 40 "$LOG"; collect ;;
+  *) echo "usage: $0 run|start|wait [seconds]" >&2; exit 2 ;;
+esac
