@@ -151,12 +151,16 @@ def test_stock_unet_loader_detects_wan21_fun_control_and_matches_forward(comfy, 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 48, 3, 4, 6, generator=g)
     t = torch.tensor([900.0, 250.0])
+    ref = torch.randn(2, 16, 4, 6, generator=g)
+    assert m.diffusion_model.ref_conv is not None     # ref_conv.weight -> in_dim_ref_conv, as Wan 2.2 Fun
     with torch.no_grad():
-        stock = m.diffusion_model(x, t, torch.zeros(2, 512, 4096))
-        mine = ours(x, t, torch.zeros(2, 1, 4096))  # a 1-token zero context gives the same output
+        stock = m.diffusion_model(x, t, torch.zeros(2, 512, 4096), reference_latent=ref)
+        mine = ours(x, t, torch.zeros(2, 1, 4096), reference_latent=ref)  # a 1-token zero context: same output
+        no_ref = ours(x, t, torch.zeros(2, 1, 4096))
     assert stock.shape == (2, 16, 3, 4, 6)
     assert float(stock.abs().mean()) > 1e-3
     assert torch.allclose(stock, mine, atol=1e-5, rtol=1e-4)
+    assert float((no_ref - mine).abs().max()) > 1e-3   # the reference tokens reach the output
     # Through the stock apply_model (flow CONST): denoised = x_t - v * sigma, concat after the noise.
     sigma = torch.tensor([0.9, 0.25])
     with torch.no_grad():
@@ -170,9 +174,11 @@ def test_stock_unet_loader_detects_wan21_fun_control_and_matches_forward(comfy, 
     assert isinstance(m16, comfy.model_base.WAN21) and m16.model_config.unet_config["in_dim"] == 48
 
 
-def test_concat_layout_equals_stock_wan_fun_control(comfy):
-    """Our training concat == stock WanFunControlToVideo + WAN21.concat_cond for the same clip."""
-    from comfy_extras.nodes_wan import WanFunControlToVideo
+def test_concat_layout_and_reference_equal_stock_wan22_fun_control(comfy):
+    """Our training inputs == stock Wan22FunControlToVideo + WAN21.concat_cond / extra_conds for the same clip:
+    concat [control | 0], the reference image as ``reference_latent``; the negative of the shipped workflow
+    (ref_image, no control_video) is a zero concat with the same reference."""
+    from comfy_extras.nodes_wan import Wan22FunControlToVideo
 
     from iasa.pose.keypoints import PoseSequence
     from iasa.pose.render import render_pose
@@ -184,26 +190,32 @@ def test_concat_layout_equals_stock_wan_fun_control(comfy):
     pose = render_pose(PoseSequence(clip["keypoints"], 32, 32))           # float [T, H, W, 3]
     frames = torch.from_numpy(clip["frames"]).float() / 255.0
     cond = [[torch.zeros(1, 1, 4096), {}]]
-    pos, neg, latent = WanFunControlToVideo.execute(cond, cond, stock_vae, 32, 32, 9, 1,
-                                                    start_image=frames[:1], control_video=torch.from_numpy(pose)).args
-    _, neg_empty, _ = WanFunControlToVideo.execute(cond, cond, stock_vae, 32, 32, 9, 1).args
+    ref_frame = frames[3:4]
+    pos, _, latent = Wan22FunControlToVideo.execute(cond, cond, stock_vae, 32, 32, 9, 1, ref_image=ref_frame,
+                                                    control_video=torch.from_numpy(pose)).args
+    neg, _, _ = Wan22FunControlToVideo.execute(cond, cond, stock_vae, 32, 32, 9, 1, ref_image=ref_frame).args
     model = comfy.sd.load_diffusion_model_state_dict(
         {k: v.clone() for k, v in _tiny_teacher().state_dict().items()}).model
     noise = latent["samples"]
-    stock = model.concat_cond(noise=noise, concat_latent_image=pos[0][1]["concat_latent_image"],
-                              device=torch.device("cpu")).detach()
-    empty = model.concat_cond(noise=noise, concat_latent_image=neg_empty[0][1]["concat_latent_image"],
-                              device=torch.device("cpu")).detach()
+    dev = torch.device("cpu")
+    stock = model.concat_cond(noise=noise, device=dev, **pos[0][1]).detach()
+    empty = model.concat_cond(noise=noise, device=dev, **neg[0][1]).detach()
+    ref_pos = model.extra_conds(noise=noise, device=dev, **pos[0][1])["reference_latent"].cond.detach()
+    ref_neg = model.extra_conds(noise=noise, device=dev, **neg[0][1])["reference_latent"].cond.detach()
     fmt = comfy.latent_formats.Wan21()
     px = torch.from_numpy(clip["frames"])[None]
     x0 = encode_normalised(ours, px, amp=False, latent_format=fmt)
     ctrl = encode_normalised(ours, torch.from_numpy(np.rint(pose * 255).astype(np.uint8))[None], amp=False,
                              latent_format=fmt)
-    mine = concat_latent(ctrl, x0[:, :, :1])
-    assert stock.shape == mine.shape == (1, 32, 3, 4, 4)
+    ref = encode_normalised(ours, torch.from_numpy(clip["frames"][3:4])[None], amp=False, latent_format=fmt)
+    mine = concat_latent(ctrl)
+    assert stock.shape == mine.shape == (1, 32, 3, 4, 4)    # the 4-channel concat_mask is dropped for in_dim 48
     assert torch.allclose(stock, mine, atol=1e-4)
-    assert float(stock[:, 16:, 1:].abs().max()) < 1e-6      # reference only at latent frame 0
-    assert float(empty.abs().max()) < 1e-5                  # negative branch: all-zero concat
+    assert float(stock[:, 16:].abs().max()) < 1e-6          # start-image channels stay empty
+    assert float(empty.abs().max()) < 1e-5                  # negative branch: zero concat ...
+    assert ref_pos.shape == (1, 16, 4, 4)
+    assert torch.allclose(ref_pos, ref[:, :, 0], atol=1e-4) and torch.equal(ref_pos, ref_neg)  # ... same reference
+    assert float((x0[:, :, 0] - ref_pos).abs().max()) > 1e-3  # a frame other than the window's first
 
 
 # ------------------------------------------------------------------------------------------ flow

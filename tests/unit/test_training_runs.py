@@ -48,8 +48,12 @@ def test_teacher_loss_decreases_on_a_tiny_overfit_batch(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     ctrl = torch.randn(1, 16, 2, 4, 4, generator=g)
-    lat = LatentSet(x0=torch.tanh(2 * ctrl.flip(1)), control=ctrl, ref_random=torch.zeros(1, 16, 1, 4, 4), ids=["a"])
-    args = types.SimpleNamespace(batch=8, p_uncond=0.0, ref_random_prob=0.0, shift=3.0, context_tokens=1, amp="none")
+    labels = torch.zeros(1, 2, 2, 2, dtype=torch.uint8)
+    labels[:, :, 0, 0] = 1                                       # one face token per frame
+    lat = LatentSet(x0=torch.tanh(2 * ctrl.flip(1)), control=ctrl, ref_random=torch.zeros(1, 16, 1, 4, 4),
+                    labels=labels, frame_select=torch.eye(2, dtype=torch.bool)[None], ids=["a"])
+    args = types.SimpleNamespace(batch=8, p_uncond=0.0, ref_random_prob=0.0, shift=3.0, context_tokens=1, amp="none",
+                                 sparse_prob=0.5)
     info = D.DistInfo()
     model = build_teacher(TeacherConfig(dim=128, num_layers=1, ffn_dim=256), seed=0)
     cfg = _run_cfg(tmp_path, 40, 2e-3)
