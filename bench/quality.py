@@ -1,11 +1,12 @@
 """IASA-mini quality on held-out synthetic clips, measured through what users run.
 
-    python iasa_cli.py bench.quality [--data .dev/synth/shards] [--clips 8] [--frames 0] [--steps 20 [10 ...]]
-        [--cfg 3.0 [...]] [--teacher models/diffusion_models/iasa_mini_teacher.safetensors]
+    python iasa_cli.py bench.quality [--data .dev/synth/shards] [--clips 8] [--frames 0 [97 169 ...]]
+        [--steps 20 [10 ...]] [--cfg 3.0 [...]] [--attention sparse dense] [--workflow workflows/api/X.json]
+        [--teacher models/diffusion_models/iasa_mini_teacher.safetensors]
         [--vae models/vae/iasa_mini_vae.safetensors] [--out bench/results/quality.json]
 
 Teacher records: for each of ``--clips`` held-out clips (spread over the held-out split), the talking
-workflow ``workflows/api/iasa_mini_talking.json`` is posted to a real headless ComfyUI with the clip's own
+workflow (``--workflow``, default ``workflows/api/iasa_mini_talking.json``) is posted to a real headless ComfyUI with the clip's own
 first frame as the reference image and the clip's own pose sequence (a pose JSON through IASA Load Pose)
 instead of the audio-driven one; everything else (stock UNETLoader / VAELoader, WanFunControlToVideo with
 the zero-concat negative, ModelSamplingSD3, KSampler) is the workflow's. The decoded frames (SaveImage,
@@ -13,8 +14,14 @@ PNG) are compared with the clip's frames. ``--steps`` / ``--cfg`` override the w
 VAE record (``model = "vae"``): the same frames encoded and decoded by ComfyUI's stock VAE class (what
 VAELoader builds), in this process, quantised as SaveImage does.
 
+Baseline record (``model = "reference_copy"``): the reference picture copied to every frame, the score a
+model that ignores the pose gets. Teacher records come once per ``--attention`` mode: the workflow as it is
+(IASA Sparse Attention on) and/or with that node bypassed (dense).
+
 Numbers per record (means over clips): psnr, ssim (RGB), psnr_face / psnr_mouth (lips) / psnr_hands inside
-the shards' region masks, mouth_audio_corr (bench/video_metrics.py: correlation of the mouth region's change
+the shards' region masks, psnr_moved (where the pose moved since frame 0: pixels that entered or left a body
+region), psnr_per_second (per second of video, mean over clips) and psnr_last_minus_first_second (drift over
+a long clip), mouth_audio_corr (bench/video_metrics.py: correlation of the mouth region's change
 from the first frame with the per-frame speech energy; ``mouth_audio_corr_ground_truth`` is the same on the
 real frames, for scale). ``--frames 0`` takes the teacher's training window from its model card (33 or 49
 frames: the length it was trained on, and affordable on a CPU), ``--frames -1`` whole clips; lengths are
@@ -44,7 +51,10 @@ from .video_metrics import clip_scores, mean_scores, mouth_audio_corr
 log = logging.getLogger(__name__)
 RESULTS = REPO / "bench" / "results" / "quality.json"
 WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"
-SCORE_KEYS = ("psnr", "ssim", "psnr_face", "psnr_mouth", "psnr_hands", "mouth_audio_corr")
+SCORE_KEYS = ("psnr", "ssim", "psnr_face", "psnr_mouth", "psnr_hands", "psnr_moved", "mouth_audio_corr",
+              "psnr_last_minus_first_second")
+FUN_CONTROL_NODES = ("WanFunControlToVideo", "Wan22FunControlToVideo")
+ATTENTION_MODES = ("sparse", "dense")
 INPUT_SUBDIR = "iasa_quality"
 
 
@@ -89,25 +99,47 @@ def _node(workflow: dict, class_type: str, count: int = 1) -> list[str]:
     return ids
 
 
+def _ids(workflow: dict, class_types: tuple[str, ...]) -> list[str]:
+    return sorted((k for k, v in workflow.items() if v["class_type"] in class_types), key=int)
+
+
+def _rewire(wf: dict, old: list, new: list) -> None:
+    """Every input that reads output ``old`` ([node, slot]) reads ``new`` instead."""
+    for node in wf.values():
+        for name, value in node["inputs"].items():
+            if value == old:
+                node["inputs"][name] = list(new)
+
+
 def quality_prompt(workflow: dict, ref_image: str, pose_file: str, prefix: str,
-                   steps: int | None = None, cfg: float | None = None) -> dict:
+                   steps: int | None = None, cfg: float | None = None, attention: str = "sparse") -> dict:
     """The talking workflow driven by a given pose sequence and reference frame, saving PNG frames:
-    the audio branch, IASA Audio To Pose and the mp4 nodes are dropped; the pose file's frame count
-    is the video length."""
+    the audio branch, IASA Audio To Pose and the mp4 nodes are dropped (whatever read the audio-driven
+    pose reads the pose file instead); the pose file's frame count is the video length. ``attention =
+    "dense"`` bypasses IASA Sparse Attention (its consumers read the model it patched)."""
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention: {attention!r} is not one of {ATTENTION_MODES}")
     wf = json.loads(json.dumps(workflow))
     (load_image,) = _node(wf, "LoadImage")
     (load_pose,) = _node(wf, "IASALoadPose")
-    (render,) = _node(wf, "IASARenderPose")
+    (audio_pose,) = _node(wf, "IASAAudioToPose")
     (sampler,) = _node(wf, "KSampler")
     (decode,) = _node(wf, "VAEDecode")
-    drop = set(_node(wf, "IASALoadAudio") + _node(wf, "IASAAudioFeatures") + _node(wf, "IASAAudioToPose")
+    fun = _ids(wf, FUN_CONTROL_NODES)
+    if len(fun) != 2:
+        raise ValueError(f"{WORKFLOW.name}: expected 2 Fun-Control conditioning nodes ({FUN_CONTROL_NODES}), found {fun}")
+    _rewire(wf, [audio_pose, 0], [load_pose, 0])
+    if attention == "dense":
+        for nid in _ids(wf, ("IASASparseAttention",)):
+            _rewire(wf, [nid, 0], wf[nid]["inputs"]["model"])
+            del wf[nid]
+    drop = set(_node(wf, "IASALoadAudio") + _node(wf, "IASAAudioFeatures") + [audio_pose]
                + _node(wf, "CreateVideo") + _node(wf, "SaveVideo"))
     for nid in drop:
         del wf[nid]
     wf[load_image]["inputs"]["image"] = ref_image
     wf[load_pose]["inputs"]["pose_file"] = pose_file
-    wf[render]["inputs"]["pose"] = [load_pose, 0]
-    for nid in _node(wf, "WanFunControlToVideo", 2):
+    for nid in fun:
         wf[nid]["inputs"]["length"] = [load_pose, 1]
     if steps is not None:
         wf[sampler]["inputs"]["steps"] = int(steps)
@@ -116,7 +148,7 @@ def quality_prompt(workflow: dict, ref_image: str, pose_file: str, prefix: str,
     wf["9000"] = {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": prefix}}
     for nid, node in wf.items():
         for name, value in node["inputs"].items():
-            if isinstance(value, list) and value[0] in drop:
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] not in wf:
                 raise ValueError(f"quality_prompt: node {nid}.{name} still reads dropped node {value[0]}")
     return wf
 
@@ -147,36 +179,53 @@ def read_frames(client: ComfyClient, outputs: dict) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ records
 def teacher_records(clips: list[dict], teacher: pathlib.Path, vae: pathlib.Path, steps_list: list[int | None],
-                    cfg_list: list[float | None], base: pathlib.Path) -> list[dict]:
-    workflow = json.loads(WORKFLOW.read_text())
+                    cfg_list: list[float | None], base: pathlib.Path, workflow_path: pathlib.Path = WORKFLOW,
+                    attention_modes: tuple[str, ...] = ("sparse",)) -> list[dict]:
+    workflow = json.loads(workflow_path.read_text())
     (sampler,) = _node(workflow, "KSampler")
+    has_sparse = bool(_ids(workflow, ("IASASparseAttention",)))
+    modes = [m for m in attention_modes if has_sparse or m == "dense"] or ["dense"]
     prepare_base(base)
     names = [write_clip_inputs(c, base / "input") for c in clips]
     records = []
     with linked_weights(base, {TEACHER_FILE: teacher, VAE_FILE: vae}), ComfyServer(base) as server:
         client = ComfyClient(server.url)
-        for steps in steps_list:
-            for cfg in cfg_list:
-                steps_v = steps if steps is not None else workflow[sampler]["inputs"]["steps"]
-                cfg_v = cfg if cfg is not None else workflow[sampler]["inputs"]["cfg"]
-                per_clip, seconds = [], []
-                for clip, (ref, pose) in zip(clips, names):
-                    prompt = quality_prompt(workflow, ref, pose, f"{INPUT_SUBDIR}/{clip['id']}_s{steps_v}_c{cfg_v}",
-                                            steps_v, cfg_v)
-                    t0 = time.monotonic()
-                    result = client.run(prompt, timeout=3600)
-                    seconds.append(time.monotonic() - t0)
-                    if result.status != "success":
-                        raise RuntimeError(f"clip {clip['id']}: {result.error}\n{server.log_tail(30)}")
-                    gen = read_frames(client, result.outputs)
-                    n = len(gen)
-                    masks = {k: v[:n] for k, v in clip["masks"].items()}
-                    per_clip.append({"id": clip["id"], "frames": n, "seconds": round(seconds[-1], 2),
-                                     **clip_scores(gen, clip["frames"][:n], masks, clip["energy"][:n])})
-                    log.info("teacher steps %s cfg %s clip %s: %s", steps_v, cfg_v, clip["id"], per_clip[-1])
-                records.append(_record(teacher.stem, per_clip, clips, steps=steps_v, cfg=cfg_v,
-                                       seconds_per_clip=round(float(np.mean(seconds)), 2)))
+        for attention in modes:
+            for steps in steps_list:
+                for cfg in cfg_list:
+                    steps_v = steps if steps is not None else workflow[sampler]["inputs"]["steps"]
+                    cfg_v = cfg if cfg is not None else workflow[sampler]["inputs"]["cfg"]
+                    per_clip, seconds = [], []
+                    for clip, (ref, pose) in zip(clips, names):
+                        prefix = f"{INPUT_SUBDIR}/{clip['id']}_{len(clip['frames'])}_{attention}_s{steps_v}_c{cfg_v}"
+                        prompt = quality_prompt(workflow, ref, pose, prefix, steps_v, cfg_v, attention)
+                        t0 = time.monotonic()
+                        result = client.run(prompt, timeout=3600)
+                        seconds.append(time.monotonic() - t0)
+                        if result.status != "success":
+                            raise RuntimeError(f"clip {clip['id']}: {result.error}\n{server.log_tail(30)}")
+                        gen = read_frames(client, result.outputs)
+                        per_clip.append(_clip_entry(clip, gen, seconds[-1]))
+                        log.info("teacher %s steps %s cfg %s clip %s: %s", attention, steps_v, cfg_v, clip["id"],
+                                 per_clip[-1])
+                    records.append(_record(teacher.stem, per_clip, clips, attention=attention if has_sparse else
+                                           "dense (the workflow has no IASA Sparse Attention)", steps=steps_v,
+                                           cfg=cfg_v, seconds_per_clip=round(float(np.mean(seconds)), 2)))
     return records
+
+
+def _clip_entry(clip: dict, gen: np.ndarray, seconds: float) -> dict:
+    n = len(gen)
+    masks = {k: v[:n] for k, v in clip["masks"].items()}
+    return {"id": clip["id"], "frames": n, "seconds": round(seconds, 2),
+            **clip_scores(gen, clip["frames"][:n], masks, clip["energy"][:n])}
+
+
+def reference_copy_record(clips: list[dict]) -> dict:
+    """The baseline every model must beat: the reference picture (the clip's first frame, what the workflow
+    is given) copied to every frame."""
+    per_clip = [_clip_entry(c, np.repeat(c["frames"][:1], len(c["frames"]), axis=0), 0.0) for c in clips]
+    return _record("reference_copy", per_clip, clips, steps=None, cfg=None, seconds_per_clip=0.0)
 
 
 def vae_record(clips: list[dict], vae_path: pathlib.Path) -> dict:
@@ -198,8 +247,7 @@ def vae_record(clips: list[dict], vae_path: pathlib.Path) -> dict:
             rec = vae.decode(vae.encode(x)).reshape(-1, *x.shape[1:])[: len(x)]
         rec = np.clip(255.0 * rec.float().cpu().numpy(), 0, 255).astype(np.uint8)  # as SaveImage does
         seconds.append(time.monotonic() - t0)
-        per_clip.append({"id": clip["id"], "frames": len(rec), "seconds": round(seconds[-1], 2),
-                         **clip_scores(rec, clip["frames"][: len(rec)], clip["masks"], clip["energy"])})
+        per_clip.append(_clip_entry(clip, rec, seconds[-1]))
         log.info("vae clip %s: %s", clip["id"], per_clip[-1])
     return _record("vae", per_clip, clips, steps=None, cfg=None, seconds_per_clip=round(float(np.mean(seconds)), 2))
 
@@ -207,7 +255,10 @@ def vae_record(clips: list[dict], vae_path: pathlib.Path) -> dict:
 def _record(model: str, per_clip: list[dict], clips: list[dict], **extra) -> dict:
     gt_corr = [mouth_audio_corr(c["frames"][: p["frames"]], c["masks"]["lips"][: p["frames"]], c["energy"])
                for c, p in zip(clips, per_clip)]
-    return {"model": model, **extra, **mean_scores(per_clip, SCORE_KEYS),
+    seconds = max(len(p["psnr_per_second"]) for p in per_clip)
+    per_second = [mean_scores([{"v": p["psnr_per_second"][i]} for p in per_clip if len(p["psnr_per_second"]) > i],
+                              ("v",))["v"] for i in range(seconds)]
+    return {"model": model, **extra, **mean_scores(per_clip, SCORE_KEYS), "psnr_per_second": per_second,
             "mouth_audio_corr_ground_truth": mean_scores([{"c": v} for v in gt_corr], ("c",))["c"],
             "clips": len(per_clip), "frames_per_clip": sorted({p["frames"] for p in per_clip}),
             "per_clip": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in p.items()} for p in per_clip]}
@@ -234,13 +285,16 @@ def main(argv: list[str] | None = None) -> dict:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO / ".dev" / "synth" / "shards"), help="shard dir with a held-out split")
     ap.add_argument("--clips", type=int, default=8)
-    ap.add_argument("--frames", type=int, default=0,
-                    help="frames per clip: 0 = the teacher's training window, -1 = whole clips")
+    ap.add_argument("--frames", type=int, nargs="+", default=[0],
+                    help="frames per clip, one record set per value: 0 = the teacher's training window, -1 = whole clips")
     ap.add_argument("--steps", type=int, nargs="+", default=[None], help="KSampler steps (default: the workflow's)")
     ap.add_argument("--cfg", type=float, nargs="+", default=[None], help="KSampler cfg (default: the workflow's)")
+    ap.add_argument("--attention", nargs="+", choices=ATTENTION_MODES, default=["sparse"],
+                    help="teacher with the workflow's IASA Sparse Attention and/or with it bypassed (dense)")
+    ap.add_argument("--workflow", type=pathlib.Path, default=WORKFLOW, help="API workflow the teacher runs in")
     ap.add_argument("--teacher", type=pathlib.Path, default=default[TEACHER_FILE])
     ap.add_argument("--vae", type=pathlib.Path, default=default[VAE_FILE])
-    ap.add_argument("--no-teacher", action="store_true", help="only the VAE record")
+    ap.add_argument("--no-teacher", action="store_true", help="only the VAE and reference-copy records")
     ap.add_argument("--base", type=pathlib.Path, default=None, help="ComfyUI base directory (default: a temporary one)")
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
@@ -248,22 +302,25 @@ def main(argv: list[str] | None = None) -> dict:
     for p in ([a.vae] if a.no_teacher else [a.teacher, a.vae]):
         if not p.is_file():
             sys.exit(f"bench.quality: {p} not found; train IASA-mini (models/README.md) or pass --teacher / --vae")
-    frames = a.frames
-    if frames == 0:
-        from ..training.tiny_wan import read_weights
-
-        frames = int(read_weights(a.teacher)[1].get("training", {}).get("frames", 33)) if not a.no_teacher else 33
     t0 = time.monotonic()
-    clips = pick_clips(a.data, a.clips, frames)
-    log.info("bench.quality: %d held-out clips of %s frames", len(clips), sorted({len(c["frames"]) for c in clips}))
-    records = [vae_record(clips, a.vae)]
-    if not a.no_teacher:
-        with tempfile.TemporaryDirectory(prefix="iasa_quality_") as tmp:
-            records += teacher_records(clips, a.teacher, a.vae, a.steps, a.cfg, a.base or pathlib.Path(tmp))
+    records = []
+    for frames in a.frames:
+        if frames == 0:
+            from ..training.tiny_wan import read_weights
+
+            frames = int(read_weights(a.teacher)[1].get("training", {}).get("frames", 33)) if not a.no_teacher else 33
+        clips = pick_clips(a.data, a.clips, frames)
+        log.info("bench.quality: %d held-out clips of %s frames", len(clips), sorted({len(c["frames"]) for c in clips}))
+        group = [reference_copy_record(clips), vae_record(clips, a.vae)]
+        if not a.no_teacher:
+            with tempfile.TemporaryDirectory(prefix="iasa_quality_") as tmp:
+                group += teacher_records(clips, a.teacher, a.vae, a.steps, a.cfg, a.base or pathlib.Path(tmp),
+                                         a.workflow, tuple(a.attention))
+        records += [{"frames_setting": frames, **r} for r in group]
     result = {"command": "python iasa_cli.py bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
-              "data": str(a.data), "frames_setting": a.frames, "frames": frames,
-              "workflow": str(WORKFLOW.relative_to(REPO)), "teacher": None if a.no_teacher else weights_info(a.teacher),
-              "vae": weights_info(a.vae), "records": records, "total_s": round(time.monotonic() - t0, 1),
+              "data": str(a.data), "frames": a.frames, "workflow": str(a.workflow.resolve().relative_to(REPO)),
+              "teacher": None if a.no_teacher else weights_info(a.teacher), "vae": weights_info(a.vae),
+              "records": records, "total_s": round(time.monotonic() - t0, 1),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
               "versions": versions(), "date": time.strftime("%Y-%m-%d")}
     a.out.parent.mkdir(parents=True, exist_ok=True)

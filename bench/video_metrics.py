@@ -61,12 +61,44 @@ def mouth_audio_corr(frames: np.ndarray, lips: np.ndarray, energy: np.ndarray) -
     return correlation(mouth_change(frames, lips), np.asarray(energy)[1: len(frames)])
 
 
-def clip_scores(gen: np.ndarray, gt: np.ndarray, masks: dict[str, np.ndarray], energy: np.ndarray) -> dict:
-    """Every number of one clip: psnr, ssim, psnr_face, psnr_mouth, psnr_hands, mouth_audio_corr."""
+MOVING_REGIONS = ("face", "lips", "left_hand", "right_hand", "arms", "torso")
+
+
+def moved_mask(masks: dict[str, np.ndarray]) -> np.ndarray:
+    """bool ``[T, H, W]``: where the pose moved since frame 0, i.e. the pixels that entered or left one of
+    the body regions (face, lips, hands, arms, torso) between frame 0 and frame t. Empty at frame 0; a
+    copy of frame 0 is wrong there whenever the region's pixels differ from the background's."""
+    out = None
+    for name in MOVING_REGIONS:
+        m = np.asarray(masks[name], bool)
+        changed = m ^ m[:1]
+        out = changed if out is None else out | changed
+    return out
+
+
+def psnr_per_second(gen: np.ndarray, gt: np.ndarray, fps: float = 25.0) -> list[float]:
+    """PSNR of each second of the clip; a last partial second counts when it lasts at least half a second,
+    a clip shorter than a second is one entry."""
+    step = max(1, int(round(fps)))
+    starts = list(range(0, max(len(gt) - step, 0) + 1, step))
+    tail = starts[-1] + step
+    if len(gt) - tail >= step / 2:
+        starts.append(tail)
+    return [psnr(gen[s:s + step], gt[s:s + step]) for s in starts]
+
+
+def clip_scores(gen: np.ndarray, gt: np.ndarray, masks: dict[str, np.ndarray], energy: np.ndarray,
+                fps: float = 25.0) -> dict:
+    """Every number of one clip: psnr, ssim, psnr_face, psnr_mouth, psnr_hands, psnr_moved (where the pose
+    moved, :func:`moved_mask`), mouth_audio_corr, psnr_per_second and its last-minus-first drift."""
     hands = np.asarray(masks["left_hand"], bool) | np.asarray(masks["right_hand"], bool)
+    per_second = psnr_per_second(gen, gt, fps)
     return {"psnr": psnr(gen, gt), "ssim": ssim(gen, gt), "psnr_face": psnr(gen, gt, masks["face"]),
             "psnr_mouth": psnr(gen, gt, masks["lips"]), "psnr_hands": psnr(gen, gt, hands),
-            "mouth_audio_corr": mouth_audio_corr(gen, masks["lips"], energy)}
+            "psnr_moved": psnr(gen, gt, moved_mask(masks)),
+            "mouth_audio_corr": mouth_audio_corr(gen, masks["lips"], energy),
+            "psnr_last_minus_first_second": (per_second[-1] - per_second[0]) if len(per_second) > 1 else float("nan"),
+            "psnr_per_second": [round(v, 3) for v in per_second]}
 
 
 def mean_scores(per_clip: list[dict], keys: tuple[str, ...]) -> dict:

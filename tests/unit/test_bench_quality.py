@@ -84,3 +84,60 @@ def test_quality_prompt_keeps_the_workflow_but_drives_it_with_the_given_pose():
     save = by_type["SaveImage"][1]["inputs"]
     assert save["images"] == [by_type["VAEDecode"][0], 0] and save["filename_prefix"] == "q/a"
     assert wf == json.loads(WORKFLOW.read_text())  # the input is not modified
+
+
+def test_moved_mask_marks_pixels_that_entered_or_left_a_region():
+    from iasa.bench.video_metrics import MOVING_REGIONS, moved_mask
+
+    T, H, W = 3, 8, 8
+    masks = {k: np.zeros((T, H, W), bool) for k in MOVING_REGIONS}
+    masks["left_hand"][0, 0:2, 0:2] = True       # the hand moves right by 2 px at frame 1, stays at frame 2
+    masks["left_hand"][1:, 0:2, 2:4] = True
+    masks["torso"][:, 5:, :] = True              # a still torso never counts
+    m = moved_mask(masks)
+    assert not m[0].any() and not m[:, 5:].any()
+    assert m[1].sum() == 8 and m[1, 0:2, 0:4].all() and np.array_equal(m[1], m[2])
+
+
+def test_psnr_per_second_splits_whole_seconds_and_keeps_a_long_tail():
+    from iasa.bench.video_metrics import psnr_per_second
+
+    gt = np.zeros((50, 4, 4, 3), np.uint8)
+    gen = gt.copy()
+    gen[40:] = 10                                # only the third (partial, 10-frame) second is wrong
+    per = psnr_per_second(gen, gt, fps=20)
+    assert len(per) == 3 and per[0] == per[1] == math.inf and per[2] < 40
+    assert len(psnr_per_second(gen[:45], gt[:45], fps=20)) == 2      # a 5-frame tail (< half a second) is dropped
+    assert len(psnr_per_second(gen[:7], gt[:7], fps=20)) == 1        # shorter than a second: the whole clip
+
+
+def test_reference_copy_baseline_is_perfect_where_nothing_moved_and_poor_where_the_pose_moved():
+    from iasa.bench.quality import reference_copy_record
+    from iasa.bench.video_metrics import MOVING_REGIONS
+
+    T = 9
+    frames = np.full((T, 16, 16, 3), 40, np.uint8)
+    masks = {k: np.zeros((T, 16, 16), bool) for k in MOVING_REGIONS}
+    for t in range(T):                           # a bright hand that moves across the frame
+        frames[t, 4:8, t:t + 4] = 220
+        masks["left_hand"][t, 4:8, t:t + 4] = True
+    clip = {"id": "c", "frames": frames, "masks": masks, "energy": np.linspace(0, 1, T).astype(np.float32)}
+    rec = reference_copy_record([clip])
+    assert rec["model"] == "reference_copy" and rec["clips"] == 1
+    assert rec["psnr_moved"] < 10 < rec["psnr"]
+    assert rec["psnr_per_second"] == [rec["per_clip"][0]["psnr_per_second"][0]]
+
+
+def test_quality_prompt_dense_bypasses_iasa_sparse_attention_and_rewires_its_pose():
+    wf = json.loads(WORKFLOW.read_text())
+    by = {n["class_type"]: k for k, n in wf.items()}
+    (sampler,) = [k for k, n in wf.items() if n["class_type"] == "KSampler"]
+    model_in = wf[sampler]["inputs"]["model"]
+    wf["500"] = {"class_type": "IASASparseAttention", "inputs": {"model": model_in, "pose": [by["IASAAudioToPose"], 0]}}
+    wf[sampler]["inputs"]["model"] = ["500", 0]
+    sparse = quality_prompt(wf, "r.png", "p.json", "q/s")
+    assert sparse["500"]["inputs"]["pose"] == [by["IASALoadPose"], 0] and sparse[sampler]["inputs"]["model"] == ["500", 0]
+    dense = quality_prompt(wf, "r.png", "p.json", "q/d", attention="dense")
+    assert "500" not in dense and dense[sampler]["inputs"]["model"] == model_in
+    with pytest.raises(ValueError, match="attention"):
+        quality_prompt(wf, "r.png", "p.json", "q", attention="flex")
