@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # IASA-mini v2 on one GPU machine, in resumable stages (models/README.md tells the history).
 #
+#   bash scripts/train_iasa_mini_gpu.sh prepare   # on the CPU machine (~5 min): motion bundle, ComfyUI tarball,
+#                                                 # held-out shards for bench.quality; then carry .dev/synth/motion
+#                                                 # and .dev/gpu to the GPU machine
 #   bash scripts/train_iasa_mini_gpu.sh start     # runs every stage not done yet, in the background (setsid)
 #   bash scripts/train_iasa_mini_gpu.sh wait 560  # follows the log for up to 560 s, then copies what is done
 #   bash scripts/train_iasa_mini_gpu.sh run       # the same stages in the foreground
@@ -19,7 +22,10 @@ SHARDS=${SHARDS:-/tmp/iasa_v2_shards}
 VAE_MIN=${VAE_MIN:-5}
 VAE_LONG_MIN=${VAE_LONG_MIN:-1.5}
 TEACHER_MIN=${TEACHER_MIN:-8.5}
-# Shapes (the defaults are the v2 recipe; a CPU dry run shrinks them: see tests/unit/test_gpu_recipe.py).
+# Shapes (the defaults are the v2 recipe). CPU dry run of every stage at tiny shapes (~6 min on 2 cores):
+#   IASA_V2_WORK=.dev/v2dry SHARDS=/tmp/dry_shards VAE_DIM=8 VAE_FRAMES=5 VAE_CROP=32 VAE_BATCH=2 LONG_FRAMES=9 \
+#   LONG_CROP=32 LONG_BATCH=2 T_LAYERS=1 T_FFN=256 T_FRAMES=5 T_BATCH=2 EVAL=1 WORKERS=2 DEVICE=cpu VAE_MIN=0.3 \
+#   VAE_LONG_MIN=0.2 TEACHER_MIN=0.3 PYTHON=.iasa/venv/bin/python OUT=/tmp/dry_out bash scripts/train_iasa_mini_gpu.sh run
 VAE_DIM=${VAE_DIM:-32}; VAE_FRAMES=${VAE_FRAMES:-49}; VAE_CROP=${VAE_CROP:-128}; VAE_BATCH=${VAE_BATCH:-16}
 LONG_FRAMES=${LONG_FRAMES:-97}; LONG_CROP=${LONG_CROP:-64}; LONG_BATCH=${LONG_BATCH:-8}
 T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH=${T_BATCH:-32}
@@ -84,7 +90,20 @@ collect() {  # what is done so far -> $OUT (8 files at most)
   ls -la "$OUT"
 }
 
+prepare() {  # deterministic (seeded): the same bundle every time
+  local py="${IASA_HOME:-.iasa}/venv/bin/python"
+  [ -f "$MOTION/train.npz" ] || "$py" iasa_cli.py training.synth.build motion --out "$(dirname "$MOTION")" \
+      --train 1000 --heldout 0 --train-seconds 2 8 --audio-codec none
+  [ -f "$MOTION/heldout.npz" ] || "$py" iasa_cli.py training.synth.build motion --out "$(dirname "$MOTION")" \
+      --train 0 --heldout 48 --heldout-seconds 3 10 --audio-codec mulaw
+  [ -f .dev/gpu/comfy.tar.gz ] || bash scripts/pack_comfy_tree.sh
+  ls .dev/synth/shards/heldout-*.safetensors > /dev/null 2>&1 || "$py" iasa_cli.py training.synth.build render \
+      --motion "$MOTION" --out .dev/synth/shards --splits heldout
+  du -sh "$MOTION" .dev/gpu
+}
+
 case "${1:-run}" in
+  prepare) prepare ;;
   run) run_stages 2>&1 | tee -a "$LOG"; collect ;;
   start)
     setsid nohup bash "$0" run-bg >> "$LOG" 2>&1 < /dev/null &
