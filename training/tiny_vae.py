@@ -168,10 +168,15 @@ class TinyVAE(nn.Module):
         return y.view(b, -1, *y.shape[1:]).movedim(1, 2)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        b, c, f, h, w = latents.shape
-        y = run_frames(self.decoder, latents.movedim(2, 1).reshape(b * f, c, h, w), b)
-        y = y.view(b, -1, *y.shape[1:])[:, FRAMES_TRIMMED:]
-        return y.movedim(1, 2)
+        return decode_with(self.decoder, latents)
+
+
+def decode_with(decoder: nn.Sequential, latents: torch.Tensor) -> torch.Tensor:
+    """A TinyVAE decoder (``TinyVAE().decoder``) applied to ``latents [B, 16, F, h, w]``."""
+    b, c, f, h, w = latents.shape
+    y = run_frames(decoder, latents.movedim(2, 1).reshape(b * f, c, h, w), b)
+    y = y.view(b, -1, *y.shape[1:])[:, FRAMES_TRIMMED:]
+    return y.movedim(1, 2)
 
 
 @torch.no_grad()
