@@ -168,3 +168,18 @@ def test_vae_records_score_the_tiny_autoencoder_against_the_frames_and_the_full_
     _, same = vae_records([clip], vae, vae)
     assert same["per_clip"][0]["psnr_vs_full_vae"] == math.inf == same["per_clip"][0]["psnr_roundtrip_vs_full_vae"]
     assert [r["model"] for r in vae_records([clip], vae)] == ["vae"]
+
+
+def test_demo_timing_decodes_the_demo_latent_with_the_vae_and_the_tiny_one_in_both_modes(tmp_path):
+    import torch
+
+    from iasa.bench.demo_timing import decode_seconds
+    from iasa.training.tiny_vae import build_tiny_vae, save_tiny_vae
+    from iasa.training.tiny_wan import VAEConfig, build_vae, save_model
+
+    torch.set_num_threads(1)
+    vae = save_model(build_vae(VAEConfig(dim=8), seed=1), tmp_path / "vae.safetensors", {}, dtype=torch.float32)
+    tiny = save_tiny_vae(build_tiny_vae(seed=2), tmp_path / "tiny.safetensors", {})
+    got = decode_seconds(vae, tiny, frames=5, height=16, width=16)
+    assert set(got) == {"vae", "tiny_vae", "tiny_vae_parallel"} and all(v >= 0 for v in got.values())
+    assert set(decode_seconds(vae, None, frames=1, height=16, width=16)) == {"vae"}
