@@ -10,7 +10,8 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
 * DiT: ``WanModel`` in the Wan2.1-1.3B shape (dim 1536, 30 layers, 12 heads, ffn 8960) with Fun-Control
   inputs (``in_dim`` 48 = noise | pose-video latent | empty start-image channels) and ``ref_conv`` reference
   tokens (the IASA-mini / Wan 2.1 Fun 1.1 layout), loaded by ``comfy.sd.load_diffusion_model_state_dict``
-  (what UNETLoader does), bf16, ``ModelSamplingSD3`` shift 5. Every block is compiled by ComfyUI's
+  (what UNETLoader does), bf16; every schedule is given as SIGMAS at shift 5 (the model's own shift is then
+  unused). Every block is compiled by ComfyUI's
   ``set_torch_compile_wrapper`` (the helper behind stock TorchCompileModel) with the block keys
   ``diffusion_model.blocks.<i>``, ``dynamic=False``.
 * student: IASA Sparse Attention as the node applies it (``attention.patch.apply_sparse_attention`` with a
@@ -25,10 +26,11 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
 * per record, timed with the device synchronised: ``ms_encode`` = ``vae.encode(pose video)`` (VAEEncode:
   IMAGE on the host in, LATENT out), ``ms_dit`` = ``sample_custom`` (noise on the host, LATENT out),
   ``ms_decode`` = ``vae.decode`` (VAEDecode: IMAGE on the host); ``fps`` = frames / total seconds;
-  ``first_chunk_ms``: the same pipeline on a clip of 4 latent frames (13 pixel frames). The conditioning
-  (``concat_latent_image``, ``reference_latents``) comes from the stock ``Wan22FunControlToVideo`` node, built
-  once per shape and VAE outside the timing. Medians over ``--repeats`` after a one-step warm-up per compiled
-  path and shape.
+  ``first_chunk_ms``: the same pipeline on a clip of 4 latent frames (13 pixel frames). The DiT samples on the
+  encoded pose video: :func:`fun_control_conditioning` lays it out exactly as stock ``Wan22FunControlToVideo``
+  does (tested against the node; the node itself imports PyAV, which the GPU image lacks); the reference
+  picture's latent is encoded once per shape, untimed (once per session in a live pipeline). Medians over
+  ``--repeats`` after a one-step warm-up per compiled path and shape.
 * floors: ``floor.ms_dit`` = forwards x (linear-layer FLOPs, counted on the real forward + self-attention
   FLOPs at the pose layout's exact token density + cross-attention FLOPs) / measured bf16 GEMM peak;
   ``floor.ms_encode`` / ``ms_decode`` = the VAE's FLOPs (``torch.utils.flop_counter``) / the same peak + the
@@ -55,7 +57,7 @@ from ..pose.keypoints import PoseSequence
 from ..pose.render import render_pose
 from ..tests.unit.attention_poses import talking_pose
 from ..training.comfy_env import ensure_comfy_on_path
-from ..training.flow import student_sigmas
+from ..training.flow import simple_sigmas, student_sigmas
 from ..training.model_card import comfyui_version
 from ..training.teacher_data import token_grid
 from ..training.tiny_vae import build_tiny_vae, latent_frames, pixel_frames
@@ -104,6 +106,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def fun_control_conditioning(context: list, control: torch.Tensor, reference: torch.Tensor, shape: Shape):
+    """``(positive, negative, empty latent)`` as stock ``Wan22FunControlToVideo`` returns them for
+    ``ref_image`` + ``control_video`` (positive) and ``ref_image`` alone (negative: the IASA-mini CFG negative),
+    from the already-encoded ``control`` (pose video) and ``reference`` latents."""
+    import comfy.latent_formats
+    import node_helpers
+
+    c, f, h, w = shape.latent
+    empty = comfy.latent_formats.Wan21().process_out(torch.zeros(1, c, f, h, w)).repeat(1, 2, 1, 1, 1)
+    mask = torch.ones((1, 1, f * 4, h, w)).view(1, f, 4, h, w).transpose(1, 2)
+    out = []
+    for video in (control, None):
+        concat = empty.clone()
+        if video is not None:
+            concat[:, :c, :video.shape[2]] = video[:, :, :f]
+        cond = node_helpers.conditioning_set_values(context, {"concat_latent_image": concat, "concat_mask": mask,
+                                                              "concat_mask_index": c})
+        out.append(node_helpers.conditioning_set_values(cond, {"reference_latents": [reference]}, append=True))
+    return out[0], out[1], torch.zeros(1, c, f, h, w)
+
+
 class RealtimeBench:
     """Models, VAEs, inputs and conditioning of one run; :meth:`pipeline` times one record's three terms."""
 
@@ -111,8 +134,6 @@ class RealtimeBench:
         ensure_comfy_on_path()
         import comfy.model_management
         import comfy.sd
-        import comfy.samplers
-        from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
         self.a = a
         self.device = comfy.model_management.get_torch_device()
@@ -124,9 +145,8 @@ class RealtimeBench:
         net = build_teacher(self.dit_config, seed=0, device=self.device)
         sd = {k: v.to(self.dtype) for k, v in net.state_dict().items()}
         del net
-        base = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": self.dtype})
+        self.base = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": self.dtype})
         del sd
-        self.base = ModelSamplingSD3().patch(base, SHIFT)[0]
         self.vaes = {}
         for name in a.vaes:
             if name == "wan":
@@ -145,9 +165,8 @@ class RealtimeBench:
         self.patches: dict[tuple[str, Shape], SparseAttentionPatch] = {}
         self.models: dict[tuple[str, Shape], object] = {}
         self.eager: dict[tuple[str, Shape], object] = {}
-        self._conds: dict = {}
-        self.teacher_sigmas = comfy.samplers.calculate_sigmas(
-            self.base.get_model_object("model_sampling"), TEACHER["scheduler"], a.teacher_steps).cpu()
+        self._refs: dict = {}
+        self.teacher_sigmas = simple_sigmas(SHIFT, a.teacher_steps)   # == ComfyUI's simple scheduler (tested)
 
     def close(self) -> None:
         """Drop the model patchers while ComfyUI's modules are alive (their ``__del__`` fails at exit)."""
@@ -159,7 +178,7 @@ class RealtimeBench:
         self.eager.clear()
         self.patches.clear()
         self.vaes.clear()
-        self._conds.clear()
+        self._refs.clear()
         self.base = None
         comfy.model_management.unload_all_models()
         torch._dynamo.reset()     # compiled code holds the blocks and, through guards, their patchers
@@ -212,50 +231,44 @@ class RealtimeBench:
         return student_sigmas(spec.steps, SHIFT)
 
     # ------------------------------------------------------------------------------ conditioning
-    def conditioning(self, vae: str, shape: Shape):
-        """Stock Wan22FunControlToVideo: positive (pose video + reference), negative (reference only: the
-        IASA-mini CFG negative), empty latent. Built once per VAE and shape (untimed)."""
-        if (vae, shape) not in self._conds:
-            from comfy_extras.nodes_wan import Wan22FunControlToVideo
-
-            ctx = [[torch.zeros(1, CONTEXT_TOKENS, 4096), {}]]
-            ref = self.video[shape][:1]
-            pos, _, latent = Wan22FunControlToVideo.execute(ctx, ctx, self.vaes[vae], shape.width, shape.height,
-                                                            shape.frames, 1, ref_image=ref,
-                                                            control_video=self.video[shape]).args
-            neg, _, _ = Wan22FunControlToVideo.execute(ctx, ctx, self.vaes[vae], shape.width, shape.height,
-                                                       shape.frames, 1, ref_image=ref).args
-            self._conds[(vae, shape)] = (pos, neg, latent["samples"])
-        return self._conds[(vae, shape)]
+    def reference_latent(self, vae: str, shape: Shape) -> torch.Tensor:
+        """The reference picture's latent (encoded once per session in a live pipeline: untimed)."""
+        if (vae, shape) not in self._refs:
+            self._refs[(vae, shape)] = self.vaes[vae].encode(self.video[shape][:1])
+        return self._refs[(vae, shape)]
 
     # ---------------------------------------------------------------------------------- pipeline
-    def sample(self, spec: Spec, shape: Shape, model=None):
+    def sample(self, spec: Spec, shape: Shape, control: torch.Tensor | None = None, model=None):
+        """``SamplerCustom`` on the Fun-Control conditioning of ``control`` (the pose video's latent; encoded
+        here, untimed, when not given)."""
         import comfy.sample
         import comfy.samplers
 
-        pos, neg, latent = self.conditioning(spec.vae, shape)
+        if control is None:
+            control = self.vaes[spec.vae].encode(self.video[shape])
+        ctx = [[torch.zeros(1, CONTEXT_TOKENS, 4096), {}]]
+        pos, neg, latent = fun_control_conditioning(ctx, control, self.reference_latent(spec.vae, shape), shape)
         noise = comfy.sample.prepare_noise(latent, 0)
         sampler = comfy.samplers.sampler_object(TEACHER["sampler"] if spec.variant == "teacher" else STUDENT["sampler"])
         return comfy.sample.sample_custom(model or self.model(spec, shape), noise, spec.cfg, sampler, self.sigmas(spec),
                                           pos, neg, latent, disable_pbar=True, seed=0)
 
     def pipeline(self, spec: Spec, shape: Shape) -> dict:
-        """Encode the pose video, sample, decode: wall ms of each term (device synchronised)."""
+        """Encode the pose video, sample on its latent, decode: wall ms of each term (device synchronised)."""
         vae = self.vaes[spec.vae]
-        out = {}
+        self.reference_latent(spec.vae, shape)
         _sync(self.device)
         t0 = time.perf_counter()
-        vae.encode(self.video[shape])
+        control = vae.encode(self.video[shape])
         _sync(self.device)
         t1 = time.perf_counter()
-        samples = self.sample(spec, shape)
+        samples = self.sample(spec, shape, control)
         _sync(self.device)
         t2 = time.perf_counter()
         vae.decode(samples)
         _sync(self.device)
         t3 = time.perf_counter()
-        out["ms_encode"], out["ms_dit"], out["ms_decode"] = (1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * (t3 - t2))
-        return out
+        return {"ms_encode": 1000 * (t1 - t0), "ms_dit": 1000 * (t2 - t1), "ms_decode": 1000 * (t3 - t2)}
 
     # ------------------------------------------------------------------------------------ floors
     def dit_flops(self, shape: Shape) -> dict:

@@ -90,3 +90,36 @@ def test_cpu_dry_run_through_comfyui_with_the_patch_and_compiled_blocks(tmp_path
     assert result["device_ms"]["tiny"]["decode_ms_frame_by_frame"] > 0
     assert all(a["met"] is None for a in result["aims"])
     assert "| student | 1 | tiny |" in capsys.readouterr().out
+
+
+def test_fun_control_conditioning_equals_stock_wan22_fun_control_to_video():
+    from iasa.training.comfy_env import ensure_comfy_on_path
+
+    ensure_comfy_on_path()
+    import comfy.sd
+    from comfy_extras.nodes_wan import Wan22FunControlToVideo
+
+    from iasa.bench.realtime import Shape, fun_control_conditioning
+    from iasa.training.tiny_wan import VAEConfig, build_vae
+
+    net = build_vae(VAEConfig(dim=8), seed=3)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    vae = comfy.sd.VAE(sd=net.state_dict())
+    video = torch.rand(9, 32, 48, 3, generator=g)
+    ctx = [[torch.zeros(1, 3, 4096), {}]]
+    ref = video[:1]
+    pos, _, latent = Wan22FunControlToVideo.execute(ctx, ctx, vae, 48, 32, 9, 1, ref_image=ref, control_video=video).args
+    neg, _, _ = Wan22FunControlToVideo.execute(ctx, ctx, vae, 48, 32, 9, 1, ref_image=ref).args
+    mine_pos, mine_neg, mine_latent = fun_control_conditioning(ctx, vae.encode(video), vae.encode(ref), Shape(9, 32, 48))
+    assert torch.equal(mine_latent, latent["samples"])
+    for stock, mine in ((pos, mine_pos), (neg, mine_neg)):
+        a, b = stock[0][1], mine[0][1]
+        assert set(a) == set(b) == {"concat_latent_image", "concat_mask", "concat_mask_index", "reference_latents"}
+        torch.testing.assert_close(b["concat_latent_image"], a["concat_latent_image"], atol=1e-5, rtol=1e-5)
+        assert torch.equal(b["concat_mask"], a["concat_mask"]) and b["concat_mask_index"] == a["concat_mask_index"]
+        torch.testing.assert_close(b["reference_latents"][0], a["reference_latents"][0], atol=1e-5, rtol=1e-5)
+    assert float(mine_pos[0][1]["concat_latent_image"][:, :16].std()) > 0          # the pose video is in
+    assert not torch.equal(mine_pos[0][1]["concat_latent_image"], mine_neg[0][1]["concat_latent_image"])
