@@ -243,9 +243,11 @@ def stock_vae(path: pathlib.Path):
     import comfy.taesd.taehv
     import comfy.utils
 
+    from ..training.tiny_vae import with_all_frames_at_once
+
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
     if isinstance(vae.first_stage_model, comfy.taesd.taehv.TAEHV):
-        vae.first_stage_model.parallel = True
+        vae = with_all_frames_at_once(vae, True)
         vae.first_stage_model.show_progress_bar = False
     return vae
 

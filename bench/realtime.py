@@ -22,7 +22,8 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
   uncond batched), euler, stock Wan VAE.
 * VAEs, built by ``comfy.sd.VAE`` from state dicts (what VAELoader does): ``wan`` = the Wan 2.1 VAE at its real
   width 96; ``tiny`` = the taew2_1-layout tiny autoencoder (``training/tiny_vae.py``), run with all frames at
-  once (``TAEHV.parallel = True``; ComfyUI's default, frame by frame, is reported in ``device_ms``).
+  once as the pack's IASA Tiny VAE Mode node sets it (ComfyUI's default, frame by frame, is reported in
+  ``device_ms``).
 * per record, timed with the device synchronised: ``ms_encode`` = ``vae.encode(pose video)`` (VAEEncode:
   IMAGE on the host in, LATENT out), ``ms_dit`` = ``sample_custom`` (noise on the host, LATENT out),
   ``ms_decode`` = ``vae.decode`` (VAEDecode: IMAGE on the host); ``fps`` = frames / total seconds;
@@ -36,6 +37,12 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
   ``floor.ms_encode`` / ``ms_decode`` = the VAE's FLOPs (``torch.utils.flop_counter``) / the same peak + the
   host<->device copy of the pixels at the measured pageable bandwidth.
 
+Today's patch under compiled blocks (found by the CPU dry runs, for attention/): (1) a layout built inside a
+compiled block makes dynamo trace the pose rasteriser (numpy/cv2 in pose/regions.py) and fail, so the warm-up
+runs one uncompiled step per patched model first; (2) dynamo guards on the values of
+``SparseAttentionPatch.stats``, so the override recompiles on every call until it hits the recompile limit and
+then runs eagerly (``compile_stats.recompile_limit_hits``); the steady state timed here is that one.
+
 Expected on one H200 (update-2026-12.md): ~6-8 minutes, most of it compiling (six compiled paths x shapes)
 and the teacher (40 forwards + the stock VAE, ~25 s per run).
 """
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import statistics
 import time
@@ -60,7 +68,7 @@ from ..training.comfy_env import ensure_comfy_on_path
 from ..training.flow import simple_sigmas, student_sigmas
 from ..training.model_card import comfyui_version
 from ..training.teacher_data import token_grid
-from ..training.tiny_vae import build_tiny_vae, latent_frames, pixel_frames
+from ..training.tiny_vae import build_tiny_vae, latent_frames, pixel_frames, with_all_frames_at_once
 from ..training.tiny_wan import LATENT_CHANNELS, TeacherConfig, VAEConfig, build_teacher, build_vae
 from . import floors
 from .realtime_report import aims, markdown_table
@@ -154,8 +162,8 @@ class RealtimeBench:
             else:
                 vae_sd = build_tiny_vae(seed=0).state_dict()
             vae = comfy.sd.VAE(sd={k: v.to(self.dtype) for k, v in vae_sd.items()})
-            if name == "tiny":
-                vae.first_stage_model.parallel = True
+            if name == "tiny":      # what IASA Tiny VAE Mode gives (ComfyUI's default is frame by frame)
+                vae = with_all_frames_at_once(vae, True)
                 vae.first_stage_model.show_progress_bar = False
             self.vaes[name] = vae
         pose = talking_pose(n_frames=self.shape.frames, width=a.width, height=a.height)
@@ -305,9 +313,8 @@ class RealtimeBench:
                    "decode_ms": floors.time_ms(dec, self.device, self.a.repeats),
                    "encode_flops": floors.all_flops(enc), "decode_flops": floors.all_flops(dec)}
             if name == "tiny":
-                fsm.parallel = False
-                out["decode_ms_frame_by_frame"] = floors.time_ms(dec, self.device, 1)
-                fsm.parallel = True
+                slow = with_all_frames_at_once(vae, False).first_stage_model
+                out["decode_ms_frame_by_frame"] = floors.time_ms(lambda: slow.decode(z), self.device, 1)
         return out
 
 
@@ -343,7 +350,7 @@ def record(spec: Spec, runs: list[dict], chunk_runs: list[dict], bench: "Realtim
     rec["floor"]["first_chunk_ms"] = round(chunk_floor["ms_total"], 2)
     rec["x_floor"] = {k: round(rec[k] / floor[k], 2) if floor[k] > 0 else None
                       for k in ("ms_encode", "ms_dit", "ms_decode", "ms_total")}
-    rec["sparse_calls"] = bench.patch_stats(spec)
+    rec["sparse_calls"] = bench.patch_stats(spec)     # over the whole run of this variant (every step count)
     bad = {k: v for k, v in rec["sparse_calls"].items() if k in ("dense_fallback", "dense_no_grid", "dense_grid_mismatch")}
     if spec.sparse and (not rec["sparse_calls"].get("sparse") or bad):
         raise RuntimeError(f"{spec}: the IASA patch did not run every video self-attention sparse "
@@ -375,13 +382,40 @@ def versions() -> dict:
     return out
 
 
+def comfy_attention() -> str:
+    """ComfyUI's own attention function (the dense path: cross-attention, the teacher's self-attention)."""
+    import comfy.ldm.modules.attention as attn
+
+    return getattr(attn.optimized_attention, "__name__", str(attn.optimized_attention))
+
+
+class LimitHits(logging.Handler):
+    """Collects dynamo's 'hit config.recompile_limit' warnings: the functions that fell back to eager."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.functions: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if "hit config." in msg and "function:" in msg:
+            self.functions.append(msg.split("function:", 1)[1].strip().splitlines()[0][:200])
+
+    @classmethod
+    def install(cls) -> "LimitHits":
+        handler = cls()
+        logging.getLogger("torch._dynamo.convert_frame").addHandler(handler)
+        return handler
+
+
 def compile_stats() -> dict:
     from torch._dynamo.utils import counters
 
     breaks = counters.get("graph_break", {})
     return {"graph_breaks": int(sum(breaks.values())),
             "top_reasons": [[str(k)[:200], int(v)] for k, v in sorted(breaks.items(), key=lambda kv: -kv[1])[:5]],
-            "stats": {str(k): int(v) for k, v in counters.get("stats", {}).items()}}
+            "stats": {str(k): int(v) for k, v in counters.get("stats", {}).items()},
+            "frames": {str(k): int(v) for k, v in counters.get("frames", {}).items()}}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -402,8 +436,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--teacher-repeats", type=int, default=1)
     ap.add_argument("--compile", choices=("inductor", "eager", "none"), default="inductor",
                     help="torch.compile backend for every block ('eager': dynamo only, for dry runs)")
-    ap.add_argument("--dynamo-cache-limit", type=int, default=256,
-                    help="torch._dynamo cache_size_limit (a hit limit silently runs a block eager)")
+    ap.add_argument("--recompile-limit", type=int, default=16,
+                    help="torch._dynamo recompile limit per code object (default 8): a block needs one entry per "
+                         "path x shape (6 here); a frame that recompiles on every call (see compile_stats) runs "
+                         "eagerly once it hits the limit")
     ap.add_argument("--kernel", default=None, help="IASA kernel (default flex on CUDA, sdpa on CPU)")
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--block-size", type=int, default=None, help="default 128 (16 with --tiny)")
@@ -435,10 +471,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     import torch._dynamo
 
-    cfg = torch._dynamo.config
-    cfg.cache_size_limit = max(cfg.cache_size_limit, a.dynamo_cache_limit)   # several paths x shapes per block code
-    if hasattr(cfg, "accumulated_cache_size_limit"):
-        cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 4 * a.dynamo_cache_limit)
+    torch._dynamo.config.cache_size_limit = a.recompile_limit      # alias of recompile_limit in newer torch
+    limit_hits = LimitHits.install()
     t_start = time.perf_counter()
     bench = RealtimeBench(a)
     dev = bench.device
@@ -485,9 +519,10 @@ def main(argv: list[str] | None = None) -> dict:
                           "dtype": str(bench.dtype).removeprefix("torch.")},
                   "wan_vae_dim": a.wan_vae_dim, "tiny_vae": "taew2_1 layout, parallel"},
         "settings": {"compile": {"backend": a.compile, "keys": "diffusion_model.blocks.<i>", "dynamic": False,
-                                 "cache_size_limit": torch._dynamo.config.cache_size_limit,
+                                 "recompile_limit": torch._dynamo.config.cache_size_limit,
                                  "inline_inbuilt_nn_modules": bool(getattr(torch._dynamo.config, "inline_inbuilt_nn_modules", False))},
-                     "kernel": a.kernel, "layout": vars(bench.layout_config), "shift": SHIFT,
+                     "kernel": a.kernel, "comfy_attention": comfy_attention(), "layout": vars(bench.layout_config),
+                     "shift": SHIFT,
                      "student": {**STUDENT, "sigmas": {n: [round(float(s), 4) for s in student_sigmas(n, SHIFT)] for n in a.steps}},
                      "teacher": {**TEACHER, "steps": a.teacher_steps}},
         "peak": {"matmul": fl["matmul"], "copy": fl["copy"]},
@@ -500,7 +535,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device_ms": {k: {kk: round(vv, 2) for kk, vv in v.items() if "_ms" in kk} for k, v in fl["vae"].items()},
         "device_ms_first_chunk": {k: {kk: round(vv, 2) for kk, vv in v.items() if "_ms" in kk}
                                   for k, v in fl["vae_first_chunk"].items()},
-        "compile_stats": compile_stats(), "warmup_s": round(warm_s, 1),
+        "compile_stats": {**compile_stats(), "recompile_limit_hits": limit_hits.functions},
+        "warmup_s": round(warm_s, 1),
         "records": records, "aims": aims(records, cuda), "total_s": round(time.perf_counter() - t_start, 1),
     }
     bench.close()

@@ -8,10 +8,11 @@ from .audio_nodes import IASAAudioFeatures, IASALoadAudio
 from .conditioning_nodes import IASAEmptyConditioning
 from .model_folders import register_bundled_model_folders
 from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose
+from .vae_nodes import IASATinyVAEMode
 
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
-    IASAEmptyConditioning, IASALoadPose,
+    IASAEmptyConditioning, IASALoadPose, IASATinyVAEMode,
 ]
 
 register_bundled_model_folders()

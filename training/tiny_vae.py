@@ -34,6 +34,7 @@ The decoder starts with ComfyUI's fixed ``tanh(x / 3) * 3`` clamp: raw IASA-mini
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -245,3 +246,22 @@ def load_tiny_vae(path: str | Path, device: torch.device | str = "cpu",
     model = build_tiny_vae(init=False)
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True)
     return model.to(device=device, dtype=dtype), card
+
+
+# ------------------------------------------------------------------------------------ ComfyUI VAE
+def with_all_frames_at_once(vae, all_at_once: bool = True):
+    """A copy of a ComfyUI ``VAE`` (``comfy.sd.VAE``) around a TAEHV whose ``parallel`` flag is ``all_at_once``:
+    ComfyUI runs TAEHV frame by frame by default (least memory); all frames at once is faster and gives the same
+    numbers. The copy shares the weights and the model patcher (so ComfyUI still loads and offloads them); the
+    input VAE is left as it is. Raises ``ValueError`` for any other VAE."""
+    inner = getattr(vae, "first_stage_model", None)
+    if inner is None or not hasattr(inner, "parallel") or getattr(inner, "latent_channels", None) is None \
+            or not hasattr(inner, "decoder"):
+        kind = type(inner).__name__ if inner is not None else type(vae).__name__
+        raise ValueError(f"vae: a tiny autoencoder (TAEHV, e.g. {VAE_FILE}) is needed, got {kind}; load one with "
+                         "VAELoader, or leave the full VAE without this node")
+    inner = copy.copy(inner)          # shares the sub-modules and parameters, not the instance's flags
+    inner.parallel = bool(all_at_once)
+    out = copy.copy(vae)
+    out.first_stage_model = inner
+    return out

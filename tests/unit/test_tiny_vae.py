@@ -315,3 +315,21 @@ def test_sampler_previews_see_normalised_x0_and_vae_decode_sees_raw_latents(comf
     fmt = comfy.latent_formats.Wan21()
     torch.testing.assert_close(fmt.process_out(seen[-1]), out, atol=1e-4, rtol=1e-4)
     assert (seen[-1] - out).abs().max() > 0.1
+
+
+def test_tiny_vae_mode_node_runs_all_frames_at_once_on_a_copy_with_the_same_pictures(comfy, tae):
+    from iasa.nodes.vae_nodes import IASATinyVAEMode
+
+    stock = comfy.sd.VAE(sd={k: v.clone() for k, v in tae.state_dict().items()})
+    assert stock.first_stage_model.parallel is False                          # ComfyUI's default
+    fast = IASATinyVAEMode.execute(vae=stock, all_frames_at_once=True).args[0]
+    assert fast is not stock and fast.first_stage_model.parallel is True and stock.first_stage_model.parallel is False
+    assert fast.patcher is stock.patcher                                        # same weights, loaded the ComfyUI way
+    assert fast.first_stage_model.decoder[1].weight is stock.first_stage_model.decoder[1].weight
+    z = _latents(3)
+    torch.testing.assert_close(fast.decode(z), stock.decode(z), atol=1e-5, rtol=1e-4)
+    slow = IASATinyVAEMode.execute(vae=fast, all_frames_at_once=False).args[0]
+    assert slow.first_stage_model.parallel is False and fast.first_stage_model.parallel is True
+    wan = comfy.sd.VAE(sd=build_vae(VAEConfig(dim=8)).state_dict())
+    with pytest.raises(ValueError, match="vae: a tiny autoencoder"):
+        IASATinyVAEMode.execute(vae=wan, all_frames_at_once=True)
