@@ -166,6 +166,7 @@ class RealtimeBench:
                 vae = with_all_frames_at_once(vae, True)
                 vae.first_stage_model.show_progress_bar = False
             self.vaes[name] = vae
+        del vae   # a frame of this call can outlive it (a stored traceback): keep no patcher in its locals
         pose = talking_pose(n_frames=self.shape.frames, width=a.width, height=a.height)
         self.poses = {s: PoseSequence(pose.points[: s.frames], pose.width, pose.height) for s in (self.shape, self.chunk)}
         self.video = {s: torch.from_numpy(render_pose(p)) for s, p in self.poses.items()}   # IMAGE [T, H, W, 3]
