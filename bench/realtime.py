@@ -462,6 +462,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def assemble(a, argv, bench: RealtimeBench, fl: dict, specs: list[Spec], runs: dict, chunk_runs: dict,
+             warm_s: float, t_start: float, limit_hits: "LimitHits", partial: bool) -> dict:
+    """The results JSON (written to ``--out``) from the runs so far."""
+    dev = bench.device
+    cuda = dev.type == "cuda"
+    records = [record(s, runs[s], chunk_runs[s], bench, fl) for s in specs if runs[s]]
+    teacher = next((x for x in records if x["variant"] == "teacher"), None)
+    for rec in records:
+        rec["speedup_vs_teacher"] = round(teacher["ms_total"] / rec["ms_total"], 2) if teacher else None
+    result = {
+        "command": "python iasa_cli.py bench.realtime " + " ".join(argv),
+        "gpu": torch.cuda.get_device_name(dev) if cuda else "none (CPU dry run, tiny shapes: not a measurement)",
+        "versions": versions(), "date": time.strftime("%Y-%m-%d"),
+        "shape": {"frames": bench.shape.frames, "height": a.height, "width": a.width, "latent": list(bench.shape.latent),
+                  "first_chunk_frames": bench.chunk.frames, "tokens": fl["dit"]["tokens"],
+                  "reference_tokens": fl["dit"]["reference_tokens"]},
+        "model": {"dit": {**vars(bench.dit_config), "parameters": sum(p.numel() for p in bench.base.model.diffusion_model.parameters()),
+                          "dtype": str(bench.dtype).removeprefix("torch.")},
+                  "wan_vae_dim": a.wan_vae_dim, "tiny_vae": "taew2_1 layout, parallel"},
+        "settings": {"compile": {"backend": a.compile, "keys": "diffusion_model.blocks.<i>", "dynamic": False,
+                                 "recompile_limit": torch._dynamo.config.cache_size_limit,
+                                 "inline_inbuilt_nn_modules": bool(getattr(torch._dynamo.config, "inline_inbuilt_nn_modules", False))},
+                     "kernel": a.kernel, "comfy_attention": comfy_attention(), "layout": vars(bench.layout_config),
+                     "shift": SHIFT,
+                     "student": {**STUDENT, "sigmas": {n: [round(float(s), 4) for s in student_sigmas(n, SHIFT)] for n in a.steps}},
+                     "teacher": {**TEACHER, "steps": a.teacher_steps}},
+        "peak": {"matmul": fl["matmul"], "copy": fl["copy"]},
+        "flops": {"dit_per_forward": {k: v for k, v in fl["dit"].items() if k != "density"},
+                  "dit_first_chunk_per_forward": {k: v for k, v in fl["dit_first_chunk"].items() if k != "density"},
+                  "vae": {k: {"encode": v["encode_flops"], "decode": v["decode_flops"]} for k, v in fl["vae"].items()},
+                  "vae_first_chunk": {k: {"encode": v["encode_flops"], "decode": v["decode_flops"]}
+                                      for k, v in fl["vae_first_chunk"].items()}},
+        "density": fl["dit"]["density"],
+        "device_ms": {k: {kk: round(vv, 2) for kk, vv in v.items() if "_ms" in kk} for k, v in fl["vae"].items()},
+        "device_ms_first_chunk": {k: {kk: round(vv, 2) for kk, vv in v.items() if "_ms" in kk}
+                                  for k, v in fl["vae_first_chunk"].items()},
+        "compile_stats": {**compile_stats(), "recompile_limit_hits": limit_hits.functions},
+        "warmup_s": round(warm_s, 1),
+        "records": records, "aims": aims(records, cuda), "total_s": round(time.perf_counter() - t_start, 1),
+        **({"partial": "written after each round of repeats; the run did not finish"} if partial else {}),
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     import sys
 
@@ -497,6 +543,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"warm-up (compiling) {warm_s:.1f} s", flush=True)
     runs: dict[Spec, list] = {s: [] for s in specs}
     chunk_runs: dict[Spec, list] = {s: [] for s in specs}
+    result = {}
     for r in range(a.repeats):
         for spec in specs:
             if spec.variant == "teacher" and r >= a.teacher_repeats:
@@ -505,44 +552,9 @@ def main(argv: list[str] | None = None) -> dict:
             chunk_runs[spec].append(bench.pipeline(spec, bench.chunk))
             print(f"{spec.variant:14s} steps {spec.steps:2d} vae {spec.vae:4s} run {r}: "
                   f"{json.dumps({k: round(v, 1) for k, v in runs[spec][-1].items()})}", flush=True)
-    records = [record(s, runs[s], chunk_runs[s], bench, fl) for s in specs]
-    teacher = next((x for x in records if x["variant"] == "teacher"), None)
-    for rec in records:
-        rec["speedup_vs_teacher"] = round(teacher["ms_total"] / rec["ms_total"], 2) if teacher else None
-    result = {
-        "command": "python iasa_cli.py bench.realtime " + " ".join(argv),
-        "gpu": torch.cuda.get_device_name(dev) if cuda else "none (CPU dry run, tiny shapes: not a measurement)",
-        "versions": versions(), "date": time.strftime("%Y-%m-%d"),
-        "shape": {"frames": bench.shape.frames, "height": a.height, "width": a.width, "latent": list(bench.shape.latent),
-                  "first_chunk_frames": bench.chunk.frames, "tokens": fl["dit"]["tokens"],
-                  "reference_tokens": fl["dit"]["reference_tokens"]},
-        "model": {"dit": {**vars(bench.dit_config), "parameters": sum(p.numel() for p in bench.base.model.diffusion_model.parameters()),
-                          "dtype": str(bench.dtype).removeprefix("torch.")},
-                  "wan_vae_dim": a.wan_vae_dim, "tiny_vae": "taew2_1 layout, parallel"},
-        "settings": {"compile": {"backend": a.compile, "keys": "diffusion_model.blocks.<i>", "dynamic": False,
-                                 "recompile_limit": torch._dynamo.config.cache_size_limit,
-                                 "inline_inbuilt_nn_modules": bool(getattr(torch._dynamo.config, "inline_inbuilt_nn_modules", False))},
-                     "kernel": a.kernel, "comfy_attention": comfy_attention(), "layout": vars(bench.layout_config),
-                     "shift": SHIFT,
-                     "student": {**STUDENT, "sigmas": {n: [round(float(s), 4) for s in student_sigmas(n, SHIFT)] for n in a.steps}},
-                     "teacher": {**TEACHER, "steps": a.teacher_steps}},
-        "peak": {"matmul": fl["matmul"], "copy": fl["copy"]},
-        "flops": {"dit_per_forward": {k: v for k, v in fl["dit"].items() if k != "density"},
-                  "dit_first_chunk_per_forward": {k: v for k, v in fl["dit_first_chunk"].items() if k != "density"},
-                  "vae": {k: {"encode": v["encode_flops"], "decode": v["decode_flops"]} for k, v in fl["vae"].items()},
-                  "vae_first_chunk": {k: {"encode": v["encode_flops"], "decode": v["decode_flops"]}
-                                      for k, v in fl["vae_first_chunk"].items()}},
-        "density": fl["dit"]["density"],
-        "device_ms": {k: {kk: round(vv, 2) for kk, vv in v.items() if "_ms" in kk} for k, v in fl["vae"].items()},
-        "device_ms_first_chunk": {k: {kk: round(vv, 2) for kk, vv in v.items() if "_ms" in kk}
-                                  for k, v in fl["vae_first_chunk"].items()},
-        "compile_stats": {**compile_stats(), "recompile_limit_hits": limit_hits.functions},
-        "warmup_s": round(warm_s, 1),
-        "records": records, "aims": aims(records, cuda), "total_s": round(time.perf_counter() - t_start, 1),
-    }
+        result = assemble(a, argv, bench, fl, specs, runs, chunk_runs, warm_s, t_start, limit_hits,
+                          partial=r < a.repeats - 1)
     bench.close()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(markdown_table(result))
     print("wrote", a.out)
     return result
