@@ -26,8 +26,9 @@ class IASALongVideo(io.ComfyNode):
                                                 "VACE, Animate; IASA-mini), with or without IASA Sparse Attention."),
                 io.Int.Input("window_frames", default=49, min=5, max=4097, step=4,
                              tooltip="Frames per window, in video frames (1 + 4k). Use the length the model was "
-                                     "trained on: 49 for IASA-mini v2 (13 latent frames), 81 for Wan 2.1/2.2. "
-                                     "Longer clips are split into windows of this length."),
+                                     "trained on (the `frames` of its model card): 49 for IASA-mini v2 (13 latent "
+                                     "frames), 81 for Wan 2.1/2.2. Longer clips are split into windows of this "
+                                     "length; shorter ones run unchanged."),
                 io.Int.Input("overlap_frames", default=16, min=0, max=4096, step=4,
                              tooltip="Video frames shared by neighbouring windows, where their predictions are "
                                      "blended (rounded up to whole latent frames of 4 video frames; must be "
