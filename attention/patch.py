@@ -14,7 +14,9 @@
   ``grid_sizes``, a grid that disagrees with the one learnt from the latent keeps the call dense.
 
 The layout is built once per grid (once per sampling run in practice) and shared by cond and uncond,
-every layer and every step. This module imports ComfyUI only inside :func:`apply_sparse_attention`.
+every layer and every step. Under IASA Long Video (``sampling/long_video.py``, which makes itself the
+outer wrapper in either node order) every window's call carries ``context_window.index_list`` and
+``total_frames``: one layout per window, from the pose fitted to the whole clip. This module imports ComfyUI only inside :func:`apply_sparse_attention`.
 """
 from __future__ import annotations
 

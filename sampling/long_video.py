@@ -262,7 +262,7 @@ def accumulate_window(out: torch.Tensor, y: torch.Tensor, frames: range, weights
                       window_count: int) -> None:
     """``out += weights * y`` on the window's frames (in place)."""
     w = torch.cat([torch.full((leading,), 1.0 / window_count, dtype=torch.float64), weights])
-    w = w.to(device=y.device, dtype=y.dtype).view(1, 1, -1, *([1] * (y.ndim - 3)))
+    w = w.to(dtype=y.dtype).to(y.device).view(1, 1, -1, *([1] * (y.ndim - 3)))  # cast on the CPU (MPS: no f64)
     index = torch.as_tensor(list(x_frames(frames, leading)), dtype=torch.long, device=y.device)
     out.index_add_(2, index, y * w)
 
