@@ -14,7 +14,9 @@
   ``grid_sizes``, a grid that disagrees with the one learnt from the latent keeps the call dense.
 
 The layout is built once per grid (once per sampling run in practice) and shared by cond and uncond,
-every layer and every step. This module imports ComfyUI only inside :func:`apply_sparse_attention`.
+every layer and every step. Under IASA Long Video (``sampling/long_video.py``, which makes itself the
+outer wrapper in either node order) every window's call carries ``context_window.index_list`` and
+``total_frames``: one layout per window, from the pose fitted to the whole clip. This module imports ComfyUI only inside :func:`apply_sparse_attention`.
 """
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ class CallInfo:
 
     grid: TokenGrid
     step: int | None
-    latent_frames: tuple[int, ...] | None = None
+    latent_frames: tuple[int, ...] | None = None   # context window: its latent video frames ...
+    total_frames: int | None = None                # ... out of this many (None: the window's last + 1)
 
 
 def step_index(transformer_options: dict) -> int | None:
@@ -111,12 +114,13 @@ class SparseAttentionPatch:
 
     # -- layout -----------------------------------------------------------------------------------
     def layout_for(self, call: CallInfo) -> PoseLayout:
-        key = (call.grid, call.latent_frames)
+        key = (call.grid, call.latent_frames, call.total_frames)
         with self._lock:
             if key not in self._layouts:
                 self._layouts[key] = build_pose_layout(
                     self.pose, call.grid, self.config,
-                    latent_frames=list(call.latent_frames) if call.latent_frames else None)
+                    latent_frames=list(call.latent_frames) if call.latent_frames else None,
+                    total_latent_frames=call.total_frames if call.latent_frames else None)
                 self.stats["layouts_built"] += 1
             return self._layouts[key]
 
@@ -127,8 +131,11 @@ class SparseAttentionPatch:
         frames = tuple(int(i) for i in window.index_list) if window is not None and hasattr(window, "index_list") else None
         if frames is not None and len(frames) != grid.video_frames:
             frames = None  # the window also covers reference/extra frames: fit the pose to the window itself
+        # IASA Long Video's windows say how long the whole clip is, so the pose is fitted to the whole clip;
+        # ComfyUI's own context windows don't (then the pose is fitted to frames 0 .. the window's last).
+        total = getattr(window, "total_frames", None) if frames is not None else None
         transformer_options = {**transformer_options,
-                               CALL_KEY: CallInfo(grid, step_index(transformer_options), frames)}
+                               CALL_KEY: CallInfo(grid, step_index(transformer_options), frames, total)}
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
     def attention(self, func, *args, **kwargs):

@@ -6,12 +6,13 @@ from comfy_api.latest import ComfyExtension, io
 from .attention_nodes import IASASparseAttention
 from .audio_nodes import IASAAudioFeatures, IASALoadAudio
 from .conditioning_nodes import IASAEmptyConditioning
+from .long_video_nodes import IASALongVideo
 from .model_folders import register_bundled_model_folders
 from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose
 
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
-    IASAEmptyConditioning, IASALoadPose,
+    IASAEmptyConditioning, IASALoadPose, IASALongVideo,
 ]
 
 register_bundled_model_folders()

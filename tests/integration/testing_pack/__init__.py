@@ -5,7 +5,9 @@
   explicit masked attention the pack's patched model must match;
 - ``IASATestCountingOverride`` / ``IASATestReadCounter``: a stand-in for another pack's attention patch
   (counts self- and cross-attention calls and runs ComfyUI's own backend), to check that the pack
-  chains an override that was set before it.
+  chains an override that was set before it;
+- ``IASATestPatchStats``: after sampling, the counters of the pack's patches on a MODEL (IASA Long Video's
+  windowed calls, IASA Sparse Attention's sparse calls), read and reset.
 """
 from __future__ import annotations
 
@@ -114,10 +116,41 @@ class IASATestReadCounter(io.ComfyNode):
         return io.NodeOutput(ui={"counts": [dict(COUNTS)]})
 
 
+def patch_objects(model) -> dict:
+    """The objects behind the pack's wrappers on ``model`` (bound methods with a ``stats`` Counter), by class."""
+    found = {}
+    for by_key in model.wrappers.values():
+        for fns in by_key.values():
+            for fn in fns:
+                obj = getattr(fn, "__self__", None)
+                if isinstance(getattr(obj, "stats", None), Counter):
+                    found[type(obj).__name__] = obj
+    return found
+
+
+class IASATestPatchStats(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestPatchStats", category="IASA/testing", is_output_node=True,
+                         inputs=[io.Model.Input("model"), io.Latent.Input("latent")], outputs=[])
+
+    @classmethod
+    def fingerprint_inputs(cls, model, latent):
+        return float("nan")  # always run
+
+    @classmethod
+    def execute(cls, model, latent):
+        stats = {}
+        for name, obj in patch_objects(model).items():
+            stats[name] = dict(obj.stats)
+            obj.stats.clear()  # a cached patch node reuses the object in the next prompt
+        return io.NodeOutput(ui={"stats": [stats]})
+
+
 class TestingExtension(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter]
+        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter, IASATestPatchStats]
 
 
 async def comfy_entrypoint():
