@@ -54,13 +54,14 @@ def _by_type(prompt: dict, class_type: str) -> list[dict]:
     return [n for n in prompt.values() if n["class_type"] == class_type]
 
 
-def shrunk_talking_workflow(teacher: str, vae: str, seconds: float, size: int, steps: int) -> dict:
-    """The talking workflow as shipped, with other model files, less audio, a smaller video and fewer steps."""
-    wf = json.loads(WORKFLOW.read_text())
+def shrunk_talking_workflow(teacher: str, vae: str, seconds: float, size: int, steps: int,
+                            workflow=WORKFLOW) -> dict:
+    """A talking workflow as shipped, with other model files, less audio, a smaller video and fewer steps."""
+    wf = json.loads(workflow.read_text())
     _by_type(wf, "UNETLoader")[0]["inputs"]["unet_name"] = teacher
     _by_type(wf, "VAELoader")[0]["inputs"]["vae_name"] = vae
     _by_type(wf, "IASALoadAudio")[0]["inputs"]["duration"] = seconds
-    for node in _by_type(wf, "WanFunControlToVideo"):
+    for node in _by_type(wf, "WanFunControlToVideo") + _by_type(wf, "Wan22FunControlToVideo"):
         node["inputs"]["width"] = node["inputs"]["height"] = size
     _by_type(wf, "KSampler")[0]["inputs"]["steps"] = steps
     return wf
@@ -176,6 +177,22 @@ def test_talking_workflow_runs_end_to_end_with_random_weights(client, random_min
     assert len(frames) == wan_length(15) == 13
     assert frames[0].shape == (32, 32, 3) and float(v.average_rate) == 25.0
     assert abs(audio_s - 13 / 25) < 0.05
+
+
+def test_v2_talking_workflow_runs_long_sparse_with_reference_tokens(client, random_mini):
+    """The v2 workflow (Wan22FunControlToVideo ref_image -> ref_conv tokens, IASA Sparse Attention, IASA Long
+    Video), shrunk: 2.2 s of speech = 55 frames -> 14 latent frames, more than the 13-frame window, 32x32."""
+    from iasa.harness.demo import MINI_V2_WORKFLOW
+
+    wf = shrunk_talking_workflow(*random_mini, seconds=2.2, size=32, steps=2, workflow=MINI_V2_WORKFLOW)
+    assert _by_type(wf, "IASALongVideo") and _by_type(wf, "IASASparseAttention")
+    result = client.run(wf, timeout=900)
+    assert result.status == "success", result.error
+    mp4 = next(f for f in saved_files(result.outputs) if f["filename"].endswith(".mp4"))
+    with av.open(io.BytesIO(client.view(mp4["filename"], mp4.get("subfolder", "")))) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == wan_length(55) == 53 and frames[0].shape == (32, 32, 3)
+    assert np.abs(np.diff(np.stack(frames).astype(np.float32), axis=0)).mean() > 0.01   # not one frame repeated
 
 
 # ------------------------------------------------------------------------------------- IASA Load Pose
