@@ -35,12 +35,15 @@ class FeatureNetError(ValueError):
     """A file that is not a supported feature network."""
 
 
-def _build(arch: str) -> torch.nn.Sequential:
+def build_features(arch: str) -> torch.nn.Sequential:
+    """The ``features`` part of a torchvision model, uninitialised (built on the meta device: the classifier
+    is never materialised); load weights into it."""
     import torchvision
 
-    if arch == "torchvision.alexnet":
-        return torchvision.models.alexnet(weights=None).features
-    return torchvision.models.vgg16(weights=None).features
+    with torch.device("meta"):
+        model = torchvision.models.alexnet(weights=None) if arch == "torchvision.alexnet" else \
+            torchvision.models.vgg16(weights=None)
+    return model.features.to_empty(device="cpu")
 
 
 def detect_arch(keys: set[str]) -> str:
@@ -106,7 +109,7 @@ def load_feature_net(path: str | Path, device: torch.device | str = "cpu") -> Fe
     if arch not in ARCHS:
         raise FeatureNetError(f"feature network {path.name}: arch {arch!r} is not supported; choose from {list(ARCHS)}")
     taps = tuple(meta.get("taps", ARCHS[arch]["taps"]))
-    features = _build(arch)
+    features = build_features(arch)
     feat_sd = {k.removeprefix("features."): v for k, v in sd.items() if k.startswith("features.")}
     try:
         features.load_state_dict(feat_sd, strict=True)
