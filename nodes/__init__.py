@@ -6,15 +6,19 @@ from comfy_api.latest import ComfyExtension, io
 from .attention_nodes import IASASparseAttention
 from .audio_nodes import IASAAudioFeatures, IASALoadAudio
 from .conditioning_nodes import IASAEmptyConditioning
+from .distill_inputs import register_feature_net_folder
+from .distill_nodes import IASADistillStudent
 from .model_folders import register_bundled_model_folders
 from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose
+from .student_nodes import IASAStudentSampler, IASAStudentSigmas
 
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
-    IASAEmptyConditioning, IASALoadPose,
+    IASAEmptyConditioning, IASALoadPose, IASAStudentSampler, IASAStudentSigmas, IASADistillStudent,
 ]
 
 register_bundled_model_folders()
+register_feature_net_folder()
 
 
 class IASAExtension(ComfyExtension):

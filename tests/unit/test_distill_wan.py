@@ -292,10 +292,10 @@ def test_a_loaded_students_card_is_found_by_its_weights(tmp_path):
 def test_bad_inputs_are_refused_by_name(dataset):
     _, lat, _ = dataset
     with pytest.raises(DataMismatchError, match=r"in_dim 16.*Fun-Control.*IASA-mini"):
-        check_teacher(tiny_teacher(in_dim=16, ref_conv=False), lat)
+        check_teacher(tiny_teacher(in_dim=16, ref_conv=False), lat.x0.shape[1])
     with pytest.raises(DataMismatchError, match="ref_conv no"):
-        check_teacher(tiny_teacher(ref_conv=False), lat)
-    check_teacher(tiny_teacher(), lat)
+        check_teacher(tiny_teacher(ref_conv=False), lat.x0.shape[1])
+    check_teacher(tiny_teacher(), lat.x0.shape[1])
     with pytest.raises(ValueError, match="not name=number"):
         parse_region_weights("face:1")
     with pytest.raises(ValueError, match="unknown regions"):

@@ -162,3 +162,12 @@ def find_weights_file(module: torch.nn.Module, files: Iterable[Path]) -> Path | 
             return None
 
     return _best([(Path(p), read(Path(p))) for p in files], weights)
+
+
+def read_card(path: str | Path) -> dict:
+    """The model card in a safetensors header (``{}`` when there is none); reads the header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(CARD_KEY)
+    return json.loads(raw) if raw else {}

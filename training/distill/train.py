@@ -138,10 +138,11 @@ class DistillState(torch.nn.Module):
         return self.ema.shadow if isinstance(self.ema, EMA) else self.student
 
 
-def check_teacher(teacher: torch.nn.Module, lat) -> None:
-    """The data gives ``[x_t 16 | control 16 | empty 16]`` + ref_conv tokens: the teacher must read exactly that."""
+def check_teacher(teacher: torch.nn.Module, channels: int) -> None:
+    """The data gives ``[x_t C | control C | empty C]`` + ref_conv tokens (``C`` latent channels of the VAE):
+    the teacher must read exactly that."""
     cfg = teacher_config_from_state_dict(teacher.state_dict())
-    c = int(lat.x0.shape[1])
+    c = int(channels)
     if cfg.in_dim != 3 * c or cfg.out_dim != c or not cfg.ref_conv:
         raise DataMismatchError(
             f"teacher: in_dim {cfg.in_dim}, out_dim {cfg.out_dim}, ref_conv {'yes' if cfg.ref_conv else 'no'}, but the "
@@ -209,7 +210,7 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
     teacher = teacher.to(dev).eval().requires_grad_(False)
     vae = vae.to(dev).eval().requires_grad_(False)
     lat, gt = prepare_data(a, info, vae, dev)
-    check_teacher(teacher, lat)
+    check_teacher(teacher, int(lat.x0.shape[1]))
     shift = a.shift or float((teacher_card or {}).get("sampling", {}).get("shift", 3.0))
     schedule = StudentSchedule.parse(a.timesteps, a.student_steps, shift)
     dmd_cfg = DMDConfig(guidance=a.guidance, fake_updates=a.fake_updates, t_min=a.t_min, t_max=a.t_max,

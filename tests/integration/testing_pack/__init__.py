@@ -5,7 +5,9 @@
   explicit masked attention the pack's patched model must match;
 - ``IASATestCountingOverride`` / ``IASATestReadCounter``: a stand-in for another pack's attention patch
   (counts self- and cross-attention calls and runs ComfyUI's own backend), to check that the pack
-  chains an override that was set before it.
+  chains an override that was set before it;
+- ``IASATestNotWanModel``: a MODEL whose diffusion model is not a Wan DiT (a tiny stand-in, no weights file),
+  for the "not a Wan model" errors.
 """
 from __future__ import annotations
 
@@ -114,10 +116,22 @@ class IASATestReadCounter(io.ComfyNode):
         return io.NodeOutput(ui={"counts": [dict(COUNTS)]})
 
 
+class IASATestNotWanModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestNotWanModel", category="IASA/testing", inputs=[], outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls):
+        import types
+
+        return io.NodeOutput(types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=torch.nn.Conv2d(4, 4, 1))))
+
+
 class TestingExtension(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter]
+        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter, IASATestNotWanModel]
 
 
 async def comfy_entrypoint():
