@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 from .attention_nodes import IASASparseAttention
 from .audio_nodes import IASAAudioFeatures, IASALoadAudio
 from .conditioning_nodes import IASAEmptyConditioning
+from .dataset_nodes import IASABuildDataset
 from .distill_inputs import register_feature_net_folder
 from .distill_nodes import IASADistillStudent
 from .model_folders import register_bundled_model_folders
@@ -15,6 +16,7 @@ from .student_nodes import IASAStudentSampler, IASAStudentSigmas
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
     IASAEmptyConditioning, IASALoadPose, IASAStudentSampler, IASAStudentSigmas, IASADistillStudent,
+    IASABuildDataset,
 ]
 
 register_bundled_model_folders()

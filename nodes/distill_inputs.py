@@ -105,6 +105,14 @@ def vae_module(vae) -> torch.nn.Module:
     return module
 
 
+def vae_copy(vae: torch.nn.Module, path: Path) -> Path:
+    """The VAE as a file for the latent cache's key (its sha256): the same weights give the same bytes, so
+    IASA Build Dataset's latents are reused by IASA Distill Student."""
+    from ..training.tiny_wan import save_model
+
+    return save_model(vae, path, {"name": "VAE copy (IASA latent cache key)"}, dtype=torch.float32)
+
+
 def register_feature_net_folder() -> str:
     """``models/iasa_feature_nets`` for the region loss's optional feature networks (safetensors only)."""
     default = os.path.join(folder_paths.models_dir, FEATURE_FOLDER)

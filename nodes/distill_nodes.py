@@ -30,9 +30,9 @@ from comfy_api.latest import io
 from ..training import distributed as D
 from ..training.distill.export import ATTACHMENT, find_weights_file, read_card
 from ..training.distill.train import Hooks, check_teacher, distill, parse_args, state_fingerprint
-from ..training.tiny_wan import file_sha256, save_model
+from ..training.tiny_wan import file_sha256
 from .distill_inputs import (NO_FEATURE_NET, data_problem, feature_net_options, first_folder, output_name_problem,
-                             output_stem, shard_folder, teacher_module, vae_module)
+                             output_stem, shard_folder, teacher_module, vae_copy, vae_module)
 from .files import list_input_folders
 from .types import DatasetType
 
@@ -125,8 +125,7 @@ class IASADistillStudent(io.ComfyNode):
         with torch.inference_mode(False):
             teacher_m, vae_m = teacher_module(teacher), vae_module(vae)
             check_teacher(teacher_m, vae_m.z_dim)
-            vae_file = save_model(vae_m, run_dir / "vae.safetensors", {"name": "VAE given to IASA Distill Student"},
-                                  dtype=torch.float32)
+            vae_file = vae_copy(vae_m, run_dir / "vae.safetensors")
             teacher_file = find_weights_file(teacher_m, _files("diffusion_models"))
             teacher_info = {"file": teacher_file.name, "sha256": file_sha256(teacher_file)} if teacher_file else \
                 {"file": None, "weights_sha256": state_fingerprint(teacher_m)}
@@ -140,6 +139,8 @@ class IASADistillStudent(io.ComfyNode):
                                         f"torso={torso}",
                     "--log-every", "1", "--checkpoint-every", "50",
                     "--render-workers", "1"]
+            if dataset is not None and dataset.get("latents_cache"):
+                args += ["--latents-cache", dataset["latents_cache"]]   # encoded by IASA Build Dataset, reused if it fits
             if feature_net != NO_FEATURE_NET:
                 args += ["--feature-net", folder_paths.get_full_path_or_raise("iasa_feature_nets", feature_net),
                          "--feature-weight", "1.0"]
