@@ -200,7 +200,7 @@ def _ckpt(out: Path):
 def test_resume_equals_an_uninterrupted_run(tmp_path, files):
     from iasa.training.distill import train
 
-    full = train.main(_args(tmp_path / "a", files))
+    full = train.main(_args(tmp_path / "a", files, "--eval-windows", "1", "--eval-teacher-steps", "2"))
     part = train.main(_args(tmp_path / "b", files, "--stop-after", "3"))
     assert part["stop_reason"] == "stop_after" and "weights" not in part
     from .test_training_runs import _simulate_kill_after
@@ -219,23 +219,50 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, files):
     assert card["student"]["timesteps"] == [1000.0, 500.0] and card["student"]["shift"] == 3.0
     assert card["trained_steps"] == 4 and card["teacher"]["sha256"] and card["train_seconds"] >= 0
     assert "training.distill.train" in card["command"] and card["hardware"] and card["versions"]["torch"]
+    ev = card["eval"]                              # held-out: student vs teacher vs the reference-copy baseline
+    assert ev == full["eval"] and ev["windows"] == 1 and ev["student_steps"] == 2 and ev["teacher_steps"] == 2
+    for who in ("student", "teacher", "reference_copy"):
+        assert 0 < ev[who]["psnr"] < 100 and -1 <= ev[who]["ssim"] <= 1
+    assert ev["dit_seconds"]["student"] > 0 and ev["dit_seconds"]["teacher"] > 0
     # the same output again with another setting is refused, naming it
     with pytest.raises(ValueError, match="guidance"):
         train.main(_args(tmp_path / "b", files, "--guidance", "2"))
 
 
-def test_two_process_gloo_ddp_equals_one_process_on_the_global_batch(tmp_path, files):
+def test_gpu_recipe_on_two_gloo_ranks_equals_one_process_on_the_global_batch(tmp_path, files):
+    """scripts/distill_iasa_mini_gpu.sh dry-run on the CPU (torchrun, 2 gloo ranks x 2 windows) against one
+    process with the same flags (read back from the card's command) on 4 windows; the recipe also writes the
+    LoRA and the held-out evaluation, copies them to $OUT and skips a finished stage."""
+    import shlex
+
     from iasa.training.distill import train
 
-    train.main(_args(tmp_path / "single", files, "--steps", "2"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "iasa_cli.py"), "training.distill.train", *_args(tmp_path / "ddp", files, "--steps", "2")]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    work, out = tmp_path / "w", tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "TEACHER_STAGE": "0", "DEVICE": "cpu", "NPROC": "2", "TEACHER": str(files["teacher"]),
+           "VAE": str(files["vae"]), "SHARDS": DATA, "LATENTS": str(files["cache"]), "IASA_V2_WORK": str(work),
+           "FRAMES": "5", "BATCH": "4", "STEPS": "2", "DISTILL_MIN": "0", "FAKE_UPDATES": "2", "S_STEPS": "2",
+           "LR": "1e-3", "EVAL": "1", "EVAL_STEPS": "2", "LORA_RANK": "8", "WORKERS": "2", "OUT": str(out),
+           "EXTRA": "--warmup 0 --region-frames 2"}
+    cmd = ["bash", str(ROOT / "scripts" / "distill_iasa_mini_gpu.sh"), "run"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    ddp_dir = work / "student"
+    summary = json.loads((ddp_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True
-    (single, _), (ddp, _) = _ckpt(tmp_path / "single"), _ckpt(tmp_path / "ddp")
+    _, card = read_weights(ddp_dir / "iasa_mini_student.safetensors")
+    assert card["command"].startswith("torchrun --nproc_per_node=2 iasa_cli.py training.distill.train")
+    assert card["trained_steps"] == 2 and card["eval"]["windows"] == 1 and card["world_size"] == 2
+    assert (ddp_dir / "iasa_mini_student_lora.safetensors").is_file() and (ddp_dir / "eval.json").is_file()
+    assert (out / "distill_meta.tar.gz").is_file() and (out / "iasa_mini_student.safetensors.part00").is_file()
+    again = subprocess.run(cmd, cwd=ROOT, env={**env, "OUT": ""}, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "done already" in again.stdout, again.stdout[-2000:]
+
+    argv = shlex.split(card["command"])[4:]                 # after "torchrun -n.. iasa_cli.py training.distill.train"
+    argv[argv.index("--out") + 1] = str(tmp_path / "single")
+    train.main(argv)
+    (single, _), (ddp, _) = _ckpt(tmp_path / "single"), _ckpt(ddp_dir)
     init = tiny_teacher().state_dict()
     moved = 0
     for k, v in single["model"].items():

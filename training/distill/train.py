@@ -96,6 +96,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--render-workers", type=int, default=0)
     p.add_argument("--encode-batch", type=int, default=8)
     p.add_argument("--save-dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--eval-windows", type=int, default=0, help="held-out windows scored after training "
+                   "(student vs teacher vs reference copy; evaluate.py)")
+    p.add_argument("--eval-teacher-steps", type=int, default=20)
+    p.add_argument("--eval-cfg", type=float, default=0.0, help="teacher CFG in the evaluation (0 = --guidance)")
     p.add_argument("--device", default="auto")
     RunConfig.add_args(p, out=".dev/runs/distill", steps=0, max_minutes=8.0, lr=2e-5, warmup=20, min_lr_frac=1.0,
                        weight_decay=0.0, log_every=10, checkpoint_every=200)
@@ -161,26 +165,32 @@ def state_fingerprint(module: torch.nn.Module) -> str:
 
 
 def prepare_data(a, info: D.DistInfo, vae, dev: torch.device):
-    """Latents (the teacher's cache when it matches) and the ground truth (cached beside them)."""
-    lat = get_latents(a, info, vae, dev)
+    """Latents (the teacher's cache when it matches) and the ground truth (cached beside them).
+
+    Rank 0 alone checks, builds and writes both caches; the other ranks read them after a barrier (calling
+    ``get_latents`` on every rank at once would let a late rank see rank 0's fresh cache, skip the barrier
+    inside it and run ahead)."""
+    solo = D.DistInfo(rank=0, world_size=1, local_rank=info.local_rank, device=info.device)
     cache = Path(a.latents_cache or Path(a.out) / "latents.safetensors")
     gt_path = cache.with_name(cache.name.removesuffix(".safetensors") + ".gt.safetensors")
     want = {"data": str(a.data), "frames": a.frames, "stride": a.stride or a.frames, "max_clips": a.max_clips,
             "max_windows_per_clip": a.max_windows_per_clip}
-    gt: GroundTruth | None = None
-    if gt_path.is_file():
-        gt, meta = load_ground_truth(gt_path)
-        if any(meta.get(k) != v for k, v in want.items()) or gt.ids != lat.ids:
-            gt = None
-    if gt is None:
-        if info.is_main:
+    if info.is_main:
+        lat = get_latents(a, solo, vae, dev)
+        gt: GroundTruth | None = None
+        if gt_path.is_file():
+            gt, meta = load_ground_truth(gt_path)
+            if any(meta.get(k) != v for k, v in want.items()) or gt.ids != lat.ids:
+                gt = None
+        if gt is None:
             clips = load_clips(a.data, "train", a.max_clips or None, keys=("frames", "keypoints", "masks"))
             gt = build_ground_truth(clips, a.frames, a.stride or a.frames, a.max_windows_per_clip)
             del clips
             save_ground_truth(gt, gt_path, want)
-        D.barrier(info)
-        if not info.is_main:
-            gt, _ = load_ground_truth(gt_path)
+    D.barrier(info)
+    if not info.is_main:
+        lat = get_latents(a, solo, vae, dev)
+        gt, _ = load_ground_truth(gt_path)
     check_matches(lat, gt)
     if dev.type == "cuda":
         gt = GroundTruth(gt.frames.pin_memory(), gt.masks.pin_memory(), gt.ids)
@@ -275,6 +285,13 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
     if runner.finished and info.is_main:
         card = student_card(a, settings, schedule, teacher, teacher_info, teacher_card, vae_card, runner, dev,
                             info.world_size, argv)
+        if a.eval_windows > 0:
+            from .evaluate import evaluate
+
+            card["eval"] = summary["eval"] = evaluate(
+                state.export_module.eval(), teacher, vae, schedule, a.data, a.frames, dev, a.eval_windows,
+                a.eval_teacher_steps, a.eval_cfg or a.guidance, a.top_k, not a.bidirectional, amp)
+            (out / "eval.json").write_text(json.dumps(summary["eval"], indent=1))
         summary.update(export(state, teacher, card, a, out))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     if info.is_main:
