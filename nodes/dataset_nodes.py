@@ -41,7 +41,8 @@ class IASABuildDataset(io.ComfyNode):
                                tooltip="A folder inside ComfyUI's input folder holding the videos (each with a "
                                        "speech track and one visible speaker)."),
                 io.String.Input("output_name", default="iasa_dataset",
-                                tooltip="Name of the shard folder created in ComfyUI's input folder (no path)."),
+                                tooltip="Name of the shard folder created in ComfyUI's input folder (no path); "
+                                        "shard-*.safetensors already there are replaced."),
                 io.Int.Input("size", default=256, min=16, max=1024, step=16,
                              tooltip="Side of the square training frames (centre crop, resized)."),
                 io.Float.Input("fps", default=25.0, min=0.0, max=120.0, step=0.5,

@@ -127,6 +127,11 @@ def feature_net_options() -> list[str]:
     return [NO_FEATURE_NET, *folder_paths.get_filename_list(FEATURE_FOLDER)]
 
 
+def model_files(key: str) -> list[Path]:
+    """Full paths of the files ComfyUI lists for a model folder key."""
+    return [Path(p) for n in folder_paths.get_filename_list(key) if (p := folder_paths.get_full_path(key, n))]
+
+
 def first_folder(key: str) -> Path:
     """Where to write a model of ``key``: ``models/<key>`` of the base directory when listed (ComfyUI lists the
     legacy ``models/unet`` first for diffusion_models), else the first folder of the key; created if missing."""

@@ -31,8 +31,8 @@ from ..training import distributed as D
 from ..training.distill.export import ATTACHMENT, find_weights_file, read_card
 from ..training.distill.train import Hooks, check_teacher, distill, parse_args, state_fingerprint
 from ..training.tiny_wan import file_sha256
-from .distill_inputs import (NO_FEATURE_NET, data_problem, feature_net_options, first_folder, output_name_problem,
-                             output_stem, shard_folder, teacher_module, vae_copy, vae_module)
+from .distill_inputs import (NO_FEATURE_NET, data_problem, feature_net_options, first_folder, model_files,
+                             output_name_problem, output_stem, shard_folder, teacher_module, vae_copy, vae_module)
 from .files import list_input_folders
 from .types import DatasetType
 
@@ -57,7 +57,6 @@ class IASADistillStudent(io.ComfyNode):
                         "torso. Writes <name>.safetensors (+ card) for UNETLoader; /interrupt checkpoints, the same "
                         "name again resumes.",
             is_experimental=True,
-            not_idempotent=True,
             inputs=[
                 io.Model.Input("teacher", tooltip="The teacher (UNETLoader): a Wan Fun-Control model with ref_conv "
                                                   "reference tokens, such as the bundled IASA-mini teacher."),
@@ -126,7 +125,7 @@ class IASADistillStudent(io.ComfyNode):
             teacher_m, vae_m = teacher_module(teacher), vae_module(vae)
             check_teacher(teacher_m, vae_m.z_dim)
             vae_file = vae_copy(vae_m, run_dir / "vae.safetensors")
-            teacher_file = find_weights_file(teacher_m, _files("diffusion_models"))
+            teacher_file = find_weights_file(teacher_m, model_files("diffusion_models"))
             teacher_info = {"file": teacher_file.name, "sha256": file_sha256(teacher_file)} if teacher_file else \
                 {"file": None, "weights_sha256": state_fingerprint(teacher_m)}
             args = ["--vae", str(vae_file), "--data", str(folder), "--out", str(run_dir), "--name", name,
@@ -174,10 +173,6 @@ def _interrupts_between_steps():
         yield
     finally:
         comfy.ops.run_every_op = original
-
-
-def _files(key: str) -> list[Path]:
-    return [Path(p) for n in folder_paths.get_filename_list(key) if (p := folder_paths.get_full_path(key, n))]
 
 
 def _image(path: Path) -> torch.Tensor:

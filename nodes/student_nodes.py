@@ -8,33 +8,20 @@ with those sigmas, the stock ``lcm`` sampler (predict x0, re-noise to the next s
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import comfy.sample
 import comfy.samplers
 import comfy.utils
-import folder_paths
 import latent_preview
 from comfy_api.latest import io
 
-from ..attention.patch import check_wan_model
 from ..training.distill.export import find_student_card
 from ..training.distill.schedule import MAX_STEPS, StudentSchedule
-
-
-def _files(key: str) -> list[Path]:
-    out = []
-    for name in folder_paths.get_filename_list(key):
-        full = folder_paths.get_full_path(key, name)
-        if full:
-            out.append(Path(full))
-    return out
+from .distill_inputs import model_files
 
 
 def student_schedule(model, steps: int, input_name: str = "model") -> StudentSchedule:
     """The student's schedule (``steps`` of its timesteps; 0 = all) or a clear error."""
-    check_wan_model(model)
-    found = find_student_card(model, _files("diffusion_models"), _files("loras"))
+    found = find_student_card(model, model_files("diffusion_models"), model_files("loras"))
     if found is None:
         raise ValueError(f"{input_name}: not an IASA student: no student card is attached to it and no file in "
                          f"ComfyUI's diffusion_models or loras folders with a student card has its weights. Load a "

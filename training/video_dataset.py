@@ -23,7 +23,7 @@ import numpy as np
 from ..audio.features import features_from_audio
 from ..audio.loading import VIDEO_EXTENSIONS, AudioInputError, load_audio_file
 from ..pose.extract import extract_pose
-from ..pose.keypoints import PoseSequence, frames_without_person, hold_nearest_person
+from ..pose.keypoints import frames_without_person, hold_nearest_person
 from ..pose.regions import MASK_NAMES, sequence_masks
 from .synth.shards import write_shard
 

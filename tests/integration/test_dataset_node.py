@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from .test_bad_input import assert_server_still_serves
-from .test_distill_nodes import TEACHER, VAE, _distill, distill_env  # noqa: F401  (fixture)
+from .test_distill_nodes import VAE, _distill, distill_env  # noqa: F401  (distill_env: fixture)
 
 FPS, SR = 25, 16000
 

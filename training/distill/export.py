@@ -68,7 +68,10 @@ def save_lora(teacher: torch.nn.Module, student: torch.nn.Module, rank: int, pat
     card = {**card, "format": "LoRA over the teacher for stock LoraLoaderModelOnly (strength 1)", "lora": report}
     text = json.dumps(card, indent=1, sort_keys=True, default=str)
     path = _atomic_save_safetensors(tensors, Path(path), {CARD_KEY: text})
-    path.with_suffix(".json").write_text(text + "\n")
+    side = path.with_suffix(".json")
+    tmp = side.with_name(f".{side.name}.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(side)
     return path, report
 
 

@@ -2,7 +2,7 @@
 few-step sparse student with DMD2 + the region loss. :func:`distill` is one run, shared by the command line
 (:func:`main`) and the ComfyUI node (IASA Distill Student), which passes modules and hooks instead of files.
 
-CPU dry run (tiny shapes; a random teacher and VAE made by the tests or ``iasa_cli.py training.tiny_wan``)::
+CPU dry run (tiny shapes; a random teacher and VAE as tests/unit/test_distill_wan.py writes them)::
 
     python iasa_cli.py training.distill.train --teacher T.safetensors --vae V.safetensors --data procedural:3:9:32 \\
         --out .dev/runs/distill-smoke --frames 5 --batch 2 --steps 3 --fake-updates 2 --device cpu
@@ -43,7 +43,7 @@ from ..vae_train import wan21_latent_format
 from .data import DataMismatchError, DistillData, GroundTruth, build_ground_truth, check_matches, \
     load_ground_truth, save_ground_truth
 from .dmd import DMDConfig, DMDStep, EMA
-from .export import ATTACHMENT, save_lora, save_student
+from .export import save_lora, save_student
 from .region_loss import DEFAULT_WEIGHTS, RegionLoss, RegionLossConfig
 from .schedule import StudentSchedule
 from .wan import WanModels, WanRegionTerm
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-__all__ = ["ATTACHMENT", "Hooks", "distill", "main", "parse_args", "state_fingerprint"]
+__all__ = ["Hooks", "distill", "main", "parse_args", "state_fingerprint"]
 
 if __name__ == "__main__":
     main()
