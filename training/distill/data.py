@@ -18,12 +18,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from ...pose.keypoints import PoseSequence
 from ...pose.regions import sequence_masks
+from ..clips import PROCEDURAL, load_clips
 from ..teacher_data import LatentSet, plan_windows
 from ..teacher_train import window_mask
 from .dmd import Batch
@@ -61,15 +63,33 @@ class GroundTruth:
         return px.permute(0, 4, 1, 2, 3).float().mul_(2.0 / 255.0).sub_(1.0), bits
 
 
-def build_ground_truth(clips: list[dict], frames: int, stride: int, max_per_clip: int = 0) -> GroundTruth:
-    """Key frames and region masks of every window, in ``build_latent_set``'s window order."""
-    windows = plan_windows([len(c["frames"]) for c in clips], frames, stride, max_per_clip)
-    if not windows:
-        raise ValueError(f"no clip has {frames} frames; use a shorter window")
+def iter_train_clips(source: str, max_clips: int = 0) -> Iterator[dict]:
+    """Training clips one at a time, in ``clips.load_clips``'s order (shards stream: memory stays at one clip)."""
+    if str(source).startswith(PROCEDURAL):
+        yield from load_clips(source, "train", max_clips or None)
+        return
+    from ..synth.shards import iter_shard, shard_index, shard_paths
+
+    n = 0
+    for path in shard_paths(source):
+        if not any(m.get("split") == "train" for m in shard_index(path)):
+            continue
+        for clip in iter_shard(path, keys=("frames", "keypoints", "masks")):
+            if clip.get("split") == "train":
+                yield clip
+                n += 1
+                if max_clips and n >= max_clips:
+                    return
+
+
+def build_ground_truth(clips: Iterable[dict], frames: int, stride: int, max_per_clip: int = 0) -> GroundTruth:
+    """Key frames and region masks of every window, in ``build_latent_set``'s window order (``clips`` may be
+    an iterator: only the key frames of each clip are kept)."""
     keys = np.array(key_pixel_frames((frames - 1) // 4 + 1))
     px, bits, ids = [], [], []
-    for c, s in windows:
-        clip = clips[c]
+    windows = ((c, clip, s) for c, clip in enumerate(clips)
+               for _, s in plan_windows([len(clip["frames"])], frames, stride, max_per_clip))
+    for c, clip, s in windows:
         idx = s + keys
         h, w = clip["frames"].shape[1:3]
         if isinstance(clip.get("masks"), dict):
@@ -79,6 +99,8 @@ def build_ground_truth(clips: list[dict], frames: int, stride: int, max_per_clip
         px.append(torch.from_numpy(np.ascontiguousarray(clip["frames"][idx])))
         bits.append(pack_mask_bits({k: torch.from_numpy(np.asarray(v)) for k, v in masks.items()}))
         ids.append(f"{clip.get('id', c)}@{s}")
+    if not ids:
+        raise ValueError(f"no clip has {frames} frames; use a shorter window")
     return GroundTruth(torch.stack(px), torch.stack(bits), ids)
 
 

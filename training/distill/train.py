@@ -34,14 +34,13 @@ import torch
 
 from .. import distributed as D
 from ..checkpoint import CheckpointManager
-from ..clips import load_clips
 from ..model_card import provenance
 from ..runner import RunConfig, Runner, configure_cuda, lr_at, make_optimizer
 from ..teacher_train import get_latents
 from ..tiny_wan import config_dict, file_sha256, load_teacher, load_vae, teacher_config_from_state_dict
 from ..vae_train import wan21_latent_format
 from .data import DataMismatchError, DistillData, GroundTruth, build_ground_truth, check_matches, \
-    load_ground_truth, save_ground_truth
+    iter_train_clips, load_ground_truth, save_ground_truth
 from .dmd import DMDConfig, DMDStep, EMA
 from .export import save_lora, save_student
 from .region_loss import DEFAULT_WEIGHTS, RegionLoss, RegionLossConfig
@@ -183,9 +182,8 @@ def prepare_data(a, info: D.DistInfo, vae, dev: torch.device):
             if any(meta.get(k) != v for k, v in want.items()) or gt.ids != lat.ids:
                 gt = None
         if gt is None:
-            clips = load_clips(a.data, "train", a.max_clips or None, keys=("frames", "keypoints", "masks"))
-            gt = build_ground_truth(clips, a.frames, a.stride or a.frames, a.max_windows_per_clip)
-            del clips
+            gt = build_ground_truth(iter_train_clips(a.data, a.max_clips), a.frames, a.stride or a.frames,
+                                    a.max_windows_per_clip)
             save_ground_truth(gt, gt_path, want)
     D.barrier(info)
     if not info.is_main:
