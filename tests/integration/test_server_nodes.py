@@ -27,6 +27,14 @@ PACK_NODES = {
     "IASAEmptyConditioning": ({"tokens", "width"}, ["CONDITIONING"]),
     "IASALoadPose": ({"pose_file", "canvas_width", "canvas_height"}, ["POSE_KEYPOINT", "INT", "INT", "INT"]),
     "IASALongVideo": ({"model", "window_frames", "overlap_frames", "fuse"}, ["MODEL"]),
+    "IASAStudentSampler": ({"model", "positive", "latent", "seed", "steps"}, ["LATENT"]),
+    "IASAStudentSigmas": ({"model", "steps"}, ["SIGMAS"]),
+    "IASADistillStudent": ({"teacher", "vae", "data", "student_steps", "iterations", "minutes", "shift", "guidance",
+                            "fake_updates", "learning_rate", "frames", "batch", "face", "lips", "hands", "arms", "torso",
+                            "region_weight", "feature_net", "output_name", "save_lora", "lora_rank", "seed", "dataset"},
+                           ["MODEL", "IMAGE"]),
+    "IASABuildDataset": ({"videos", "output_name", "size", "fps", "max_seconds", "heldout_every", "vae", "frames"},
+                         ["IASA_DATASET"]),
 }
 # Workflows whose full run needs the bundled IASA-mini weights and minutes of CPU sampling: test_iasa_mini.py
 # runs them shrunk (short audio, low resolution, few steps) with random weights of the same format.

@@ -8,6 +8,8 @@
   chains an override that was set before it;
 - ``IASATestPatchStats``: after sampling, the counters of the pack's patches on a MODEL (IASA Long Video's
   windowed calls, IASA Sparse Attention's sparse calls), read and reset.
+- ``IASATestNotWanModel``: a MODEL whose diffusion model is not a Wan DiT (a tiny stand-in, no weights file),
+  for the "not a Wan model" errors.
 """
 from __future__ import annotations
 
@@ -147,10 +149,23 @@ class IASATestPatchStats(io.ComfyNode):
         return io.NodeOutput(ui={"stats": [stats]})
 
 
+class IASATestNotWanModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestNotWanModel", category="IASA/testing", inputs=[], outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls):
+        import types
+
+        return io.NodeOutput(types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=torch.nn.Conv2d(4, 4, 1))))
+
+
 class TestingExtension(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter, IASATestPatchStats]
+        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter, IASATestPatchStats,
+                IASATestNotWanModel]
 
 
 async def comfy_entrypoint():
