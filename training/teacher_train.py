@@ -51,7 +51,8 @@ from .runner import RunConfig, Runner, configure_cuda, make_optimizer
 from ..attention.pattern_mask import pattern_token_mask
 from ..attention.pose_layout import SparseAttentionConfig
 from .masked_attention import transformer_options
-from .teacher_data import LatentSet, build_latent_set, concat_latent, load_latent_set, model_input, save_latent_set
+from .teacher_data import (LatentSet, build_latent_set, concat_latent, latent_cache_meta, load_latent_set, model_input,
+                           save_latent_set)
 from .tiny_wan import TeacherConfig, build_teacher, config_dict, file_sha256, init_from_weights, load_vae, save_model
 
 log = logging.getLogger(__name__)
@@ -106,27 +107,27 @@ def _amp(dev: torch.device, amp: str):
 
 
 def get_latents(a, info: D.DistInfo, vae, dev: torch.device) -> LatentSet:
-    """Load the cache if it matches, else rank 0 builds and writes it while the others wait."""
+    """Rank 0 checks the cache and rebuilds it unless it matches these settings; every rank passes the one
+    barrier (a rank must not skip it because the cache it sees was written a moment ago), then loads it."""
     cache = Path(a.latents_cache or Path(a.out) / "latents.safetensors")
     want = {"data": str(a.data), "frames": a.frames, "stride": a.stride or a.frames, "vae_sha256": file_sha256(a.vae),
             "max_clips": a.max_clips, "max_windows_per_clip": a.max_windows_per_clip, "seed": a.seed,
             "top_k": a.top_k, "causal": not a.bidirectional}
-    if cache.is_file():
-        ls, meta = load_latent_set(cache)
-        if all(meta.get(k) == v for k, v in want.items()):
-            log.info("teacher data: %d windows from cache %s", len(ls), cache)
-            return ls.to(dev)
-        log.warning("latent cache %s was made with other settings (%s); rebuilding", cache,
-                    {k: meta.get(k) for k in want})
     if info.is_main:
-        clips = load_clips(a.data, "train", a.max_clips or None)
-        ls = build_latent_set(clips, vae, a.frames, a.stride or a.frames, dev, batch=a.encode_batch,
-                              workers=a.render_workers, amp=a.amp == "bf16", seed=a.seed,
-                              max_per_clip=a.max_windows_per_clip, pattern=pattern_config(a))
-        save_latent_set(ls, cache, want)
+        meta = latent_cache_meta(cache)
+        if meta is not None and any(meta.get(k) != v for k, v in want.items()):
+            log.warning("latent cache %s was made with other settings (%s); rebuilding", cache,
+                        {k: meta.get(k) for k in want})
+            meta = None
+        if meta is None:
+            clips = load_clips(a.data, "train", a.max_clips or None)
+            ls = build_latent_set(clips, vae, a.frames, a.stride or a.frames, dev, batch=a.encode_batch,
+                                  workers=a.render_workers, amp=a.amp == "bf16", seed=a.seed,
+                                  max_per_clip=a.max_windows_per_clip, pattern=pattern_config(a))
+            save_latent_set(ls, cache, want)
     D.barrier(info)
-    if not info.is_main:
-        ls, _ = load_latent_set(cache)
+    ls, _ = load_latent_set(cache)
+    log.info("teacher data: %d windows from %s", len(ls), cache)
     return ls.to(dev)
 
 
