@@ -9,9 +9,14 @@
   must stay dense; newer ComfyUI's native ``block_index`` wins when present); existing entries are
   wrapped, not replaced;
 - ``optimized_attention_override``: self-attention of the video tokens goes to the block-sparse kernel;
-  cross-attention, masked calls, dense layers/steps and unknown shapes go to the previous override if
-  one was set (another pack's patch) or to ComfyUI's own backend. Where newer ComfyUI reports
-  ``grid_sizes``, a grid that disagrees with the one learnt from the latent keeps the call dense.
+  cross-attention and dense layers/steps go to the previous override if one was set (another pack's
+  patch) or to ComfyUI's own backend;
+- ``ON_PRE_RUN`` / ``ON_CLEANUP`` callbacks that delimit a sampling run.
+
+Never silently dense: a video self-attention call that cannot go sparse (no grid, a mask, an
+unexpected length, a ``grid_sizes`` that disagrees with the latent, no layout from the pose; see
+:data:`FALLBACK_HELP`) runs dense with a warning logged once per run naming the reason, or raises
+:class:`DenseFallbackError` when the node's ``strict`` is on; each run ends with a summary of its calls.
 
 The layout is built once per grid (once per sampling run in practice) and shared by cond and uncond,
 every layer and every step. This module imports ComfyUI only inside :func:`apply_sparse_attention`.
@@ -91,23 +96,88 @@ class BlockIndexPatch:
         return extra["original_block"](args)
 
 
+class DenseFallbackError(RuntimeError):
+    """IASA Sparse Attention with ``strict`` on met a call it cannot run sparsely."""
+
+
+# Why a self-attention call of the video could not go sparse, and what to do about it (user-facing).
+FALLBACK_HELP = {
+    "no_grid": "the IASA APPLY_MODEL wrapper did not see this call, so the token grid is unknown (a node "
+               "after IASA Sparse Attention replaced the model's apply function?); put IASA Sparse Attention "
+               "last in the model chain",
+    "unexpected_length": "self-attention has a different token count than the latent's grid (another patch "
+                         "adds or removes tokens, or a model variant this pack does not know); remove that "
+                         "patch or report the model type",
+    "grid_mismatch": "ComfyUI reports another token grid than the one learnt from the latent; report the "
+                     "model type and workflow",
+    "masked": "ComfyUI passed an attention mask to self-attention, and the sparse kernels take no extra "
+              "mask; remove the node that adds the mask",
+    "no_layout": "no sparse layout could be built from the pose for this video; check the pose input",
+}
+
+
 class SparseAttentionPatch:
-    """Pose, options and layout cache of one IASA Sparse Attention node; shared by every model clone."""
+    """Pose, options and layout cache of one IASA Sparse Attention node; shared by every model clone.
+
+    Calls that must stay dense by design (cross-attention, ``dense_blocks``, ``dense_steps``) are only
+    counted. Calls that *should* have been sparse but cannot be (a fallback, :data:`FALLBACK_HELP`) are
+    counted, logged once per sampling run with their reason, and raise :class:`DenseFallbackError`
+    instead when ``strict``. At the end of a run a summary is logged (a warning when nothing ran sparse).
+    """
 
     def __init__(self, pose: PoseSequence, config: SparseAttentionConfig, kernel: str = "auto",
-                 dense_blocks: int = 0, dense_steps: int = 0):
+                 dense_blocks: int = 0, dense_steps: int = 0, strict: bool = False):
         self.pose = pose
         self.config = config
         self.kernel = kernel
         self.dense_blocks = int(dense_blocks)
         self.dense_steps = int(dense_steps)
+        self.strict = bool(strict)
         self.previous_override = None
-        self.stats: Counter = Counter()
+        self.stats: Counter = Counter()       # every call since creation
+        self.run_stats: Counter = Counter()   # calls of the current sampling run
+        self._logged: set[str] = set()        # fallbacks already logged in this run
         self._layouts: dict = {}
         self._lock = threading.Lock()
 
     def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options: share, don't copy
         return self
+
+    # -- sampling runs (ModelPatcher ON_PRE_RUN / ON_CLEANUP callbacks) ------------------------------
+    def start_run(self, *_args) -> None:
+        with self._lock:
+            self.run_stats = Counter()
+            self._logged = set()
+
+    def end_run(self, *_args) -> None:
+        with self._lock:
+            stats = Counter(self.run_stats)
+        if not stats:
+            return
+        routes = ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()))
+        fallbacks = {k: v for k, v in stats.items() if k.removeprefix("dense_") in FALLBACK_HELP}
+        if fallbacks and not stats.get("sparse"):
+            log.warning("IASA sparse attention: this sampling run was fully dense (%s)", routes)
+        else:
+            log.info("IASA sparse attention: calls of this sampling run: %s", routes)
+
+    def _count(self, route: str) -> None:
+        with self._lock:
+            self.stats[route] += 1
+            self.run_stats[route] += 1
+
+    def fallback(self, reason: str, detail: str) -> None:
+        """A video self-attention call goes dense for ``reason``: count it, log once per run, or raise."""
+        self._count(f"dense_{reason}")
+        message = f"{detail}: {FALLBACK_HELP[reason]}"
+        if self.strict:
+            raise DenseFallbackError(f"IASA Sparse Attention (strict): {message}. Turn strict off to run such "
+                                     "calls with dense attention instead.")
+        with self._lock:
+            first = reason not in self._logged
+            self._logged.add(reason)
+        if first:
+            log.warning("IASA sparse attention falls back to dense attention (logged once per run): %s", message)
 
     # -- layout -----------------------------------------------------------------------------------
     def layout_for(self, call: CallInfo) -> PoseLayout:
@@ -140,37 +210,46 @@ class SparseAttentionPatch:
             return self.previous_override(func, *args, **kwargs)
         return func(*args, **kwargs)
 
-    def _dense_reason(self, args, kwargs) -> str | None:
+    def _route(self, args, kwargs) -> tuple[str, str | None]:
+        """(route, fallback detail): route "sparse", a by-design dense route, or a fallback reason."""
         to = kwargs.get("transformer_options") or {}
-        call: CallInfo | None = to.get(CALL_KEY)
-        if call is None:
-            return "no_grid"
-        mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
-        if mask is not None:
-            return "masked"
         q, k = args[0], args[1]
         seq_q, seq_k = (q.shape[2], k.shape[2]) if kwargs.get("skip_reshape") else (q.shape[1], k.shape[1])
-        if seq_q != seq_k or seq_q != call.grid.seq_len:
-            return "cross_or_other"
+        if seq_q != seq_k:
+            return "dense_cross_attention", None
+        call: CallInfo | None = to.get(CALL_KEY)
+        if call is None:
+            return "no_grid", f"self-attention of {seq_q} tokens arrived without the latent's token grid"
+        mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
+        if mask is not None:
+            return "masked", f"self-attention of {seq_q} tokens came with a mask of shape {tuple(mask.shape)}"
+        if seq_q != call.grid.seq_len:
+            return "unexpected_length", (f"self-attention has {seq_q} tokens, the latent's grid "
+                                         f"({call.grid.describe()}) has {call.grid.seq_len}")
         native = to.get("grid_sizes")   # newer ComfyUI: (F, Hp, Wp) of the patchified video
         if native is not None and tuple(int(v) for v in native) != call.grid.patch_grid:
-            return "grid_mismatch"
+            return "grid_mismatch", (f"ComfyUI reports grid_sizes {tuple(int(v) for v in native)}, the latent "
+                                     f"gives {call.grid.patch_grid}")
         block = to.get("block_index", to.get(BLOCK_KEY))
         if block is not None and block < self.dense_blocks:
-            return "dense_block"
+            return "dense_block", None
         if self.dense_steps and call.step is not None and call.step < self.dense_steps:
-            return "dense_step"
-        return None
+            return "dense_step", None
+        return "sparse", None
 
     def _sparse(self, args, kwargs) -> torch.Tensor | None:
-        reason = self._dense_reason(args, kwargs)
-        if reason is not None:
-            self.stats[f"dense_{reason}"] += 1
+        route, detail = self._route(args, kwargs)
+        if route in FALLBACK_HELP:
+            self.fallback(route, detail)
+            return None
+        if route != "sparse":
+            self._count(route)
             return None
         call: CallInfo = kwargs["transformer_options"][CALL_KEY]
         plan = self.layout_for(call)
         if plan.layout is None:
-            self.stats["dense_fallback"] += 1
+            self.fallback("no_layout", f"the pose gives no sparse layout for {call.grid.describe()} "
+                                       f"({plan.fallback_reason})")
             return None
         q, k, v = args[:3]
         heads = kwargs.get("heads", args[3] if len(args) > 3 else None)
@@ -180,7 +259,7 @@ class SparseAttentionPatch:
             b, seq, hd = q.shape
             qh, kh, vh = (t.view(b, seq, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
         out = block_sparse_attention(qh, kh, vh, plan.layout, kernel=self.kernel)
-        self.stats["sparse"] += 1
+        self._count("sparse")
         if kwargs.get("skip_output_reshape"):
             return out
         return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
@@ -212,6 +291,8 @@ def apply_sparse_attention(model_patcher, patch: SparseAttentionPatch):
                  getattr(previous, "__qualname__", type(previous).__name__))
     to["optimized_attention_override"] = patch.attention
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, patch.apply_model_wrapper)
+    m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, KEY, patch.start_run)
+    m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY, patch.end_run)
     if patch.dense_blocks > 0:
         existing = to.get("patches_replace", {}).get("dit", {})
         for i in range(len(m.model.diffusion_model.blocks)):

@@ -3,8 +3,8 @@
 ``build_pose_layout(pose, grid, config)`` resamples and scales the pose to the latent's video, labels
 every token with its region (token_regions), selects frames (global_mask, paper Eq. 1-2), and builds
 the permuted block layout (layout, Eq. 3 at block level). When the pose has nobody in it (or nobody on
-the grid) the result has ``layout=None`` and a ``fallback_reason``: the caller runs dense attention
-and logs that reason.
+the grid) the result has ``layout=None`` and a ``fallback_reason``: the caller (the ComfyUI patch, the
+node) runs dense attention and logs that reason as a warning, or raises under ``strict``.
 """
 from __future__ import annotations
 
@@ -118,5 +118,5 @@ def pose_pattern(pose_px: PoseSequence, grid: TokenGrid, config: SparseAttention
 
 def _fallback(out: PoseLayout, reason: str) -> PoseLayout:
     out.fallback_reason = reason
-    log.warning("IASA sparse attention falls back to dense attention: %s", reason)
+    log.info("IASA sparse layout: none for %s: %s", out.grid.describe(), reason)
     return out

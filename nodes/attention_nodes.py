@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..attention.grid import TokenGrid
 from ..attention.kernels import KERNELS
-from ..attention.patch import SparseAttentionPatch, apply_sparse_attention, check_wan_model, wan_token_px
+from ..attention.patch import DenseFallbackError, SparseAttentionPatch, apply_sparse_attention, check_wan_model, wan_token_px
 from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
 from ..attention.preview import render_layout_preview
 from ..pose.keypoints import from_pose_keypoint
@@ -54,6 +54,10 @@ class IASASparseAttention(io.ComfyNode):
                 io.Combo.Input("kernel", options=list(KERNELS), default="auto",
                                tooltip="auto: xformers paged kernel on CUDA, else FlexAttention, else masked SDPA "
                                        "(CPU). sdpa is the exact reference."),
+                io.Boolean.Input("strict", default=False,
+                                 tooltip="Off: a self-attention call that cannot run sparse (no person in the pose, "
+                                         "an unknown token layout, ...) runs dense, with a warning in the log once "
+                                         "per run. On: stop with an error instead."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -64,14 +68,15 @@ class IASASparseAttention(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, pose, top_k, direction, face, hands, arms, torso, block_size, dense_blocks,
-                dense_steps, kernel) -> io.NodeOutput:
+                dense_steps, kernel, strict=False) -> io.NodeOutput:
         check_wan_model(model)
         seq = from_pose_keypoint(pose, input_name="pose")
         switches = {"face": face, "hands": hands, "arms": arms, "torso": torso}
         regions = tuple(r for name, rs in REGION_SWITCHES if switches[name] for r in rs)
         config = SparseAttentionConfig(top_k=top_k, causal=direction == "causal", regions=regions,
                                        block_size=block_size)
-        patch = SparseAttentionPatch(seq, config, kernel=kernel, dense_blocks=dense_blocks, dense_steps=dense_steps)
+        patch = SparseAttentionPatch(seq, config, kernel=kernel, dense_blocks=dense_blocks, dense_steps=dense_steps,
+                                     strict=strict)
         patched = apply_sparse_attention(model, patch)
         # Preview on the grid a video of the pose's canvas and length would have (sampling may differ).
         token_px = wan_token_px(model.model)
@@ -80,9 +85,15 @@ class IASASparseAttention(io.ComfyNode):
                          pixel_width=seq.width)
         plan = build_pose_layout(seq, grid, config)
         if plan.layout is None:
+            if strict:
+                raise DenseFallbackError(f"pose: IASA Sparse Attention (strict) cannot build a sparse layout: "
+                                         f"{plan.fallback_reason}. Connect a pose with a visible person, or turn "
+                                         "strict off to sample with dense attention.")
             text = f"dense attention (fallback): {plan.fallback_reason}"
             preview = np.zeros((64, 64, 3), np.float32)
         else:
             text = f"{grid.describe()}; {plan.density.summary()}"
             preview = render_layout_preview(plan)
+        text += ("; strict: a call that cannot run sparse stops sampling with an error" if strict else
+                 "; calls that cannot run sparse run dense, logged once per run with the reason")
         return io.NodeOutput(patched, frames_to_image(preview[None]), text)

@@ -1,25 +1,27 @@
 """The ComfyUI patch's routing logic, without ComfyUI: which attention calls go sparse, which stay dense."""
 from __future__ import annotations
 
+import logging
 import types
 
 import numpy as np
+import pytest
 import torch
 
 from iasa.attention.grid import TokenGrid
-from iasa.attention.patch import (BLOCK_KEY, CALL_KEY, BlockIndexPatch, CallInfo, SparseAttentionPatch,
-                                  grid_from_call, step_index)
+from iasa.attention.patch import (BLOCK_KEY, CALL_KEY, FALLBACK_HELP, BlockIndexPatch, CallInfo,
+                                  DenseFallbackError, SparseAttentionPatch, grid_from_call, step_index)
 from iasa.attention.pose_layout import SparseAttentionConfig
 from iasa.attention.reference import layout_to_token_mask
 
-from .attention_poses import talking_pose
+from .attention_poses import empty_pose, talking_pose
 
 GRID = TokenGrid.from_latent_shape((3, 8, 8))       # 3 latent frames of 4x4 tokens -> L = 48
 HEADS, HEAD_DIM = 2, 16
 
 
-def make_patch(**kw) -> SparseAttentionPatch:
-    pose = talking_pose(n_frames=9, width=64, height=64)
+def make_patch(pose=None, **kw) -> SparseAttentionPatch:
+    pose = talking_pose(n_frames=9, width=64, height=64) if pose is None else pose
     return SparseAttentionPatch(pose, SparseAttentionConfig(top_k=1, block_size=16), kernel="sdpa", **kw)
 
 
@@ -70,8 +72,71 @@ def test_cross_attention_and_unknown_calls_stay_dense():
     patch.attention(dense, q2, k2, v2, heads=HEADS, transformer_options={})            # no grid from the wrapper
     patch.attention(dense, q2, k2, v2, heads=HEADS, mask=torch.ones(1), transformer_options=options())
     assert dense.calls == 3 and patch.stats["sparse"] == 0
-    assert patch.stats["dense_cross_or_other"] == 1 and patch.stats["dense_no_grid"] == 1
+    assert patch.stats["dense_cross_attention"] == 1 and patch.stats["dense_no_grid"] == 1
     assert patch.stats["dense_masked"] == 1
+
+
+# One case per fallback: (patch options, transformer_options, sequence length, extra attention kwargs).
+FALLBACK_CASES = {
+    "no_grid": ({}, {}, GRID.seq_len, {}),
+    "masked": ({}, options(), GRID.seq_len, {"mask": torch.ones(1, GRID.seq_len, GRID.seq_len, dtype=torch.bool)}),
+    "unexpected_length": ({}, options(), GRID.seq_len + 16, {}),
+    "grid_mismatch": ({}, options(grid_sizes=(3, 4, 5)), GRID.seq_len, {}),
+    "no_layout": ({"pose": empty_pose(9, 64, 64)}, options(), GRID.seq_len, {}),
+}
+
+
+def test_every_fallback_has_a_case():
+    assert set(FALLBACK_CASES) == set(FALLBACK_HELP)
+
+
+@pytest.mark.parametrize("reason", sorted(FALLBACK_CASES))
+def test_fallback_is_dense_and_logged_once_per_run_with_its_reason(reason, caplog):
+    patch_kw, to, seq, extra = FALLBACK_CASES[reason]
+    patch, dense = make_patch(**patch_kw), DenseBackend()
+    q, k, v = qkv(seq)
+    with caplog.at_level(logging.WARNING, logger="iasa.attention"):
+        patch.start_run()
+        for _ in range(3):
+            out = patch.attention(dense, q, k, v, heads=HEADS, transformer_options=to, **extra)
+        first = [r for r in caplog.records if "falls back to dense" in r.getMessage()]
+        patch.end_run()
+        patch.start_run()                                       # a new sampling run logs it again
+        patch.attention(dense, q, k, v, heads=HEADS, transformer_options=to, **extra)
+    assert out.shape == q.shape and dense.calls == 4 and patch.stats["sparse"] == 0
+    assert patch.stats[f"dense_{reason}"] == 4
+    assert len(first) == 1 and FALLBACK_HELP[reason] in first[0].getMessage()
+    fallbacks = [r for r in caplog.records if "falls back to dense" in r.getMessage()]
+    assert len(fallbacks) == 2
+    summary = [r for r in caplog.records if "fully dense" in r.getMessage()]
+    assert len(summary) == 1 and summary[0].levelno == logging.WARNING and f"dense_{reason}: 3" in summary[0].getMessage()
+
+
+@pytest.mark.parametrize("reason", sorted(FALLBACK_CASES))
+def test_strict_raises_instead_of_falling_back(reason):
+    patch_kw, to, seq, extra = FALLBACK_CASES[reason]
+    patch, dense = make_patch(strict=True, **patch_kw), DenseBackend()
+    q, k, v = qkv(seq)
+    with pytest.raises(DenseFallbackError, match="strict") as exc:
+        patch.attention(dense, q, k, v, heads=HEADS, transformer_options=to, **extra)
+    assert FALLBACK_HELP[reason] in str(exc.value) and "Turn strict off" in str(exc.value)
+    assert dense.calls == 0
+
+
+def test_by_design_dense_calls_are_not_fallbacks(caplog):
+    """Cross-attention and the dense_blocks / dense_steps options never warn, never raise under strict."""
+    patch, dense = make_patch(dense_blocks=1, dense_steps=1, strict=True), DenseBackend()
+    q, k, v = qkv(GRID.seq_len)
+    with caplog.at_level(logging.INFO, logger="iasa.attention"):
+        patch.start_run()
+        patch.attention(dense, *qkv(GRID.seq_len, 7), heads=HEADS, transformer_options=options())
+        patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(**{BLOCK_KEY: 0}))
+        patch.attention(dense, q, k, v, heads=HEADS, transformer_options={CALL_KEY: CallInfo(GRID, step=0)})
+        patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(**{BLOCK_KEY: 1}))
+        patch.end_run()
+    assert dense.calls == 3 and patch.stats["sparse"] == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "dense_block: 1, dense_cross_attention: 1, dense_step: 1, sparse: 1" in caplog.text
 
 
 def test_dense_blocks_steps_and_native_keys():
