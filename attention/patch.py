@@ -5,9 +5,10 @@
 - an ``APPLY_MODEL`` wrapper that learns the token grid and its extra tokens from the latent ``x`` at
   call time (Animate's reference frame, ref_conv tokens, Phantom frames, context windows) and the step
   index from the sigmas;
-- a per-block ``patches_replace["dit"]`` entry that tells attention its layer (only when some layers
-  must stay dense; newer ComfyUI's native ``block_index`` wins when present); existing entries are
-  wrapped, not replaced;
+- an object patch on every block's ``self_attn.forward`` (VACE blocks too) that marks its attention
+  calls as self-attention and gives their layer (:class:`SelfAttentionCallSite`; newer ComfyUI's native
+  ``block_index`` wins when present). Self- and cross-attention are told apart by this call site, never
+  by sequence length; an object patch set before is wrapped, not replaced;
 - ``optimized_attention_override``: self-attention of the video tokens goes to the block-sparse kernel;
   cross-attention and dense layers/steps go to the previous override if one was set (another pack's
   patch) or to ComfyUI's own backend;
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 KEY = "iasa"
 CALL_KEY = "iasa_call"
-BLOCK_KEY = "iasa_block_index"
+SELF_ATTN_KEY = "iasa_self_attention"   # set by SelfAttentionCallSite: the layer of this self-attention call
 
 
 @dataclass(frozen=True)
@@ -80,20 +81,28 @@ def grid_from_call(base_model, x: torch.Tensor, kwargs: dict) -> TokenGrid:
                                        extra_frames_after=extra_after)
 
 
-class BlockIndexPatch:
-    """``patches_replace["dit"][("double_block", i)]``: puts the block index into transformer_options."""
+class SelfAttentionCallSite:
+    """Object patch of ``blocks.<i>.self_attn.forward`` (and VACE's ``vace_blocks.<j>``): calls the forward it
+    replaces with ``transformer_options[SELF_ATTN_KEY] = layer``, so that the attention override knows the
+    call comes from a self-attention module (never guessed from sequence lengths) and from which layer."""
 
-    def __init__(self, index: int, previous=None):
-        self.index = index
-        self.previous = previous
+    def __init__(self, forward, layer: int):
+        self.forward = forward
+        self.layer = int(layer)
 
-    def __call__(self, args: dict, extra: dict):
-        to = dict(args["transformer_options"])
-        to[BLOCK_KEY] = self.index
-        args = {**args, "transformer_options": to}
-        if self.previous is not None:
-            return self.previous(args, extra)
-        return extra["original_block"](args)
+    def __call__(self, x, freqs, transformer_options={}, **kwargs):  # noqa: B006 (WanSelfAttention's signature)
+        return self.forward(x, freqs, transformer_options={**transformer_options, SELF_ATTN_KEY: self.layer}, **kwargs)
+
+
+def self_attention_sites(dm) -> list[tuple[str, int]]:
+    """(attribute path under ``diffusion_model``, layer) of every self-attention forward of a Wan DiT.
+
+    VACE blocks run right after the main block they are attached to; they take that block's layer."""
+    sites = [(f"blocks.{i}.self_attn.forward", i) for i in range(len(dm.blocks))]
+    layer_of_vace = {n: i for i, n in getattr(dm, "vace_layers_mapping", {}).items()}
+    for n in range(len(getattr(dm, "vace_blocks", ()))):
+        sites.append((f"vace_blocks.{n}.self_attn.forward", layer_of_vace.get(n, n)))
+    return sites
 
 
 class DenseFallbackError(RuntimeError):
@@ -110,6 +119,9 @@ FALLBACK_HELP = {
                          "patch or report the model type",
     "grid_mismatch": "ComfyUI reports another token grid than the one learnt from the latent; report the "
                      "model type and workflow",
+    "no_call_site": "the self-attention call-site patches of IASA Sparse Attention are not active, so "
+                    "self-attention cannot be told from cross-attention; put IASA Sparse Attention after any "
+                    "node that patches the model's self-attention modules",
     "masked": "ComfyUI passed an attention mask to self-attention, and the sparse kernels take no extra "
               "mask; remove the node that adds the mask",
     "no_layout": "no sparse layout could be built from the pose for this video; check the pose input",
@@ -137,6 +149,7 @@ class SparseAttentionPatch:
         self.stats: Counter = Counter()       # every call since creation
         self.run_stats: Counter = Counter()   # calls of the current sampling run
         self._logged: set[str] = set()        # fallbacks already logged in this run
+        self._sites_seen = False              # a marked self-attention call ran in this run
         self._layouts: dict = {}
         self._lock = threading.Lock()
 
@@ -148,6 +161,7 @@ class SparseAttentionPatch:
         with self._lock:
             self.run_stats = Counter()
             self._logged = set()
+            self._sites_seen = False
 
     def end_run(self, *_args) -> None:
         with self._lock:
@@ -211,27 +225,37 @@ class SparseAttentionPatch:
         return func(*args, **kwargs)
 
     def _route(self, args, kwargs) -> tuple[str, str | None]:
-        """(route, fallback detail): route "sparse", a by-design dense route, or a fallback reason."""
+        """(route, fallback detail): route "sparse", a by-design dense route, or a fallback reason.
+
+        Self-attention is told by the call site (:class:`SelfAttentionCallSite`), never by length: with
+        a video of as many tokens as the text, cross-attention has q and k of equal length too."""
         to = kwargs.get("transformer_options") or {}
         q, k = args[0], args[1]
         seq_q, seq_k = (q.shape[2], k.shape[2]) if kwargs.get("skip_reshape") else (q.shape[1], k.shape[1])
-        if seq_q != seq_k:
-            return "dense_cross_attention", None
         call: CallInfo | None = to.get(CALL_KEY)
+        layer = to.get(SELF_ATTN_KEY)
+        if layer is None:
+            if self._sites_seen or seq_q != seq_k or call is None or seq_q != call.grid.seq_len:
+                return "dense_cross_attention", None
+            # Shaped like this video's self-attention, yet unmarked, before any marked call in this run:
+            # the call-site patches are not active (another node replaced self_attn.forward?).
+            return "no_call_site", (f"an attention call of {seq_q} x {seq_k} tokens (the video's self-attention "
+                                    "size) came from no patched self-attention module")
+        self._sites_seen = True
         if call is None:
             return "no_grid", f"self-attention of {seq_q} tokens arrived without the latent's token grid"
         mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
         if mask is not None:
             return "masked", f"self-attention of {seq_q} tokens came with a mask of shape {tuple(mask.shape)}"
-        if seq_q != call.grid.seq_len:
+        if seq_q != call.grid.seq_len or seq_k != seq_q:
             return "unexpected_length", (f"self-attention has {seq_q} tokens, the latent's grid "
                                          f"({call.grid.describe()}) has {call.grid.seq_len}")
         native = to.get("grid_sizes")   # newer ComfyUI: (F, Hp, Wp) of the patchified video
         if native is not None and tuple(int(v) for v in native) != call.grid.patch_grid:
             return "grid_mismatch", (f"ComfyUI reports grid_sizes {tuple(int(v) for v in native)}, the latent "
                                      f"gives {call.grid.patch_grid}")
-        block = to.get("block_index", to.get(BLOCK_KEY))
-        if block is not None and block < self.dense_blocks:
+        block = to.get("block_index", layer)   # newer ComfyUI's native block index wins
+        if block < self.dense_blocks:
             return "dense_block", None
         if self.dense_steps and call.step is not None and call.step < self.dense_steps:
             return "dense_step", None
@@ -293,8 +317,7 @@ def apply_sparse_attention(model_patcher, patch: SparseAttentionPatch):
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, patch.apply_model_wrapper)
     m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, KEY, patch.start_run)
     m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY, patch.end_run)
-    if patch.dense_blocks > 0:
-        existing = to.get("patches_replace", {}).get("dit", {})
-        for i in range(len(m.model.diffusion_model.blocks)):
-            m.set_model_patch_replace(BlockIndexPatch(i, existing.get(("double_block", i))), "dit", "double_block", i)
+    for path, layer in self_attention_sites(m.model.diffusion_model):
+        name = f"diffusion_model.{path}"
+        m.add_object_patch(name, SelfAttentionCallSite(m.get_model_object(name), layer))
     return m

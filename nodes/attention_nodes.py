@@ -54,7 +54,7 @@ class IASASparseAttention(io.ComfyNode):
                 io.Combo.Input("kernel", options=list(KERNELS), default="auto",
                                tooltip="auto: xformers paged kernel on CUDA, else FlexAttention, else masked SDPA "
                                        "(CPU). sdpa is the exact reference."),
-                io.Boolean.Input("strict", default=False,
+                io.Boolean.Input("strict", default=False, optional=True,
                                  tooltip="Off: a self-attention call that cannot run sparse (no person in the pose, "
                                          "an unknown token layout, ...) runs dense, with a warning in the log once "
                                          "per run. On: stop with an error instead."),

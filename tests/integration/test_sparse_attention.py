@@ -13,6 +13,9 @@ from iasa.harness.demo import saved_files
 from .conftest import TINY_WAN, speech_pose_nodes
 
 
+VIDEO_TOKENS = 7 * 8 * 8     # the 128x128x25 latent: 7 latent frames of 8x8 tokens
+
+
 def graph(model_node: dict | None, extra: dict | None = None, prefix: str = "iasa_test/latent") -> dict:
     """Audio-driven pose (1 s) -> [model patch] -> KSampler on a 128x128x25 latent -> SaveLatent."""
     g = {
@@ -71,6 +74,18 @@ def test_patched_model_equals_explicit_masked_attention(client, reference_latent
     assert (sparse - reference_latent).abs().max() < 1e-3 * scale + 1e-4
     # ...and the mask matters: dense attention gives a clearly different latent.
     assert (dense_latent - reference_latent).abs().mean() > 1e-2 * scale
+
+
+def test_cross_attention_as_long_as_the_video_is_not_made_sparse(client):
+    """Text of exactly as many (random) tokens as the video: q and k of cross-attention have equal lengths,
+    yet only self-attention (told by its call site) may get the sparse mask."""
+    text = {"11": {"class_type": "IASATestRandomConditioning", "inputs": {"tokens": VIDEO_TOKENS, "seed": 3}}}
+    ref_node = {"class_type": "IASATestMaskedReference", "inputs": {"model": ["10", 0], "pose": ["5", 0],
+                                                                    "top_k": 2, "direction": "causal"}}
+    reference, _ = run_latent(client, graph(ref_node, text, prefix="iasa_test/ref_equal"))
+    sparse, _ = run_latent(client, graph(sparse_node(), text, prefix="iasa_test/sparse_equal"))
+    scale = reference.abs().mean()
+    assert (sparse - reference).abs().max() < 1e-3 * scale + 1e-4
 
 
 def test_preview_and_density_come_back_through_the_api(client):

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from iasa.attention.grid import TokenGrid
-from iasa.attention.patch import (BLOCK_KEY, CALL_KEY, FALLBACK_HELP, BlockIndexPatch, CallInfo,
-                                  DenseFallbackError, SparseAttentionPatch, grid_from_call, step_index)
+from iasa.attention.patch import (CALL_KEY, FALLBACK_HELP, SELF_ATTN_KEY, CallInfo, DenseFallbackError,
+                                  SelfAttentionCallSite, SparseAttentionPatch, grid_from_call,
+                                  self_attention_sites, step_index)
 from iasa.attention.pose_layout import SparseAttentionConfig
 from iasa.attention.reference import layout_to_token_mask
 
@@ -48,8 +49,11 @@ class DenseBackend:
         return out.transpose(1, 2).reshape(b, lq, hd)
 
 
-def options(**extra) -> dict:
-    return {CALL_KEY: CallInfo(GRID, step=3), **extra}
+def options(layer: int | None = 5, **extra) -> dict:
+    """transformer_options of a call: self-attention of ``layer`` (what SelfAttentionCallSite adds), or
+    any other call (cross-attention) with ``layer=None``."""
+    marker = {} if layer is None else {SELF_ATTN_KEY: layer}
+    return {CALL_KEY: CallInfo(GRID, step=3), **marker, **extra}
 
 
 def test_video_self_attention_is_sparse_and_exact():
@@ -67,9 +71,9 @@ def test_video_self_attention_is_sparse_and_exact():
 def test_cross_attention_and_unknown_calls_stay_dense():
     patch, dense = make_patch(), DenseBackend()
     q, k, v = qkv(GRID.seq_len, 7)
-    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options())      # cross-attention
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(None))  # cross-attention
     q2, k2, v2 = qkv(GRID.seq_len)
-    patch.attention(dense, q2, k2, v2, heads=HEADS, transformer_options={})            # no grid from the wrapper
+    patch.attention(dense, q2, k2, v2, heads=HEADS, transformer_options={SELF_ATTN_KEY: 0})  # no grid
     patch.attention(dense, q2, k2, v2, heads=HEADS, mask=torch.ones(1), transformer_options=options())
     assert dense.calls == 3 and patch.stats["sparse"] == 0
     assert patch.stats["dense_cross_attention"] == 1 and patch.stats["dense_no_grid"] == 1
@@ -78,7 +82,8 @@ def test_cross_attention_and_unknown_calls_stay_dense():
 
 # One case per fallback: (patch options, transformer_options, sequence length, extra attention kwargs).
 FALLBACK_CASES = {
-    "no_grid": ({}, {}, GRID.seq_len, {}),
+    "no_grid": ({}, {SELF_ATTN_KEY: 0}, GRID.seq_len, {}),
+    "no_call_site": ({}, options(None), GRID.seq_len, {}),
     "masked": ({}, options(), GRID.seq_len, {"mask": torch.ones(1, GRID.seq_len, GRID.seq_len, dtype=torch.bool)}),
     "unexpected_length": ({}, options(), GRID.seq_len + 16, {}),
     "grid_mismatch": ({}, options(grid_sizes=(3, 4, 5)), GRID.seq_len, {}),
@@ -129,10 +134,11 @@ def test_by_design_dense_calls_are_not_fallbacks(caplog):
     q, k, v = qkv(GRID.seq_len)
     with caplog.at_level(logging.INFO, logger="iasa.attention"):
         patch.start_run()
-        patch.attention(dense, *qkv(GRID.seq_len, 7), heads=HEADS, transformer_options=options())
-        patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(**{BLOCK_KEY: 0}))
-        patch.attention(dense, q, k, v, heads=HEADS, transformer_options={CALL_KEY: CallInfo(GRID, step=0)})
-        patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(**{BLOCK_KEY: 1}))
+        patch.attention(dense, *qkv(GRID.seq_len, 7), heads=HEADS, transformer_options=options(None))
+        patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(0))
+        patch.attention(dense, q, k, v, heads=HEADS, transformer_options={CALL_KEY: CallInfo(GRID, step=0),
+                                                                          SELF_ATTN_KEY: 3})
+        patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(1))
         patch.end_run()
     assert dense.calls == 3 and patch.stats["sparse"] == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -142,10 +148,10 @@ def test_by_design_dense_calls_are_not_fallbacks(caplog):
 def test_dense_blocks_steps_and_native_keys():
     patch, dense = make_patch(dense_blocks=2, dense_steps=4), DenseBackend()
     q, k, v = qkv(GRID.seq_len)
-    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(**{BLOCK_KEY: 1}))
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(1))
     patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(block_index=5))   # step 3 < 4
     assert dense.calls == 2
-    late = {CALL_KEY: CallInfo(GRID, step=4), "block_index": 2}
+    late = {CALL_KEY: CallInfo(GRID, step=4), SELF_ATTN_KEY: 0, "block_index": 2}   # native index wins
     patch.attention(dense, q, k, v, heads=HEADS, transformer_options=late)
     assert patch.stats["sparse"] == 1
     patch.attention(dense, q, k, v, heads=HEADS, transformer_options={**late, "grid_sizes": (3, 4, 5)})
@@ -164,7 +170,7 @@ def test_previous_override_receives_the_dense_calls():
     patch, dense = make_patch(), DenseBackend()
     patch.previous_override = previous
     q, k, v = qkv(GRID.seq_len, 5)
-    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options())
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(None))
     assert seen == [q.shape] and dense.calls == 1
 
 
@@ -176,22 +182,43 @@ def test_layout_is_built_once_per_grid():
     assert patch.stats["layouts_built"] == 1 and patch.stats["sparse"] == 4
 
 
-def test_step_index_and_block_patch():
+def test_step_index():
     schedule = torch.tensor([1.0, 0.9, 0.7, 0.4, 0.0])
     assert step_index({"sigmas": torch.tensor([0.7]), "sample_sigmas": schedule}) == 2
     assert step_index({}) is None
-    seen = {}
 
-    def original(args):
-        seen.update(args["transformer_options"])
-        return {"img": args["img"]}
 
-    def previous(args, extra):
-        seen["previous"] = True
-        return extra["original_block"](args)
+def test_call_site_marks_self_attention_with_its_layer():
+    seen = []
 
-    BlockIndexPatch(7, previous)({"img": 1, "transformer_options": {"a": 1}}, {"original_block": original})
-    assert seen == {"a": 1, BLOCK_KEY: 7, "previous": True}
+    def forward(x, freqs, transformer_options={}):
+        seen.append(transformer_options)
+        return x
+
+    to = {"a": 1}
+    assert SelfAttentionCallSite(forward, 7)("x", "freqs", transformer_options=to) == "x"
+    assert seen == [{"a": 1, SELF_ATTN_KEY: 7}] and to == {"a": 1}       # the caller's dict is not changed
+
+
+def test_self_attention_sites_cover_vace_blocks_at_their_layer():
+    blocks = [object()] * 4
+    dm = types.SimpleNamespace(blocks=blocks, vace_blocks=[object()] * 2, vace_layers_mapping={0: 0, 2: 1})
+    assert self_attention_sites(dm) == [("blocks.0.self_attn.forward", 0), ("blocks.1.self_attn.forward", 1),
+                                        ("blocks.2.self_attn.forward", 2), ("blocks.3.self_attn.forward", 3),
+                                        ("vace_blocks.0.self_attn.forward", 0), ("vace_blocks.1.self_attn.forward", 2)]
+
+
+def test_cross_attention_as_long_as_the_video_stays_dense():
+    """A video of as many tokens as the text (e.g. 256x256, 5 frames and 512 text tokens): cross-attention
+    has q and k of equal length, yet it is not self-attention and must not get the sparse mask."""
+    patch, dense = make_patch(), DenseBackend()
+    q, k, v = qkv(GRID.seq_len)
+    patch.start_run()
+    patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options(0))      # block 0 self-attention
+    qc, kc, vc = qkv(GRID.seq_len, seed=1)                                              # text of L tokens
+    out = patch.attention(dense, qc, kc, vc, heads=HEADS, transformer_options=options(None))
+    assert patch.stats["sparse"] == 1 and patch.stats["dense_cross_attention"] == 1 and dense.calls == 1
+    torch.testing.assert_close(out, DenseBackend()(qc, kc, vc, heads=HEADS))
 
 
 def test_grid_from_call_offsets():

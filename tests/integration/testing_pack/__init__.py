@@ -2,7 +2,11 @@
 
 - ``IASATestMaskedReference``: replaces Wan self-attention by plain SDPA with the token-level mask of
   paper Eq. 1-3 computed by brute force (attention/reference.py), no permutation, no blocks — the
-  explicit masked attention the pack's patched model must match;
+  explicit masked attention the pack's patched model must match. It finds self-attention with its own
+  wrapper around every block's ``self_attn.forward`` (not by sequence length, so that a video as long
+  as the text is handled right);
+- ``IASATestRandomConditioning``: text conditioning of random tokens (zeros would make every text key
+  equal, and then any mask over them gives the same cross-attention output);
 - ``IASATestCountingOverride`` / ``IASATestReadCounter``: a stand-in for another pack's attention patch
   (counts self- and cross-attention calls and runs ComfyUI's own backend), to check that the pack
   chains an override that was set before it.
@@ -49,8 +53,9 @@ class _Reference:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
     def attention(self, func, q, k, v, heads=None, transformer_options=None, **kwargs):
-        mask = (transformer_options or {}).get("iasa_test_mask")
-        if mask is None or q.shape[1] != k.shape[1] or q.shape[1] != mask.shape[0]:
+        to = transformer_options or {}
+        mask = to.get("iasa_test_mask")
+        if mask is None or not to.get("iasa_test_self"):
             COUNTS["reference_dense"] += 1
             return func(q, k, v, heads=heads, transformer_options=transformer_options, **kwargs)
         COUNTS["reference_masked"] += 1
@@ -77,7 +82,18 @@ class IASATestMaskedReference(io.ComfyNode):
         m = model.clone()
         m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = ref.attention
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "iasa_test", ref.wrapper)
+        for i in range(len(m.model.diffusion_model.blocks)):
+            name = f"diffusion_model.blocks.{i}.self_attn.forward"
+            m.add_object_patch(name, _MarkSelfAttention(m.get_model_object(name)))
         return io.NodeOutput(m)
+
+
+class _MarkSelfAttention:
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, x, freqs, transformer_options={}, **kwargs):  # noqa: B006
+        return self.forward(x, freqs, transformer_options={**transformer_options, "iasa_test_self": True}, **kwargs)
 
 
 def _counting_override(func, q, k, v, *args, **kwargs):
@@ -114,10 +130,23 @@ class IASATestReadCounter(io.ComfyNode):
         return io.NodeOutput(ui={"counts": [dict(COUNTS)]})
 
 
+class IASATestRandomConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestRandomConditioning", category="IASA/testing",
+                         inputs=[io.Int.Input("tokens", default=8), io.Int.Input("seed", default=0)],
+                         outputs=[io.Conditioning.Output()])
+
+    @classmethod
+    def execute(cls, tokens, seed):
+        gen = torch.Generator().manual_seed(seed)
+        return io.NodeOutput([[torch.randn(1, tokens, 4096, generator=gen), {}]])
+
+
 class TestingExtension(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter]
+        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter, IASATestRandomConditioning]
 
 
 async def comfy_entrypoint():
