@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import public_name
 from ..pose.keypoints import PoseSequence
 from .grid import TokenGrid
 from .kernels import block_sparse_attention
@@ -105,6 +106,7 @@ def self_attention_sites(dm) -> list[tuple[str, int]]:
     return sites
 
 
+@public_name
 class DenseFallbackError(RuntimeError):
     """IASA Sparse Attention with ``strict`` on met a call it cannot run sparsely."""
 

@@ -14,10 +14,12 @@ from typing import Any, Callable, Hashable
 
 import torch
 
+from ..errors import public_name
 from .gather import fast_take
 from .layout import BlockLayout
 
 
+@public_name
 class LayoutError(ValueError):
     """A ``BlockLayout`` that breaks its contract, or one that does not fit the attention inputs."""
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import public_name
+
 log = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.5
@@ -36,6 +38,7 @@ SUPPORTED_EXTENSIONS = VIDEO_EXTENSIONS | SOUNDFILE_EXTENSIONS | PYAV_AUDIO_EXTE
 _FORMATS_HINT = "WAV, FLAC, OGG or MP3 (or a video file with an audio track: mp4, mov, mkv, webm, avi)"
 
 
+@public_name
 class AudioInputError(ValueError):
     """Bad audio input; the message names the input, the problem and the fix."""
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import public_name
+
 N_BODY, N_FACE, N_HAND = 18, 70, 21
 BODY = slice(0, 18)
 FACE = slice(18, 88)
@@ -62,6 +64,7 @@ HAND_FINGERS = tuple(tuple(range(1 + 4 * f, 5 + 4 * f)) for f in range(5))
 HAND_EDGES = tuple((0 if j == 0 else fing[j - 1], fing[j]) for fing in HAND_FINGERS for j in range(4))
 
 
+@public_name
 class PoseFormatError(ValueError):
     """A POSE_KEYPOINT value that does not follow the OpenPose JSON layout."""
 
