@@ -1,7 +1,6 @@
 """IASA Extract Pose, IASA Audio To Pose and IASA Render Pose."""
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import comfy.utils
@@ -15,7 +14,7 @@ from ..pose.keypoints import (PoseFormatError, frames_without_person, from_pose_
 from ..pose.regions import sequence_masks
 from ..pose.render import render_pose
 from .convert import frames_to_image, image_to_uint8, masks_to_tensor
-from .files import input_file_problem, list_input_files, resolve_input_file
+from .files import file_fingerprint, input_file_problem, list_input_files, resolve_input_file
 from .types import AudioFeaturesType, PoseKeypoint
 
 log = logging.getLogger(__name__)
@@ -193,13 +192,12 @@ class IASALoadPose(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, pose_file, **_):
+    def validate_inputs(cls, pose_file):  # only "pose_file": ComfyUI reports a problem once per input named here
         return input_file_problem(pose_file, "pose_file") or True
 
     @classmethod
     def fingerprint_inputs(cls, pose_file, canvas_width=0, canvas_height=0, **_):
-        with open(resolve_input_file(pose_file, "pose_file"), "rb") as f:
-            return f"{hashlib.sha256(f.read()).hexdigest()}:{canvas_width}x{canvas_height}"
+        return f"{file_fingerprint(pose_file, 'pose_file')}:{canvas_width}x{canvas_height}"
 
     @classmethod
     def execute(cls, pose_file, canvas_width, canvas_height) -> io.NodeOutput:

@@ -49,6 +49,36 @@ def test_file_outside_or_missing_is_refused_at_validation(client, name, words):
     assert_server_still_serves(client)
 
 
+def rejection_errors(client, prompt: dict, node: str = "1") -> list[dict]:
+    from iasa.harness.client import PromptRejected
+
+    with pytest.raises(PromptRejected) as exc:
+        client.queue(prompt)
+    return exc.value.body["node_errors"][node]["errors"]
+
+
+@pytest.mark.parametrize("name", ["speech\x00.wav", "does_not_exist.wav"])
+def test_a_bad_file_name_is_one_clear_error_on_the_audio_input(client, server, name):
+    """One error, flagged on the 'audio' widget only (it used to be listed under all five inputs), with no
+    raw exception text (a NUL byte gave 'embedded null byte') and no server path."""
+    errors = rejection_errors(client, audio_prompt(name))
+    assert len(errors) == 1, errors
+    err = errors[0]
+    assert err["extra_info"]["input_name"] == "audio"
+    text = err["details"]
+    assert text.startswith("audio - audio: ") and "embedded null byte" not in text and "Traceback" not in text
+    assert str(server.base) not in text
+    assert ("control character" if "\x00" in name else "not found") in text
+    assert_server_still_serves(client)
+
+
+def test_node_errors_have_a_readable_type_and_no_server_path(client, server):
+    err = run_expecting_error(client, audio_prompt("not_audio.wav"))
+    assert err["exception_type"] == "iasa.audio.loading.AudioInputError"
+    assert err["exception_message"].startswith("audio: ") and "'not_audio.wav'" in err["exception_message"]
+    assert str(server.base) not in err["exception_message"]
+
+
 @pytest.mark.parametrize("name, node, words", [
     ("not_audio.wav", "1", ["not_audio.wav", "audio"]),
     ("corrupt.flac", "1", ["corrupt.flac", "audio"]),
