@@ -27,6 +27,20 @@ def _describe_frames(frames: list[int], total: int) -> str:
     return f"frame{'s' if len(frames) > 1 else ''} {shown} (of {total})"
 
 
+def no_person_message(where: str, frames: int, missing: int, mode: str) -> str:
+    """The error of IASA Extract Pose when frames have no person and ``no_person`` cannot help."""
+    fix = "Use an image where one person's face and upper body are visible"
+    if mode == "hold nearest":   # every frame is empty: there is no pose to copy
+        return (f"image: no person found in {where}, so no_person 'hold nearest' has no pose to copy (it fills "
+                f"video frames without a person from the nearest frame with one). {fix}, or set no_person to "
+                "'leave empty' to output an empty pose.")
+    if missing == frames:
+        return (f"image: no person found in {where}. {fix}, or set no_person to 'leave empty' to output an "
+                "empty pose ('hold nearest' needs a video with the person visible in some frame).")
+    return (f"image: no person found in {where}. {fix} in every frame, or set no_person to 'hold nearest' (copy "
+            "the nearest frame's pose) or 'leave empty'.")
+
+
 class IASAExtractPose(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -42,7 +56,8 @@ class IASAExtractPose(io.ComfyNode):
                                tooltip="Temporal smoothing of keypoints for video (0 = off). Ignored for one image."),
                 io.Combo.Input("no_person", options=NO_PERSON_MODES, default="error",
                                tooltip="What to do with frames where no person is found: stop with an error naming "
-                                       "them, copy the nearest frame's pose, or leave the frame empty."),
+                                       "them; copy the pose of the nearest frame with a person (video frames "
+                                       "only: a single image has no other frame); or leave the pose empty."),
             ],
             outputs=[
                 PoseKeypoint.Output(display_name="pose"),
@@ -63,15 +78,14 @@ class IASAExtractPose(io.ComfyNode):
         missing = frames_without_person(seq)
         if missing:
             where = _describe_frames(missing, len(seq))
-            if len(missing) == len(seq) or no_person == "error":
-                raise ValueError(f"image: no person found in {where}. Use an image where one person's face and "
-                                 f"upper body are visible"
-                                 + ("" if len(missing) == len(seq) else ", or set no_person to 'hold nearest'"))
+            if no_person == "error" or (no_person == "hold nearest" and len(missing) == len(seq)):
+                raise ValueError(no_person_message(where, len(seq), len(missing), no_person))
             if no_person == "hold nearest":
                 log.warning("IASA Extract Pose: no person in %s; holding the nearest detected pose", where)
                 seq = hold_nearest_person(seq)
             else:
-                log.warning("IASA Extract Pose: no person in %s; those frames stay empty", where)
+                log.warning("IASA Extract Pose: no person in %s; no_person is 'leave empty', so the pose of "
+                            "those frames is empty", where)
         masks = sequence_masks(seq)
         hands = masks["left_hand"] | masks["right_hand"]
         return io.NodeOutput(

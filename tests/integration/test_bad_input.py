@@ -79,6 +79,33 @@ def test_node_errors_have_a_readable_type_and_no_server_path(client, server):
     assert str(server.base) not in err["exception_message"]
 
 
+@pytest.mark.parametrize("mode", ["error", "hold nearest"])
+def test_single_image_without_person_explains_which_options_apply(client, mode):
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "no_person.png"}},
+        "2": {"class_type": "IASAExtractPose", "inputs": {"image": ["1", 0], "smoothing": 0.0, "no_person": mode}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
+    }
+    msg = run_expecting_error(client, prompt)["exception_message"]
+    assert msg.startswith("image: no person found in frame 0 (of 1)") and "'leave empty'" in msg
+    if mode == "hold nearest":
+        assert "no pose to copy" in msg and "video frames" in msg
+    assert_server_still_serves(client)
+
+
+def test_single_image_without_person_can_be_left_empty(client):
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "no_person.png"}},
+        "2": {"class_type": "IASAExtractPose", "inputs": {"image": ["1", 0], "smoothing": 0.0,
+                                                          "no_person": "leave empty"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+    }
+    result = client.run(prompt)
+    assert result.status == "success", result.error
+    assert '"people": []' in result.outputs["4"]["text"][0]
+
+
 @pytest.mark.parametrize("name, node, words", [
     ("not_audio.wav", "1", ["not_audio.wav", "audio"]),
     ("corrupt.flac", "1", ["corrupt.flac", "audio"]),
