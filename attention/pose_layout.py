@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import public_name
 from ..pose.keypoints import PoseSequence
 from ..pose.regions import REGIONS
 from .global_mask import FRAME_POSE_MODES, global_frame_mask
@@ -102,8 +103,36 @@ def build_pose_layout(
     if grid.global_tokens:
         counts["global"] = grid.global_tokens
     out.density = density_report(out.layout, counts)
+    if out.density.block_density >= 1.0:
+        raise BlockSizeError(block_size_problem(out))
     log.info("IASA sparse layout: %s; %s", grid.describe(), out.density.summary())
     return out
+
+
+BLOCK_SIZE_CHOICES = (16, 32, 64, 128)   # multiples of 16: every kernel takes them
+
+
+@public_name
+class BlockSizeError(ValueError):
+    """A block size with which the sparse kernel would do at least the work of dense attention."""
+
+
+def block_size_problem(plan: PoseLayout) -> str:
+    """Why ``plan``'s block size is refused, and which block sizes are cheaper than dense on its grid."""
+    grid, cfg = plan.grid, plan.config
+    better = []
+    for bs in BLOCK_SIZE_CHOICES:
+        if bs < cfg.block_size:
+            layout, _ = build_region_layout(plan.labels, plan.frame_select, grid, bs)
+            d = density_report(layout).block_density
+            if d < 1.0:
+                better.append(f"{bs} ({100 * d:.0f} %)")
+    fix = (f"use block_size {' or '.join(better)} of dense work" if better else
+           "no block size of 16 or more is cheaper than dense attention here: make the video larger, or run it "
+           "without IASA Sparse Attention")
+    return (f"block_size: {cfg.block_size} is too large for this video ({grid.describe()}): each frame's "
+            f"{grid.tokens_per_frame} tokens are split into region groups padded to whole blocks, so the sparse "
+            f"kernel would do {100 * plan.density.block_density:.0f} % of the work of dense attention; {fix}")
 
 
 def pose_pattern(pose_px: PoseSequence, grid: TokenGrid, config: SparseAttentionConfig,

@@ -15,7 +15,7 @@ from iasa.attention.grid import TokenGrid
 from iasa.attention.layout import (
     GROUP_ORDER, build_region_layout, density_report, layout_block_mask, random_layout, struct_layout,
 )
-from iasa.attention.pose_layout import SparseAttentionConfig, build_pose_layout
+from iasa.attention.pose_layout import BlockSizeError, SparseAttentionConfig, build_pose_layout
 from iasa.attention.preview import REGION_COLORS, render_layout_preview
 from iasa.attention.reference import layout_to_token_mask, reference_token_mask, token_frame_and_label
 from iasa.pose.regions import LABELS
@@ -127,7 +127,7 @@ def test_talking_sequence_end_to_end_exact_and_causal():
 def test_extra_tokens_are_global_in_a_pose_layout():
     pose = talking_pose(9, 128, 128)
     grid = TokenGrid.from_latent_shape((4, 16, 16), leading_ref_frames=1, ref_tokens_before=64, extra_frames_after=1)
-    plan = build_pose_layout(pose, grid, SparseAttentionConfig(block_size=16))
+    plan = build_pose_layout(pose, grid, SparseAttentionConfig(block_size=4))   # 8x8-token frames: small blocks
     assert grid.video_frames == 3 and plan.labels.shape == (3, 8, 8)
     m = layout_to_token_mask(plan.layout)
     glob = torch.from_numpy(grid.token_frames() < 0)
@@ -159,6 +159,22 @@ def test_no_person_gives_no_layout_and_says_why(caplog):
     assert plan.dense_fallback and "region" in plan.fallback_reason
     img = render_layout_preview(plan)
     assert img.ndim == 3 and img.shape[2] == 3
+
+
+def test_a_block_size_costlier_than_dense_is_refused_with_the_sizes_that_work():
+    """Tokens of a frame are grouped by region and each group padded to whole blocks: with blocks larger than
+    the groups the kernel would do several times the work of dense attention (942.9 % was reported)."""
+    pose = talking_pose(9, 192, 192)
+    grid = TokenGrid.from_latent_shape((3, 24, 24))                    # 144 tokens per frame
+    with pytest.raises(BlockSizeError, match="block_size: 128 is too large") as exc:
+        build_pose_layout(pose, grid, SparseAttentionConfig(block_size=128))
+    text = str(exc.value)
+    assert "144 tokens" in text and "% of the work of dense attention" in text
+    assert "use block_size 16 (65 %)" in text and "32 (" not in text  # 16 is cheaper than dense here, 32 is not
+    assert build_pose_layout(pose, grid, SparseAttentionConfig(block_size=16)).density.block_density < 1.0
+    with pytest.raises(BlockSizeError, match="no block size of 16 or more"):
+        build_pose_layout(talking_pose(9, 64, 64), TokenGrid.from_latent_shape((3, 8, 8)),
+                          SparseAttentionConfig(block_size=32))
 
 
 def test_context_window_takes_the_frames_of_the_whole_video():

@@ -23,7 +23,7 @@ HEADS, HEAD_DIM = 2, 16
 
 def make_patch(pose=None, **kw) -> SparseAttentionPatch:
     pose = talking_pose(n_frames=9, width=64, height=64) if pose is None else pose
-    return SparseAttentionPatch(pose, SparseAttentionConfig(top_k=1, block_size=16), kernel="sdpa", **kw)
+    return SparseAttentionPatch(pose, SparseAttentionConfig(top_k=1, block_size=4), kernel="sdpa", **kw)
 
 
 def qkv(seq_q: int, seq_k: int | None = None, seed: int = 0):
