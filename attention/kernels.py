@@ -6,7 +6,8 @@ block holding t (padding slots never act as keys).
 
 Kernels:
 - ``xformers``: zero-gather paged attention (``xformers_paged``), Triton split-k op, CUDA only; padding
-  keys inside a block are zeroed and removed exactly with the LSE (see ``xformers_paged``).
+  keys inside a block are zeroed and removed with the LSE, and rows where that correction would lose
+  precision are recomputed exactly (see ``xformers_paged``).
 - ``flex``: compiled FlexAttention with a ``BlockMask`` (``flex_kernel``); compiles once per shape.
 - ``flex_eager``: uncompiled FlexAttention; computes *dense* scores with a whole-pattern mask_mod
   (CPU/test path, O(L^2) memory).
