@@ -236,14 +236,14 @@ def test_preview_shows_regions_and_blocks():
 
 
 def test_layout_from_audio_driven_pose_is_exact():
-    """The demo speech through audio features and audio-to-pose (other helpers' modules) into a layout."""
-    a2p = pytest.importorskip("iasa.pose.audio_to_pose", reason="pose/audio_to_pose.py is not in the checkout")
+    """The demo speech through audio features and audio-to-pose into a layout."""
     from iasa.audio.features import features_from_audio
     from iasa.audio.loading import load_audio_file
+    from iasa.pose.audio_to_pose import audio_to_pose
 
     speech = pathlib.Path(__file__).resolve().parents[2] / "assets" / "demo" / "speech.wav"
     audio = load_audio_file(speech, start=1.0, duration=1.4)           # 35 frames at 25 fps
-    pose = a2p.audio_to_pose(talking_pose(1, 256, 256), features_from_audio(audio, 25.0), seed=0)
+    pose = audio_to_pose(talking_pose(1, 256, 256), features_from_audio(audio, 25.0), seed=0)
     grid = TokenGrid.from_latent_shape((9, 32, 32))                     # 33 pixel frames: pose resampled
     plan = build_pose_layout(pose, grid, SparseAttentionConfig(top_k=2, block_size=16))
     assert not plan.dense_fallback
