@@ -13,7 +13,7 @@ from ..pose.keypoints import (PoseFormatError, frames_without_person, from_pose_
                               to_pose_keypoint)
 from ..pose.regions import sequence_masks
 from ..pose.render import render_pose
-from .convert import frames_to_image, image_to_uint8, masks_to_tensor
+from .convert import VIDEO_DTYPE, frames_to_image, image_to_uint8, masks_to_tensor
 from .files import file_fingerprint, input_file_problem, list_input_files, resolve_input_file
 from .types import AudioFeaturesType, PoseKeypoint
 
@@ -89,7 +89,7 @@ class IASAExtractPose(io.ComfyNode):
         masks = sequence_masks(seq)
         hands = masks["left_hand"] | masks["right_hand"]
         return io.NodeOutput(
-            to_pose_keypoint(seq), frames_to_image(render_pose(seq)),
+            to_pose_keypoint(seq), frames_to_image(render_pose(seq, dtype=VIDEO_DTYPE)),
             masks_to_tensor(masks["face"]), masks_to_tensor(masks["lips"]), masks_to_tensor(hands),
             masks_to_tensor(masks["arms"]), masks_to_tensor(masks["torso"]),
         )
@@ -157,7 +157,8 @@ class IASARenderPose(io.ComfyNode):
             display_name="IASA Render Pose",
             category="IASA/pose",
             description="Draws POSE_KEYPOINT frames as a DWPose/OpenPose-coloured skeleton video, ready for "
-                        "WanFunControlToVideo (control_video) or WanAnimateToVideo (pose_video).",
+                        "WanFunControlToVideo (control_video) or WanAnimateToVideo (pose_video). The frames are a "
+                        "float16 IMAGE (half the memory of float32: minutes of video fit in RAM).",
             inputs=[
                 PoseKeypoint.Input("pose", tooltip="Pose sequence to draw."),
                 io.Int.Input("width", default=0, min=0, max=8192, step=8,
@@ -174,7 +175,7 @@ class IASARenderPose(io.ComfyNode):
     @classmethod
     def execute(cls, pose, width, height, body, face, hands) -> io.NodeOutput:
         seq = from_pose_keypoint(pose, input_name="pose")
-        frames = render_pose(seq, width or None, height or None, body=body, face=face, hands=hands)
+        frames = render_pose(seq, width or None, height or None, body=body, face=face, hands=hands, dtype=VIDEO_DTYPE)
         return io.NodeOutput(frames_to_image(frames))
 
 
