@@ -3,8 +3,9 @@
 ``apply_sparse_attention(model_patcher, patch)`` clones the model and registers, all under one key:
 
 - an ``APPLY_MODEL`` wrapper that learns the token grid and its extra tokens from the latent ``x`` at
-  call time (Animate's reference frame, ref_conv tokens, Phantom frames, context windows) and the step
-  index from the sigmas;
+  call time (``wan_grid.grid_from_call``: VACE's and Animate's reference frames, Animate's continue-motion
+  frames, ref_conv tokens, Phantom frames; context windows) and the step index from the sigmas; the pose
+  is placed on that video with the stock node's length and centre-crop rules (``alignment``);
 - an object patch on every block's ``self_attn.forward`` (VACE blocks too) that marks its attention
   calls as self-attention and gives their layer (:class:`SelfAttentionCallSite`; newer ComfyUI's native
   ``block_index`` wins when present). Self- and cross-attention are told apart by this call site, never
@@ -33,9 +34,11 @@ import torch
 
 from ..errors import public_name
 from ..pose.keypoints import PoseSequence
+from .alignment import VideoAlignment
 from .grid import TokenGrid
 from .kernels import block_sparse_attention
 from .pose_layout import PoseLayout, SparseAttentionConfig, build_pose_layout
+from .wan_grid import grid_from_call
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +63,6 @@ def step_index(transformer_options: dict) -> int | None:
         return None
     current = float(sigmas.flatten()[0])
     return int(torch.argmin((schedule.float().cpu() - current).abs()).item())
-
-
-def wan_token_px(base_model) -> int:
-    """Pixels per token side: 16 for Wan 2.1 / 2.2-14B (VAE 8x), 32 for Wan 2.2-TI2V-5B (VAE 16x, 48 ch)."""
-    channels = getattr(getattr(base_model, "latent_format", None), "latent_channels", 16)
-    return 32 if channels == 48 else 16
-
-
-def grid_from_call(base_model, x: torch.Tensor, kwargs: dict) -> TokenGrid:
-    """Token grid of one Wan call from its latent ``x [B, C, T, H, W]`` and extra conditioning."""
-    dm = base_model.diffusion_model
-    patch = tuple(int(p) for p in dm.patch_size)
-    hp, wp = -(-x.shape[-2] // patch[1]), -(-x.shape[-1] // patch[2])
-    ref_before = hp * wp if kwargs.get("reference_latent") is not None and getattr(dm, "ref_conv", None) is not None else 0
-    tdc = kwargs.get("time_dim_concat")
-    extra_after = 0 if tdc is None else -(-tdc.shape[2] // patch[0])
-    leading = 1 if "Animate" in type(dm).__name__ else 0
-    return TokenGrid.from_latent_shape(tuple(x.shape[-3:]), patch, vae_stride=wan_token_px(base_model) // 2,
-                                       ref_tokens_before=ref_before, leading_ref_frames=leading,
-                                       extra_frames_after=extra_after)
 
 
 class SelfAttentionCallSite:
@@ -140,9 +123,11 @@ class SparseAttentionPatch:
     """
 
     def __init__(self, pose: PoseSequence, config: SparseAttentionConfig, kernel: str = "auto",
-                 dense_blocks: int = 0, dense_steps: int = 0, strict: bool = False):
+                 dense_blocks: int = 0, dense_steps: int = 0, strict: bool = False,
+                 alignment: VideoAlignment = VideoAlignment()):
         self.pose = pose
         self.config = config
+        self.alignment = alignment
         self.kernel = kernel
         self.dense_blocks = int(dense_blocks)
         self.dense_steps = int(dense_steps)
@@ -202,13 +187,13 @@ class SparseAttentionPatch:
             if key not in self._layouts:
                 self._layouts[key] = build_pose_layout(
                     self.pose, call.grid, self.config,
-                    latent_frames=list(call.latent_frames) if call.latent_frames else None)
+                    latent_frames=list(call.latent_frames) if call.latent_frames else None, alignment=self.alignment)
                 self.stats["layouts_built"] += 1
             return self._layouts[key]
 
     # -- wrappers ---------------------------------------------------------------------------------
     def apply_model_wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
-        grid = grid_from_call(executor.class_obj, x, kwargs)
+        grid = grid_from_call(executor.class_obj, x, kwargs, c_concat)
         window = transformer_options.get("context_window")
         frames = tuple(int(i) for i in window.index_list) if window is not None and hasattr(window, "index_list") else None
         if frames is not None and len(frames) != grid.video_frames:

@@ -10,8 +10,9 @@ import torch
 
 from iasa.attention.grid import TokenGrid
 from iasa.attention.patch import (CALL_KEY, FALLBACK_HELP, SELF_ATTN_KEY, CallInfo, DenseFallbackError,
-                                  SelfAttentionCallSite, SparseAttentionPatch, grid_from_call,
-                                  self_attention_sites, step_index)
+                                  SelfAttentionCallSite, SparseAttentionPatch, self_attention_sites,
+                                  step_index)
+from iasa.attention.wan_grid import grid_from_call, grid_from_conditioning
 from iasa.attention.pose_layout import SparseAttentionConfig
 from iasa.attention.reference import layout_to_token_mask
 
@@ -236,3 +237,37 @@ def test_grid_from_call_offsets():
     grid = grid_from_call(types.SimpleNamespace(diffusion_model=Animate(), latent_format=None), x, {})
     assert grid.leading_ref_frames == 1 and grid.video_frames == 4
     assert np.prod(grid.patch_grid) + grid.ref_tokens_before == grid.seq_len
+
+
+def test_vace_reference_frame_from_its_zero_mask():
+    """WanVaceToVideo with a reference image: latent frame 0 is the reference, its VACE mask all zero."""
+    dm = types.SimpleNamespace(patch_size=(1, 2, 2), ref_conv=None)
+    model = types.SimpleNamespace(diffusion_model=dm, latent_format=None)
+    x = torch.zeros(1, 16, 1 + 4, 8, 8)
+    vace = torch.randn(1, 1, 96, 5, 8, 8)
+    vace[:, :, 32:, 0] = 0.0                                     # reference frame: mask zero
+    grid = grid_from_call(model, x, {"vace_context": vace})
+    assert (grid.leading_ref_frames, grid.video_frames, grid.continued_frames) == (1, 4, 0)
+    cond = [[torch.zeros(1, 8, 4096), {"vace_frames": [torch.zeros(1, 32, 5, 8, 8)],
+                                       "vace_mask": [torch.cat([torch.zeros(1, 64, 1, 8, 8),
+                                                                torch.ones(1, 64, 4, 8, 8)], dim=2)]}]]
+    assert grid_from_conditioning(cond, model) == grid            # the node sees what sampling will see
+    vace[:, :, 32:, 0] = 1.0                                     # no reference image
+    assert grid_from_call(model, x, {"vace_context": vace}).leading_ref_frames == 0
+
+
+def test_animate_reference_and_continue_motion_frames():
+    """WanAnimateToVideo: frame 0 is the reference; continue_motion frames have a zero concat_mask, which the
+    model sees as ones in the first 4 channels of c_concat (1 - mask)."""
+    Animate = type("AnimateWanModel", (), {"patch_size": (1, 2, 2), "ref_conv": None})
+    model = types.SimpleNamespace(diffusion_model=Animate(), latent_format=None)
+    x = torch.zeros(1, 16, 1 + 6, 8, 8)
+    concat_mask = torch.ones(1, 4, 7, 8, 8)
+    concat_mask[:, :, :3] = 0.0                                  # reference + 2 continue-motion frames
+    c_concat = torch.cat([1.0 - concat_mask, torch.randn(1, 16, 7, 8, 8)], dim=1)
+    grid = grid_from_call(model, x, {}, c_concat)
+    assert (grid.leading_ref_frames, grid.continued_frames, grid.video_frames) == (3, 2, 4)
+    assert list(grid.pixel_frames_of_latent(0)) == [5, 6, 7, 8]       # latent frame 2 of the generated video
+    cond = [[torch.zeros(1, 8, 4096), {"concat_latent_image": torch.zeros(1, 16, 7, 8, 8), "concat_mask": concat_mask}]]
+    assert grid_from_conditioning(cond, model) == grid
+    assert grid_from_call(model, x, {}, None).leading_ref_frames == 1     # no mask channels: reference only

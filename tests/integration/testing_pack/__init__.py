@@ -7,6 +7,12 @@
   as the text is handled right);
 - ``IASATestRandomConditioning``: text conditioning of random tokens (zeros would make every text key
   equal, and then any mask over them gives the same cross-attention output);
+- ``IASATestPixelVAE``: a "VAE" whose latent is the picture's brightness, 8x8-pooled, frames grouped like
+  Wan's causal VAE (frame 0, then 4 per latent frame; max over the group), in every channel: what a stock
+  conditioning node encodes can be read back from the model's ``c_concat``;
+- ``IASATestCaptureLayout`` / ``IASATestReadCapture``: record, in the sampled model call, the region labels
+  of the IASA layout that was used and the control latent the model received (token grid), to check that
+  the regions sit on the body the model sees;
 - ``IASATestCountingOverride`` / ``IASATestReadCounter``: a stand-in for another pack's attention patch
   (counts self- and cross-attention calls and runs ComfyUI's own backend), to check that the pack
   chains an override that was set before it.
@@ -28,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from iasa_cli import register_package  # noqa: E402
 
 register_package()
-from iasa.attention.patch import grid_from_call  # noqa: E402
+from iasa.attention.wan_grid import grid_from_call  # noqa: E402
 from iasa.attention.pose_layout import SparseAttentionConfig, build_pose_layout  # noqa: E402
 from iasa.attention.reference import reference_token_mask  # noqa: E402
 from iasa.pose.keypoints import from_pose_keypoint  # noqa: E402
@@ -45,7 +51,7 @@ class _Reference:
         return self
 
     def wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
-        grid = grid_from_call(executor.class_obj, x, kwargs)
+        grid = grid_from_call(executor.class_obj, x, kwargs, c_concat)
         if grid not in self.masks:
             plan = build_pose_layout(self.pose, grid, self.config)
             self.masks[grid] = reference_token_mask(plan.labels, plan.frame_select, grid)
@@ -143,10 +149,82 @@ class IASATestRandomConditioning(io.ComfyNode):
         return io.NodeOutput([[torch.randn(1, tokens, 4096, generator=gen), {}]])
 
 
+class PixelVAE:
+    latent_channels = 16
+
+    def spacial_compression_encode(self):
+        return 8
+
+    def encode(self, pixels):
+        bright = pixels[..., :3].float().amax(dim=-1)                                 # [T, H, W]
+        pooled = F.avg_pool2d(bright[:, None], 8)[:, 0]                                # [T, H/8, W/8]
+        groups = [pooled[:1]] + [pooled[t:t + 4].amax(0, keepdim=True) for t in range(1, pooled.shape[0], 4)]
+        lat = torch.cat(groups)                                                        # [T_lat, h, w]
+        return lat[None, None].expand(1, 16, *lat.shape).contiguous()
+
+
+class IASATestPixelVAE(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestPixelVAE", category="IASA/testing", inputs=[], outputs=[io.Vae.Output()])
+
+    @classmethod
+    def execute(cls):
+        return io.NodeOutput(PixelVAE())
+
+
+CAPTURE: dict = {}
+
+
+def _capture_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+    out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    patch = transformer_options["optimized_attention_override"].__self__          # the IASA patch
+    plan = next(iter(patch._layouts.values()))
+    base = executor.class_obj
+    background = base.process_latent_in(torch.zeros(1, 16, 1, 1, 1, device=c_concat.device))[0, 0]
+    control_lat = (c_concat[0, 0] - background).abs()                                # [T, h, w]
+    tokens = F.max_pool2d(control_lat[:, None], 2)[:, 0]                             # [T, hp, wp]
+    CAPTURE.update(labels=plan.labels.tolist(), control=tokens.cpu().tolist(),
+                   grid=plan.grid.describe(), notes=list(plan.notes))
+    return out
+
+
+class IASATestCaptureLayout(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestCaptureLayout", category="IASA/testing",
+                         inputs=[io.Model.Input("model")], outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, model):
+        import comfy.patcher_extension
+
+        CAPTURE.clear()
+        m = model.clone()
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "iasa_test_capture", _capture_wrapper)
+        return io.NodeOutput(m)
+
+
+class IASATestReadCapture(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestReadCapture", category="IASA/testing", is_output_node=True,
+                         inputs=[io.Latent.Input("latent")], outputs=[])
+
+    @classmethod
+    def fingerprint_inputs(cls, latent):
+        return float("nan")  # always run
+
+    @classmethod
+    def execute(cls, latent):
+        return io.NodeOutput(ui={"capture": [dict(CAPTURE)]})
+
+
 class TestingExtension(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter, IASATestRandomConditioning]
+        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter, IASATestRandomConditioning,
+                IASATestPixelVAE, IASATestCaptureLayout, IASATestReadCapture]
 
 
 async def comfy_entrypoint():
