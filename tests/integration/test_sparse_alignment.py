@@ -81,7 +81,7 @@ def test_regions_sit_on_the_body_the_model_sees(client, fun_model):
     assert result.status == "success", result.error
     cap = result.outputs["10"]["capture"][0]
     labels = np.array(cap["labels"]) > 0                        # [7 latent frames, 8, 8] region tokens
-    skeleton = np.array(cap["control"]) > 0.02                  # where the stock node put the skeleton
+    skeleton = np.array(cap["sources"]["c_concat"]) > 0.02      # where the stock node put the skeleton
     assert labels.shape == skeleton.shape == (7, 8, 8) and skeleton.sum() > 50
     recall, precision = coverage(labels, skeleton)
     assert recall > 0.95 and precision > 0.75, (recall, precision)

@@ -88,8 +88,10 @@ class IASATestMaskedReference(io.ComfyNode):
         m = model.clone()
         m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = ref.attention
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "iasa_test", ref.wrapper)
-        for i in range(len(m.model.diffusion_model.blocks)):
-            name = f"diffusion_model.blocks.{i}.self_attn.forward"
+        dm = m.model.diffusion_model
+        for path in [f"blocks.{i}" for i in range(len(dm.blocks))] + \
+                [f"vace_blocks.{i}" for i in range(len(getattr(dm, "vace_blocks", ())))]:
+            name = f"diffusion_model.{path}.self_attn.forward"
             m.add_object_patch(name, _MarkSelfAttention(m.get_model_object(name)))
         return io.NodeOutput(m)
 
@@ -180,12 +182,19 @@ def _capture_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer
     out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
     patch = transformer_options["optimized_attention_override"].__self__          # the IASA patch
     plan = next(iter(patch._layouts.values()))
-    base = executor.class_obj
-    background = base.process_latent_in(torch.zeros(1, 16, 1, 1, 1, device=c_concat.device))[0, 0]
-    control_lat = (c_concat[0, 0] - background).abs()                                # [T, h, w]
-    tokens = F.max_pool2d(control_lat[:, None], 2)[:, 0]                             # [T, hp, wp]
-    CAPTURE.update(labels=plan.labels.tolist(), control=tokens.cpu().tolist(),
-                   grid=plan.grid.describe(), notes=list(plan.notes))
+    background = executor.class_obj.process_latent_in(torch.zeros(1, 16, 1, 1, 1, device=x.device))[0, 0]
+    # Where each stock conditioning put the (pixel-VAE) control video, per latent frame and token, channel 0:
+    # Fun-Control's concat image, VACE's reactive frames, Animate's pose latents.
+    sources = {"c_concat": None if c_concat is None else c_concat[0, 0],
+               "vace": kwargs["vace_context"][0, 0, 16] if "vace_context" in kwargs else None,
+               "pose": kwargs["pose_latents"][0, 0] if "pose_latents" in kwargs else None}
+    g = plan.grid
+    CAPTURE.update(labels=plan.labels.tolist(), grid=g.describe(), notes=list(plan.notes),
+                   offsets={"ref_tokens_before": g.ref_tokens_before, "leading_ref_frames": g.leading_ref_frames,
+                            "continued_frames": g.continued_frames, "video_frames": g.video_frames,
+                            "extra_frames_after": g.extra_frames_after, "seq_len": g.seq_len},
+                   sources={k: F.max_pool2d((v.float() - background).abs()[:, None], 2)[:, 0].cpu().tolist()
+                            for k, v in sources.items() if v is not None})
     return out
 
 
