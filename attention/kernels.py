@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .flex_kernel import flex_block_sparse_attention
 from .layout import BlockLayout
-from .slots import cached, check_layout_fits, token_mask, validate_layout
+from .slots import cached, check_layout_fits, validate_layout
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Blo
 def sdpa_block_sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, scale: float
 ) -> torch.Tensor:
-    mask = cached(layout, ("token_mask", str(q.device)), lambda: token_mask(layout, q.device))
+    mask = cached(layout, ("token_mask", str(q.device)), lambda: layout.token_mask(q.device))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale)
 
 

@@ -20,7 +20,7 @@ from ..pose.keypoints import PoseSequence
 from ..pose.regions import REGIONS
 from .global_mask import FRAME_POSE_MODES, global_frame_mask
 from .grid import TokenGrid
-from .layout import BlockGroups, BlockLayout, DensityReport, build_region_layout, density_report
+from .layout import BlockGroups, BlockLayout, DensityReport, build_region_layout
 from .alignment import VideoAlignment, align_pose
 from .token_regions import check_regions, region_token_counts, token_labels
 
@@ -111,7 +111,7 @@ def build_pose_layout(
     counts = region_token_counts(out.labels)
     if grid.global_tokens:
         counts["global"] = grid.global_tokens
-    out.density = density_report(out.layout, counts)
+    out.density = out.layout.density(counts)
     if out.density.block_density >= 1.0:
         raise BlockSizeError(block_size_problem(out))
     log.info("IASA sparse layout: %s; %s", grid.describe(), out.density.summary())
@@ -133,7 +133,7 @@ def block_size_problem(plan: PoseLayout) -> str:
     for bs in BLOCK_SIZE_CHOICES:
         if bs < cfg.block_size:
             layout, _ = build_region_layout(plan.labels, plan.frame_select, grid, bs)
-            d = density_report(layout).block_density
+            d = layout.density().block_density
             if d < 1.0:
                 better.append(f"{bs} ({100 * d:.0f} %)")
     fix = (f"use block_size {' or '.join(better)} of dense work" if better else

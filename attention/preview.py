@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..pose.regions import LABELS
-from .layout import layout_block_mask
 from .pose_layout import PoseLayout
 
 REGION_COLORS = {
@@ -54,7 +53,7 @@ def labels_strip(labels: np.ndarray, width: int, gap: int = 2, max_cell: int = 8
 
 def block_matrix_image(plan: PoseLayout, side: int) -> np.ndarray:
     """The block pattern as a square picture of about ``side`` pixels."""
-    mask = layout_block_mask(plan.layout)[0].numpy()
+    mask = plan.layout.to_dense()[0].numpy()
     nb = mask.shape[0]
     pal = _label_palette()
     region = plan.groups.block_region

@@ -39,7 +39,7 @@ from ..attention.grid import TokenGrid
 from ..attention.patch import SparseAttentionPatch, apply_sparse_attention
 from ..attention.pattern_mask import pattern_token_mask
 from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
-from ..tests.unit.attention_poses import talking_pose
+from ..pose.synthetic import talking_pose
 from ..training.comfy_env import ensure_comfy_on_path
 
 WAN_1_3B = dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)

@@ -12,7 +12,7 @@ from iasa.attention.grid import TokenGrid
 from iasa.attention.token_regions import token_labels
 from iasa.pose.keypoints import PoseSequence, to_pose_keypoint
 from iasa.pose.pose_files import write_pose_file
-from iasa.tests.unit.attention_poses import talking_pose
+from iasa.pose.synthetic import talking_pose
 
 FUN_WAN = "iasa_test_fun_wan.safetensors"
 POSE_FILE = "iasa_test_wide_pose.json"

@@ -13,7 +13,7 @@ from iasa.attention.grid import TokenGrid
 from iasa.attention.pose_layout import SparseAttentionConfig, build_pose_layout
 from iasa.pose.keypoints import BODY, N_POINTS, PoseSequence
 
-from .attention_poses import talking_pose
+from iasa.pose.synthetic import talking_pose
 
 
 def dots_pose(n: int, width: int, height: int, seed: int = 0) -> PoseSequence:

@@ -105,6 +105,31 @@ def qkv(B, H, L, D, dtype=torch.float32, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------
+# the layout describes itself (to_dense, token_mask, density, str)
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_layout_token_mask_and_block_matrix_match_the_block_lists(shared):
+    layout = random_layout(150, 16, heads=3, density=0.3, seed=1, shared=shared, scatter_padding=True)
+    assert torch.equal(layout.token_mask(), naive_token_mask(layout))
+    dense = layout.to_dense()
+    hl, nb = layout.kv_num_blocks.shape
+    assert dense.shape == (hl, nb, nb)
+    for h in range(hl):
+        for i in range(nb):
+            assert set(dense[h, i].nonzero()[:, 0].tolist()) == set(layout.kv_indices[h, i, : layout.kv_num_blocks[h, i]].tolist())
+    d = layout.density({"face": 3})
+    assert d.token_density == pytest.approx(naive_token_mask(layout).double().mean().item())
+    assert d.block_density == pytest.approx(dense.double().sum((1, 2)).mean().item() * 16 ** 2 / 150 ** 2)
+    assert d.region_tokens == {"face": 3} and d.padding_slots == layout.perm.numel() - 150
+    text = str(layout)
+    assert text.startswith(f"BlockLayout({hl} head pattern") and "block density" in text and "token density" in text
+    bad = BlockLayout(16, 150, layout.perm.clone(), layout.kv_num_blocks, layout.kv_indices)
+    bad.perm[bad.perm == 5] = 6                                       # token 5 missing, token 6 twice
+    with pytest.raises(ValueError, match="exactly once"):
+        bad.token_mask()
+
+
+# ---------------------------------------------------------------------------------------------
 # sdpa kernel
 
 @pytest.mark.parametrize("shared", [True, False])

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from .attention_poses import empty_pose, talking_pose
+from iasa.pose.synthetic import empty_pose, talking_pose
 from iasa.attention.global_mask import latent_frame_poses, rigid_residuals, select_frames
 from iasa.attention.grid import TokenGrid
 from iasa.attention.alignment import align_pose

@@ -14,9 +14,8 @@ from iasa.attention.patch import (CALL_KEY, FALLBACK_HELP, SELF_ATTN_KEY, CallIn
                                   step_index)
 from iasa.attention.wan_grid import grid_from_call, grid_from_conditioning
 from iasa.attention.pose_layout import SparseAttentionConfig
-from iasa.attention.reference import layout_to_token_mask
 
-from .attention_poses import empty_pose, talking_pose
+from iasa.pose.synthetic import empty_pose, talking_pose
 
 GRID = TokenGrid.from_latent_shape((3, 8, 8))       # 3 latent frames of 4x4 tokens -> L = 48
 HEADS, HEAD_DIM = 2, 16
@@ -62,7 +61,7 @@ def test_video_self_attention_is_sparse_and_exact():
     q, k, v = qkv(GRID.seq_len)
     out = patch.attention(dense, q, k, v, heads=HEADS, transformer_options=options())
     assert dense.calls == 0 and patch.stats["sparse"] == 1
-    mask = torch.as_tensor(layout_to_token_mask(patch.layout_for(CallInfo(GRID, 3)).layout))
+    mask = patch.layout_for(CallInfo(GRID, 3)).layout.token_mask()[0]
     qh, kh, vh = (t.view(1, GRID.seq_len, HEADS, HEAD_DIM).transpose(1, 2) for t in (q, k, v))
     ref = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
     torch.testing.assert_close(out, ref.transpose(1, 2).reshape(1, GRID.seq_len, -1), atol=1e-5, rtol=1e-5)

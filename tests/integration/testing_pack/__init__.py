@@ -1,7 +1,7 @@
 """Test-only ComfyUI nodes, loaded into the integration tests' server beside the pack:
 
 - ``IASATestMaskedReference``: replaces Wan self-attention by plain SDPA with the token-level mask of
-  paper Eq. 1-3 computed by brute force (attention/reference.py), no permutation, no blocks — the
+  paper Eq. 1-3 computed by brute force (tests/unit/attention_reference.py), no permutation, no blocks — the
   explicit masked attention the pack's patched model must match. It finds self-attention with its own
   wrapper around every block's ``self_attn.forward`` (not by sequence length, so that a video as long
   as the text is handled right);
@@ -36,7 +36,7 @@ from iasa_cli import register_package  # noqa: E402
 register_package()
 from iasa.attention.wan_grid import grid_from_call  # noqa: E402
 from iasa.attention.pose_layout import SparseAttentionConfig, build_pose_layout  # noqa: E402
-from iasa.attention.reference import reference_token_mask  # noqa: E402
+from iasa.tests.unit.attention_reference import reference_token_mask  # noqa: E402
 from iasa.pose.keypoints import from_pose_keypoint  # noqa: E402
 
 PoseKeypoint = io.Custom("POSE_KEYPOINT")
