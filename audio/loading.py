@@ -31,9 +31,7 @@ SILENCE_PEAK = 1e-4
 """A signal whose absolute peak is below this is treated as silent."""
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".flv"})
-SOUNDFILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".caf"})
-PYAV_AUDIO_EXTENSIONS = frozenset({".m4a", ".aac", ".opus", ".wma"})
-SUPPORTED_EXTENSIONS = VIDEO_EXTENSIONS | SOUNDFILE_EXTENSIONS | PYAV_AUDIO_EXTENSIONS
+PYAV_AUDIO_EXTENSIONS = frozenset({".m4a", ".aac", ".opus", ".wma"})   # everything else: soundfile first
 
 _FORMATS_HINT = "WAV, FLAC, OGG or MP3 (or a video file with an audio track: mp4, mov, mkv, webm, avi)"
 

@@ -26,7 +26,6 @@ from .server import REPO, ComfyServer, prepare_base
 
 MINI_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"
 POSE_WORKFLOW = REPO / "workflows" / "api" / "iasa_pose_video.json"
-DEFAULT_WORKFLOW = POSE_WORKFLOW  # kept for callers that want the model-free workflow
 ASSETS = REPO / "assets" / "demo"
 DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "synth_speaker.png",
                ASSETS / "synth_speaker_pose.json"]
