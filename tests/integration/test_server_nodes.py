@@ -23,7 +23,8 @@ PACK_NODES = {
                          "driving_mode"}, ["POSE_KEYPOINT"]),
     "IASARenderPose": ({"pose", "width", "height", "body", "face", "hands"}, ["IMAGE"]),
     "IASASparseAttention": ({"model", "pose", "top_k", "direction", "face", "hands", "arms", "torso", "block_size",
-                             "dense_blocks", "dense_steps", "kernel"}, ["MODEL", "IMAGE", "STRING"]),
+                             "dense_blocks", "dense_steps", "kernel", "strict", "conditioning", "frame_offset", "width",
+                             "height", "length"}, ["MODEL", "IMAGE", "STRING"]),
     "IASAEmptyConditioning": ({"tokens", "width"}, ["CONDITIONING"]),
     "IASALoadPose": ({"pose_file", "canvas_width", "canvas_height"}, ["POSE_KEYPOINT", "INT", "INT", "INT"]),
 }
