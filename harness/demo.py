@@ -27,7 +27,6 @@ from .server import REPO, ComfyServer, prepare_base
 MINI_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"        # v1 teacher: reference as start image
 MINI_V2_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking_v2.json"  # v2: ref_conv tokens, sparse, long video
 POSE_WORKFLOW = REPO / "workflows" / "api" / "iasa_pose_video.json"
-DEFAULT_WORKFLOW = POSE_WORKFLOW  # kept for callers that want the model-free workflow
 ASSETS = REPO / "assets" / "demo"
 DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "synth_speaker.png",
                ASSETS / "synth_speaker_pose.json"]

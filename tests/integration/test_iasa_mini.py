@@ -261,7 +261,11 @@ def _trained_weights_missing() -> str | None:
 
 
 @pytest.mark.skipif(_trained_weights_missing() is not None, reason=_trained_weights_missing() or "")
-@pytest.mark.xfail(strict=True, reason=(
+class PoseNotFollowed(AssertionError):
+    """The quality verdict of the trained-weights test (only this failure is the known, expected one)."""
+
+
+@pytest.mark.xfail(strict=True, raises=PoseNotFollowed, reason=(
     "known defect of the shipped, under-trained IASA-mini (94 s of H200 training, GPU time ran out): measured "
     "PSNR to the ground truth 19.25 dB, but where the pose moved 13.74 dB to the ground truth vs 15.17 dB to "
     "the reference frame, i.e. it mostly copies the reference. Strict: once retrained weights follow the pose "
@@ -303,5 +307,9 @@ def test_trained_teacher_frames_follow_the_control_pose(client, server):
     to_reference = psnr(gen, np.broadcast_to(reference, gen.shape).copy(), moved)
     numbers = (f"PSNR to the ground truth {overall:.2f} dB; where the pose moved: {to_truth:.2f} dB to the ground "
                f"truth, {to_reference:.2f} dB to the reference frame")
-    assert overall > 18.0, f"not the speaker: {numbers}"
-    assert to_truth > to_reference + 1.0, f"the control pose is not followed: {numbers}"
+    # Only these two checks are the expected failure (PoseNotFollowed); a crash or a broken set-up above
+    # fails the test as usual.
+    if not overall > 18.0:
+        raise PoseNotFollowed(f"not the speaker: {numbers}")
+    if not to_truth > to_reference + 1.0:
+        raise PoseNotFollowed(f"the control pose is not followed: {numbers}")
