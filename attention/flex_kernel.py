@@ -16,7 +16,7 @@ import torch
 
 from .gather import ensure_recompile_limit
 from .layout import BlockLayout
-from .slots import block_dense, cached, from_slots, slot_tables, to_slots
+from .slots import cached, from_slots, slot_tables, to_slots
 
 _compiled_lock = threading.Lock()
 _compiled_flex: Callable | None = None
@@ -78,7 +78,7 @@ def _key_is_real_mask_mod(slot_valid: torch.Tensor) -> Callable:
 
 def _whole_pattern_mask_mod(layout: BlockLayout, device: torch.device) -> Callable:
     slot_valid = slot_tables(layout, device).slot_valid
-    dense = block_dense(layout, device)
+    dense = layout.to_dense(device)
     bs = layout.block_size
     if dense.shape[0] == 1:
         dense0 = dense[0]

@@ -54,7 +54,8 @@ def correct_padding_keys(out: torch.Tensor, lse: torch.Tensor, pad_keys: torch.T
     exponentials of the scaled logits, padding keys' exp(0) = 1 included), ``pad_keys`` ``[n_seq, 1, 1]``
     (padding keys each sequence reads) or None (no padding keys: ``out`` as float32).
     The denominator is clamped above 0, so rows whose real keys carry almost no mass next to the
-    padding keys lose precision rather than turning inf/NaN.
+    padding keys lose precision rather than turning inf/NaN; ``xformers_paged`` recomputes those rows
+    exactly (``rows_to_repair`` / ``exact_block_rows``).
     """
     out = out.float()
     if pad_keys is None:

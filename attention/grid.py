@@ -10,7 +10,11 @@ Tokens that are not pose-driven video are "global" (see :class:`TokenGrid`):
 - ``ref_tokens_before``: tokens prepended before the video (Wan2.2-Fun ``ref_conv``: Hp*Wp tokens);
 - ``leading_ref_frames``: latent frames at the start of ``x`` that hold a reference image, not a pose
   frame (Wan-Animate: latent frame 0 is the reference image, the pose video starts at frame 1);
-- ``extra_frames_after``: latent frames appended after the video (Phantom ``time_dim_concat``).
+- ``extra_frames_after``: latent frames appended after the video (Phantom ``time_dim_concat``);
+- ``continued_frames``: latent frames at the start of the generated video that continue a previous chunk
+  (Wan-Animate's ``continue_motion``): given as conditioning, not pose-driven; they are global like the
+  reference and counted in ``leading_ref_frames``, and the pose-driven frames after them keep their place
+  in the video's time (their pixel frames are those of latent frame ``continued_frames + f``).
 
 The sparse pattern treats every global token as dense both ways: every query attends to them and
 they attend to every key, so the model keeps its conditioning path intact.
@@ -27,7 +31,8 @@ class TokenGrid:
     """Token geometry of one DiT call.
 
     ``video_frames`` counts only the pose-driven latent frames (after ``leading_ref_frames``, before
-    ``extra_frames_after``). ``pixel_height``/``pixel_width`` are the video's pixel size (latent size x
+    ``extra_frames_after``); ``continued_frames`` of the leading frames are continue-motion frames of the
+    generated video itself (the rest of them are reference frames). ``pixel_height``/``pixel_width`` are the video's pixel size (latent size x
     VAE stride); the token grid may cover a few more pixels when the latent was padded to the patch.
     """
 
@@ -41,14 +46,19 @@ class TokenGrid:
     leading_ref_frames: int = 0
     extra_frames_after: int = 0
     temporal_stride: int = 4
+    continued_frames: int = 0
 
     def __post_init__(self):
         for name in ("video_frames", "hp", "wp", "token_px", "temporal_stride"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TokenGrid.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("pixel_height", "pixel_width", "ref_tokens_before", "leading_ref_frames", "extra_frames_after"):
+        for name in ("pixel_height", "pixel_width", "ref_tokens_before", "leading_ref_frames", "extra_frames_after",
+                     "continued_frames"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"TokenGrid.{name} must be >= 0, got {getattr(self, name)}")
+        if self.continued_frames > self.leading_ref_frames:
+            raise ValueError(f"TokenGrid: continued_frames={self.continued_frames} must be counted in "
+                             f"leading_ref_frames={self.leading_ref_frames}")
         if self.pixel_height == 0:
             object.__setattr__(self, "pixel_height", self.hp * self.token_px)
         if self.pixel_width == 0:
@@ -68,6 +78,7 @@ class TokenGrid:
         ref_tokens_before: int = 0,
         leading_ref_frames: int = 0,
         extra_frames_after: int = 0,
+        continued_frames: int = 0,
     ) -> "TokenGrid":
         """Grid of the latent ``x`` that the DiT receives (``x.shape[-3:]``, ``leading_ref_frames`` included).
 
@@ -92,6 +103,7 @@ class TokenGrid:
             leading_ref_frames=leading_ref_frames,
             extra_frames_after=extra_frames_after,
             temporal_stride=temporal_stride,
+            continued_frames=continued_frames,
         )
 
     # ---- sizes -------------------------------------------------------------------------------
@@ -125,21 +137,23 @@ class TokenGrid:
 
     @property
     def pixel_frames(self) -> int:
-        """Pixel frames of the video part: ``(video_frames - 1) * 4 + 1``."""
-        return (self.video_frames - 1) * self.temporal_stride + 1
+        """Pixel frames of the generated video: ``(continued_frames + video_frames - 1) * 4 + 1``."""
+        return (self.continued_frames + self.video_frames - 1) * self.temporal_stride + 1
 
     # ---- mappings ----------------------------------------------------------------------------
     def latent_frame_of_pixel(self, pixel_frames: np.ndarray | int) -> np.ndarray:
-        """Latent frame holding each pixel frame: ``ceil(t / 4)``."""
+        """Video latent frame holding each pixel frame: ``ceil(t / 4) - continued_frames``."""
         t = np.asarray(pixel_frames)
-        return (t + self.temporal_stride - 1) // self.temporal_stride
+        return (t + self.temporal_stride - 1) // self.temporal_stride - self.continued_frames
 
     def pixel_frames_of_latent(self, f: int) -> range:
-        """Pixel frames covered by latent frame ``f`` (0 -> [0], f -> 4f-3 .. 4f)."""
-        if f == 0:
+        """Pixel frames covered by video latent frame ``f`` (latent frame g = f + continued_frames of the
+        generated video: 0 -> [0], g -> 4g-3 .. 4g)."""
+        g = f + self.continued_frames
+        if g == 0:
             return range(0, 1)
         s = self.temporal_stride
-        return range(s * f - s + 1, s * f + 1)
+        return range(s * g - s + 1, s * g + 1)
 
     def video_token_indices(self) -> np.ndarray:
         """int64 [video_frames, hp, wp]: sequence index of every video token."""
@@ -163,8 +177,10 @@ class TokenGrid:
         extra = []
         if self.ref_tokens_before:
             extra.append(f"{self.ref_tokens_before} ref tokens before")
-        if self.leading_ref_frames:
-            extra.append(f"{self.leading_ref_frames} leading ref frame(s)")
+        if self.leading_ref_frames - self.continued_frames:
+            extra.append(f"{self.leading_ref_frames - self.continued_frames} leading ref frame(s)")
+        if self.continued_frames:
+            extra.append(f"{self.continued_frames} continue-motion frame(s)")
         if self.extra_frames_after:
             extra.append(f"{self.extra_frames_after} extra frame(s) after")
         tail = f" + {', '.join(extra)}" if extra else ""

@@ -6,7 +6,8 @@ block holding t (padding slots never act as keys).
 
 Kernels:
 - ``xformers``: zero-gather paged attention (``xformers_paged``), Triton split-k op, CUDA only; padding
-  keys inside a block are zeroed and removed exactly with the LSE (see ``xformers_paged``).
+  keys inside a block are zeroed and removed with the LSE, and rows where that correction would lose
+  precision are recomputed exactly (see ``xformers_paged``).
 - ``flex``: compiled FlexAttention with a ``BlockMask`` (``flex_kernel``); compiles once per shape.
 - ``flex_eager``: uncompiled FlexAttention; computes *dense* scores with a whole-pattern mask_mod
   (CPU/test path, O(L^2) memory).
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from .flex_kernel import flex_block_sparse_attention
 from .layout import BlockLayout
-from .slots import cached, check_layout_fits, token_mask, validate_layout
+from .slots import cached, check_layout_fits, validate_layout
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Blo
 def sdpa_block_sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, scale: float
 ) -> torch.Tensor:
-    mask = cached(layout, ("token_mask", str(q.device)), lambda: token_mask(layout, q.device))
+    mask = cached(layout, ("token_mask", str(q.device)), lambda: layout.token_mask(q.device))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale)
 
 

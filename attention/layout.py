@@ -3,14 +3,16 @@
 Tokens are first permuted into ``slots`` so that every block of ``block_size`` slots holds tokens of
 one (latent frame, region) group only; groups are padded to whole blocks, padding slots hold ``-1``.
 The pattern is then a list of key blocks per query block. :class:`BlockLayout` is the contract the
-kernels (attention/kernels.py) consume.
+kernels (attention/kernels.py) consume, and it describes itself the way torch's ``BlockMask`` and
+xformers' ``materialize()`` do: :meth:`~BlockLayout.to_dense` (block matrix),
+:meth:`~BlockLayout.token_mask` (the exact token mask every kernel must compute),
+:meth:`~BlockLayout.density` (what it costs, :class:`DensityReport`) and ``str()``.
 
 Builders:
 - :func:`build_region_layout`: the input-aware pattern (paper Eq. 1-3) from region labels and a
   frame selection. Because every block is one (frame, region) group, the token mask the blocks imply
-  equals the token-level mask exactly on real tokens (``reference.py`` checks this).
+  equals the token-level mask exactly on real tokens (tests/unit/attention_reference.py checks this).
 - :func:`random_layout`, :func:`struct_layout`: benchmark patterns of ``gpu-attention.md`` C.1.
-- :func:`density_report`: what the pattern costs.
 """
 from __future__ import annotations
 
@@ -50,6 +52,53 @@ class BlockLayout:
     def num_blocks(self) -> int:
         return int(self.perm.numel() // self.block_size)
 
+    def to_dense(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """bool ``[Hl, nb, nb]``: query block i attends to key block j (as ``BlockMask.to_dense()``)."""
+        cnt = self.kv_num_blocks.to(device=device, dtype=torch.int64)
+        idx = self.kv_indices.to(device=device, dtype=torch.int64)
+        nb = self.num_blocks
+        valid = torch.arange(idx.shape[-1], device=idx.device) < cnt[..., None]
+        # Entries past the count go to a spare column nb that is dropped.
+        dense = torch.zeros(idx.shape[0], nb, nb + 1, dtype=torch.bool, device=idx.device)
+        dense.scatter_(2, torch.where(valid, idx, nb), True)
+        return dense[..., :nb].contiguous()
+
+    def block_of_token(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """int64 ``[L]``: the block holding each real token (raises if ``perm`` is not a padded permutation)."""
+        perm = self.perm.to(device=device)
+        real = perm >= 0
+        tokens = perm[real]
+        L = int(self.seq_len)
+        if tokens.numel() != L or not torch.equal(torch.sort(tokens).values, torch.arange(L, device=perm.device)):
+            raise ValueError(f"layout.perm: must hold each of the {L} tokens exactly once")
+        out = torch.empty(L, dtype=torch.int64, device=perm.device)
+        out[tokens] = torch.nonzero(real).squeeze(1) // self.block_size
+        return out
+
+    def token_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """bool ``[Hl, L, L]`` (rows: queries, original token order): token t attends to token u iff the
+        layout selects u's block for t's block — what every kernel computes (xformers' ``materialize()``)."""
+        block = self.block_of_token(device)
+        dense = self.to_dense(device)
+        return dense[:, block][:, :, block]
+
+    def density(self, region_tokens: dict[str, int] | None = None) -> "DensityReport":
+        """What the layout computes, as fractions of dense ``L x L`` attention (means over head patterns)."""
+        mask = self.to_dense().double()                                      # [Hl, nb, nb]
+        n = (self.perm.view(self.num_blocks, self.block_size) >= 0).sum(dim=1).double()
+        L = float(self.seq_len)
+        kept = mask.sum(dim=(1, 2)).mean().item()
+        token_pairs = torch.einsum("hij,i,j->h", mask, n, n).mean().item()
+        return DensityReport(seq_len=self.seq_len, block_size=self.block_size, num_blocks=self.num_blocks,
+                             kept_block_pairs=kept, block_density=kept * self.block_size ** 2 / L ** 2,
+                             token_density=token_pairs / L ** 2, padding_slots=int(self.perm.numel() - self.seq_len),
+                             region_tokens=dict(region_tokens or {}))
+
+    def __str__(self) -> str:
+        heads = self.kv_num_blocks.shape[0]
+        return (f"BlockLayout({heads} head pattern{'s' if heads > 1 else ''}; {self.density().summary()}; "
+                f"key blocks per query block {int(self.kv_num_blocks.min())}..{int(self.kv_num_blocks.max())})")
+
 
 @dataclass
 class BlockGroups:
@@ -84,22 +133,6 @@ def layout_from_block_mask(block_mask: torch.Tensor | np.ndarray, perm: torch.Te
     return BlockLayout(block_size=int(block_size), seq_len=int(seq_len), perm=perm.to(torch.int64),
                        kv_num_blocks=torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int32)),
                        kv_indices=torch.from_numpy(np.ascontiguousarray(kv_indices)))
-
-
-def layout_block_mask(layout: BlockLayout) -> torch.Tensor:
-    """bool ``[Hl, nb, nb]``: the block pattern of ``layout`` as a dense matrix."""
-    hl, nb, kmax = layout.kv_indices.shape
-    valid = torch.arange(kmax)[None, None, :] < layout.kv_num_blocks[..., None].long()
-    # Entries past the count go to a spare column nb that is dropped.
-    idx = torch.where(valid, layout.kv_indices.long(), torch.full_like(layout.kv_indices, nb, dtype=torch.long))
-    m = torch.zeros(hl, nb, nb + 1, dtype=torch.bool)
-    m.scatter_(2, idx, True)
-    return m[..., :nb]
-
-
-def block_real_tokens(layout: BlockLayout) -> torch.Tensor:
-    """int64 [nb]: real (non-padding) tokens in each block."""
-    return (layout.perm.view(layout.num_blocks, layout.block_size) >= 0).sum(dim=1)
 
 
 def _identity_perm(seq_len: int, block_size: int) -> torch.Tensor:
@@ -242,21 +275,3 @@ class DensityReport:
         return (f"L={self.seq_len}, {self.num_blocks} blocks of {self.block_size} ({self.padding_slots} padding slots), "
                 f"block density {100 * self.block_density:.1f}% (with padding), "
                 f"token density {100 * self.token_density:.1f}%")
-
-
-def density_report(layout: BlockLayout, region_tokens: dict[str, int] | None = None) -> DensityReport:
-    mask = layout_block_mask(layout).double()                     # [Hl, nb, nb]
-    n = block_real_tokens(layout).double()
-    L = float(layout.seq_len)
-    kept = mask.sum(dim=(1, 2)).mean().item()
-    token_pairs = torch.einsum("hij,i,j->h", mask, n, n).mean().item()
-    return DensityReport(
-        seq_len=layout.seq_len,
-        block_size=layout.block_size,
-        num_blocks=layout.num_blocks,
-        kept_block_pairs=kept,
-        block_density=kept * layout.block_size ** 2 / L ** 2,
-        token_density=token_pairs / L ** 2,
-        padding_slots=int(layout.perm.numel() - layout.seq_len),
-        region_tokens=dict(region_tokens or {}),
-    )

@@ -3,18 +3,27 @@
 ``apply_sparse_attention(model_patcher, patch)`` clones the model and registers, all under one key:
 
 - an ``APPLY_MODEL`` wrapper that learns the token grid and its extra tokens from the latent ``x`` at
-  call time (Animate's reference frame, ref_conv tokens, Phantom frames, context windows) and the step
-  index from the sigmas;
-- a per-block ``patches_replace["dit"]`` entry that tells attention its layer (only when some layers
-  must stay dense; newer ComfyUI's native ``block_index`` wins when present); existing entries are
-  wrapped, not replaced;
+  call time (``wan_grid.grid_from_call``: VACE's and Animate's reference frames, Animate's continue-motion
+  frames, ref_conv tokens, Phantom frames; context windows) and the step index from the sigmas; the pose
+  is placed on that video with the stock node's length and centre-crop rules (``alignment``);
+- an object patch on every block's ``self_attn.forward`` (VACE blocks too) that marks its attention
+  calls as self-attention and gives their layer (:class:`SelfAttentionCallSite`; newer ComfyUI's native
+  ``block_index`` wins when present). Self- and cross-attention are told apart by this call site, never
+  by sequence length; an object patch set before is wrapped, not replaced;
 - ``optimized_attention_override``: self-attention of the video tokens goes to the block-sparse kernel;
-  cross-attention, masked calls, dense layers/steps and unknown shapes go to the previous override if
-  one was set (another pack's patch) or to ComfyUI's own backend. Where newer ComfyUI reports
-  ``grid_sizes``, a grid that disagrees with the one learnt from the latent keeps the call dense.
+  cross-attention and dense layers/steps go to the previous override if one was set (another pack's
+  patch) or to ComfyUI's own backend;
+- ``ON_PRE_RUN`` / ``ON_CLEANUP`` callbacks that delimit a sampling run.
+
+Never silently dense: a video self-attention call that cannot go sparse (no grid, a mask, an
+unexpected length, a ``grid_sizes`` that disagrees with the latent, no layout from the pose; see
+:data:`FALLBACK_HELP`) runs dense with a warning logged once per run naming the reason, or raises
+:class:`DenseFallbackError` when the node's ``strict`` is on; each run ends with a summary of its calls.
 
 The layout is built once per grid (once per sampling run in practice) and shared by cond and uncond,
-every layer and every step. This module imports ComfyUI only inside :func:`apply_sparse_attention`.
+every layer and every step. Under IASA Long Video (``sampling/long_video.py``, which makes itself the
+outer wrapper in either node order) every window's call carries ``context_window.index_list`` and
+``total_frames``: one layout per window, from the pose fitted to the whole clip. This module imports ComfyUI only inside :func:`apply_sparse_attention`.
 """
 from __future__ import annotations
 
@@ -25,16 +34,19 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import public_name
 from ..pose.keypoints import PoseSequence
+from .alignment import VideoAlignment
 from .grid import TokenGrid
 from .kernels import block_sparse_attention
 from .pose_layout import PoseLayout, SparseAttentionConfig, build_pose_layout
+from .wan_grid import grid_from_call
 
 log = logging.getLogger(__name__)
 
 KEY = "iasa"
 CALL_KEY = "iasa_call"
-BLOCK_KEY = "iasa_block_index"
+SELF_ATTN_KEY = "iasa_self_attention"   # set by SelfAttentionCallSite: the layer of this self-attention call
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,8 @@ class CallInfo:
 
     grid: TokenGrid
     step: int | None
-    latent_frames: tuple[int, ...] | None = None
+    latent_frames: tuple[int, ...] | None = None   # context window: its latent video frames ...
+    total_frames: int | None = None                # ... out of this many (None: the window's last + 1)
 
 
 def step_index(transformer_options: dict) -> int | None:
@@ -55,80 +68,145 @@ def step_index(transformer_options: dict) -> int | None:
     return int(torch.argmin((schedule.float().cpu() - current).abs()).item())
 
 
-def wan_token_px(base_model) -> int:
-    """Pixels per token side: 16 for Wan 2.1 / 2.2-14B (VAE 8x), 32 for Wan 2.2-TI2V-5B (VAE 16x, 48 ch)."""
-    channels = getattr(getattr(base_model, "latent_format", None), "latent_channels", 16)
-    return 32 if channels == 48 else 16
+class SelfAttentionCallSite:
+    """Object patch of ``blocks.<i>.self_attn.forward`` (and VACE's ``vace_blocks.<j>``): calls the forward it
+    replaces with ``transformer_options[SELF_ATTN_KEY] = layer``, so that the attention override knows the
+    call comes from a self-attention module (never guessed from sequence lengths) and from which layer."""
+
+    def __init__(self, forward, layer: int):
+        self.forward = forward
+        self.layer = int(layer)
+
+    def __call__(self, x, freqs, transformer_options={}, **kwargs):  # noqa: B006 (WanSelfAttention's signature)
+        return self.forward(x, freqs, transformer_options={**transformer_options, SELF_ATTN_KEY: self.layer}, **kwargs)
 
 
-def grid_from_call(base_model, x: torch.Tensor, kwargs: dict) -> TokenGrid:
-    """Token grid of one Wan call from its latent ``x [B, C, T, H, W]`` and extra conditioning."""
-    dm = base_model.diffusion_model
-    patch = tuple(int(p) for p in dm.patch_size)
-    hp, wp = -(-x.shape[-2] // patch[1]), -(-x.shape[-1] // patch[2])
-    ref_before = hp * wp if kwargs.get("reference_latent") is not None and getattr(dm, "ref_conv", None) is not None else 0
-    tdc = kwargs.get("time_dim_concat")
-    extra_after = 0 if tdc is None else -(-tdc.shape[2] // patch[0])
-    leading = 1 if "Animate" in type(dm).__name__ else 0
-    return TokenGrid.from_latent_shape(tuple(x.shape[-3:]), patch, vae_stride=wan_token_px(base_model) // 2,
-                                       ref_tokens_before=ref_before, leading_ref_frames=leading,
-                                       extra_frames_after=extra_after)
+def self_attention_sites(dm) -> list[tuple[str, int]]:
+    """(attribute path under ``diffusion_model``, layer) of every self-attention forward of a Wan DiT.
+
+    VACE blocks run right after the main block they are attached to; they take that block's layer."""
+    sites = [(f"blocks.{i}.self_attn.forward", i) for i in range(len(dm.blocks))]
+    layer_of_vace = {n: i for i, n in getattr(dm, "vace_layers_mapping", {}).items()}
+    for n in range(len(getattr(dm, "vace_blocks", ()))):
+        sites.append((f"vace_blocks.{n}.self_attn.forward", layer_of_vace.get(n, n)))
+    return sites
 
 
-class BlockIndexPatch:
-    """``patches_replace["dit"][("double_block", i)]``: puts the block index into transformer_options."""
+@public_name
+class DenseFallbackError(RuntimeError):
+    """IASA Sparse Attention with ``strict`` on met a call it cannot run sparsely."""
 
-    def __init__(self, index: int, previous=None):
-        self.index = index
-        self.previous = previous
 
-    def __call__(self, args: dict, extra: dict):
-        to = dict(args["transformer_options"])
-        to[BLOCK_KEY] = self.index
-        args = {**args, "transformer_options": to}
-        if self.previous is not None:
-            return self.previous(args, extra)
-        return extra["original_block"](args)
+# Why a self-attention call of the video could not go sparse, and what to do about it (user-facing).
+FALLBACK_HELP = {
+    "no_grid": "the IASA APPLY_MODEL wrapper did not see this call, so the token grid is unknown (a node "
+               "after IASA Sparse Attention replaced the model's apply function?); put IASA Sparse Attention "
+               "last in the model chain",
+    "unexpected_length": "self-attention has a different token count than the latent's grid (another patch "
+                         "adds or removes tokens, or a model variant this pack does not know); remove that "
+                         "patch or report the model type",
+    "grid_mismatch": "ComfyUI reports another token grid than the one learnt from the latent; report the "
+                     "model type and workflow",
+    "no_call_site": "the self-attention call-site patches of IASA Sparse Attention are not active, so "
+                    "self-attention cannot be told from cross-attention; put IASA Sparse Attention after any "
+                    "node that patches the model's self-attention modules",
+    "masked": "ComfyUI passed an attention mask to self-attention, and the sparse kernels take no extra "
+              "mask; remove the node that adds the mask",
+    "no_layout": "no sparse layout could be built from the pose for this video; check the pose input",
+}
 
 
 class SparseAttentionPatch:
-    """Pose, options and layout cache of one IASA Sparse Attention node; shared by every model clone."""
+    """Pose, options and layout cache of one IASA Sparse Attention node; shared by every model clone.
+
+    Calls that must stay dense by design (cross-attention, ``dense_blocks``, ``dense_steps``) are only
+    counted. Calls that *should* have been sparse but cannot be (a fallback, :data:`FALLBACK_HELP`) are
+    counted, logged once per sampling run with their reason, and raise :class:`DenseFallbackError`
+    instead when ``strict``. At the end of a run a summary is logged (a warning when nothing ran sparse).
+    """
 
     def __init__(self, pose: PoseSequence, config: SparseAttentionConfig, kernel: str = "auto",
-                 dense_blocks: int = 0, dense_steps: int = 0):
+                 dense_blocks: int = 0, dense_steps: int = 0, strict: bool = False,
+                 alignment: VideoAlignment = VideoAlignment()):
         self.pose = pose
         self.config = config
+        self.alignment = alignment
         self.kernel = kernel
         self.dense_blocks = int(dense_blocks)
         self.dense_steps = int(dense_steps)
+        self.strict = bool(strict)
         self.previous_override = None
-        self.stats: Counter = Counter()
+        self.stats: Counter = Counter()       # every call since creation
+        self.run_stats: Counter = Counter()   # calls of the current sampling run
+        self._logged: set[str] = set()        # fallbacks already logged in this run
+        self._sites_seen = False              # a marked self-attention call ran in this run
         self._layouts: dict = {}
         self._lock = threading.Lock()
 
     def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options: share, don't copy
         return self
 
+    # -- sampling runs (ModelPatcher ON_PRE_RUN / ON_CLEANUP callbacks) ------------------------------
+    def start_run(self, *_args) -> None:
+        with self._lock:
+            self.run_stats = Counter()
+            self._logged = set()
+            self._sites_seen = False
+
+    def end_run(self, *_args) -> None:
+        with self._lock:
+            stats = Counter(self.run_stats)
+        if not stats:
+            return
+        routes = ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()))
+        fallbacks = {k: v for k, v in stats.items() if k.removeprefix("dense_") in FALLBACK_HELP}
+        if fallbacks and not stats.get("sparse"):
+            log.warning("IASA sparse attention: this sampling run was fully dense (%s)", routes)
+        else:
+            log.info("IASA sparse attention: calls of this sampling run: %s", routes)
+
+    def _count(self, route: str) -> None:
+        with self._lock:
+            self.stats[route] += 1
+            self.run_stats[route] += 1
+
+    def fallback(self, reason: str, detail: str) -> None:
+        """A video self-attention call goes dense for ``reason``: count it, log once per run, or raise."""
+        self._count(f"dense_{reason}")
+        message = f"{detail}: {FALLBACK_HELP[reason]}"
+        if self.strict:
+            raise DenseFallbackError(f"IASA Sparse Attention (strict): {message}. Turn strict off to run such "
+                                     "calls with dense attention instead.")
+        with self._lock:
+            first = reason not in self._logged
+            self._logged.add(reason)
+        if first:
+            log.warning("IASA sparse attention falls back to dense attention (logged once per run): %s", message)
+
     # -- layout -----------------------------------------------------------------------------------
     def layout_for(self, call: CallInfo) -> PoseLayout:
-        key = (call.grid, call.latent_frames)
+        key = (call.grid, call.latent_frames, call.total_frames)
         with self._lock:
             if key not in self._layouts:
                 self._layouts[key] = build_pose_layout(
                     self.pose, call.grid, self.config,
-                    latent_frames=list(call.latent_frames) if call.latent_frames else None)
+                    latent_frames=list(call.latent_frames) if call.latent_frames else None,
+                    total_latent_frames=call.total_frames if call.latent_frames else None, alignment=self.alignment)
                 self.stats["layouts_built"] += 1
             return self._layouts[key]
 
     # -- wrappers ---------------------------------------------------------------------------------
     def apply_model_wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
-        grid = grid_from_call(executor.class_obj, x, kwargs)
+        grid = grid_from_call(executor.class_obj, x, kwargs, c_concat)
         window = transformer_options.get("context_window")
         frames = tuple(int(i) for i in window.index_list) if window is not None and hasattr(window, "index_list") else None
         if frames is not None and len(frames) != grid.video_frames:
             frames = None  # the window also covers reference/extra frames: fit the pose to the window itself
+        # IASA Long Video's windows say how long the whole clip is, so the pose is fitted to the whole clip;
+        # ComfyUI's own context windows don't (then the pose is fitted to frames 0 .. the window's last).
+        total = getattr(window, "total_frames", None) if frames is not None else None
         transformer_options = {**transformer_options,
-                               CALL_KEY: CallInfo(grid, step_index(transformer_options), frames)}
+                               CALL_KEY: CallInfo(grid, step_index(transformer_options), frames, total)}
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
     def attention(self, func, *args, **kwargs):
@@ -140,37 +218,56 @@ class SparseAttentionPatch:
             return self.previous_override(func, *args, **kwargs)
         return func(*args, **kwargs)
 
-    def _dense_reason(self, args, kwargs) -> str | None:
+    def _route(self, args, kwargs) -> tuple[str, str | None]:
+        """(route, fallback detail): route "sparse", a by-design dense route, or a fallback reason.
+
+        Self-attention is told by the call site (:class:`SelfAttentionCallSite`), never by length: with
+        a video of as many tokens as the text, cross-attention has q and k of equal length too."""
         to = kwargs.get("transformer_options") or {}
-        call: CallInfo | None = to.get(CALL_KEY)
-        if call is None:
-            return "no_grid"
-        mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
-        if mask is not None:
-            return "masked"
         q, k = args[0], args[1]
         seq_q, seq_k = (q.shape[2], k.shape[2]) if kwargs.get("skip_reshape") else (q.shape[1], k.shape[1])
-        if seq_q != seq_k or seq_q != call.grid.seq_len:
-            return "cross_or_other"
+        call: CallInfo | None = to.get(CALL_KEY)
+        layer = to.get(SELF_ATTN_KEY)
+        if layer is None:
+            if self._sites_seen or seq_q != seq_k or call is None or seq_q != call.grid.seq_len:
+                return "dense_cross_attention", None
+            # Shaped like this video's self-attention, yet unmarked, before any marked call in this run:
+            # the call-site patches are not active (another node replaced self_attn.forward?).
+            return "no_call_site", (f"an attention call of {seq_q} x {seq_k} tokens (the video's self-attention "
+                                    "size) came from no patched self-attention module")
+        self._sites_seen = True
+        if call is None:
+            return "no_grid", f"self-attention of {seq_q} tokens arrived without the latent's token grid"
+        mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
+        if mask is not None:
+            return "masked", f"self-attention of {seq_q} tokens came with a mask of shape {tuple(mask.shape)}"
+        if seq_q != call.grid.seq_len or seq_k != seq_q:
+            return "unexpected_length", (f"self-attention has {seq_q} tokens, the latent's grid "
+                                         f"({call.grid.describe()}) has {call.grid.seq_len}")
         native = to.get("grid_sizes")   # newer ComfyUI: (F, Hp, Wp) of the patchified video
         if native is not None and tuple(int(v) for v in native) != call.grid.patch_grid:
-            return "grid_mismatch"
-        block = to.get("block_index", to.get(BLOCK_KEY))
-        if block is not None and block < self.dense_blocks:
-            return "dense_block"
+            return "grid_mismatch", (f"ComfyUI reports grid_sizes {tuple(int(v) for v in native)}, the latent "
+                                     f"gives {call.grid.patch_grid}")
+        block = to.get("block_index", layer)   # newer ComfyUI's native block index wins
+        if block < self.dense_blocks:
+            return "dense_block", None
         if self.dense_steps and call.step is not None and call.step < self.dense_steps:
-            return "dense_step"
-        return None
+            return "dense_step", None
+        return "sparse", None
 
     def _sparse(self, args, kwargs) -> torch.Tensor | None:
-        reason = self._dense_reason(args, kwargs)
-        if reason is not None:
-            self.stats[f"dense_{reason}"] += 1
+        route, detail = self._route(args, kwargs)
+        if route in FALLBACK_HELP:
+            self.fallback(route, detail)
+            return None
+        if route != "sparse":
+            self._count(route)
             return None
         call: CallInfo = kwargs["transformer_options"][CALL_KEY]
         plan = self.layout_for(call)
         if plan.layout is None:
-            self.stats["dense_fallback"] += 1
+            self.fallback("no_layout", f"the pose gives no sparse layout for {call.grid.describe()} "
+                                       f"({plan.fallback_reason})")
             return None
         q, k, v = args[:3]
         heads = kwargs.get("heads", args[3] if len(args) > 3 else None)
@@ -180,7 +277,7 @@ class SparseAttentionPatch:
             b, seq, hd = q.shape
             qh, kh, vh = (t.view(b, seq, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
         out = block_sparse_attention(qh, kh, vh, plan.layout, kernel=self.kernel)
-        self.stats["sparse"] += 1
+        self._count("sparse")
         if kwargs.get("skip_output_reshape"):
             return out
         return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
@@ -212,8 +309,9 @@ def apply_sparse_attention(model_patcher, patch: SparseAttentionPatch):
                  getattr(previous, "__qualname__", type(previous).__name__))
     to["optimized_attention_override"] = patch.attention
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, patch.apply_model_wrapper)
-    if patch.dense_blocks > 0:
-        existing = to.get("patches_replace", {}).get("dit", {})
-        for i in range(len(m.model.diffusion_model.blocks)):
-            m.set_model_patch_replace(BlockIndexPatch(i, existing.get(("double_block", i))), "dit", "double_block", i)
+    m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, KEY, patch.start_run)
+    m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY, patch.end_run)
+    for path, layer in self_attention_sites(m.model.diffusion_model):
+        name = f"diffusion_model.{path}"
+        m.add_object_patch(name, SelfAttentionCallSite(m.get_model_object(name), layer))
     return m

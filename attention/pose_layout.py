@@ -1,10 +1,12 @@
 """Pose sequence -> input-aware block layout: the one call the ComfyUI patch makes per sampling run.
 
-``build_pose_layout(pose, grid, config)`` resamples and scales the pose to the latent's video, labels
-every token with its region (token_regions), selects frames (global_mask, paper Eq. 1-2), and builds
-the permuted block layout (layout, Eq. 3 at block level). When the pose has nobody in it (or nobody on
-the grid) the result has ``layout=None`` and a ``fallback_reason``: the caller runs dense attention
-and logs that reason.
+``build_pose_layout(pose, grid, config, alignment=...)`` puts the pose onto the latent's video with the
+stock conditioning node's length and centre-crop rules (alignment), labels every token with its region
+(token_regions), selects frames (global_mask, paper Eq. 1-2), and builds the permuted block layout
+(layout, Eq. 3 at block level). What the alignment did (frames cut or held, a crop) is logged and kept
+in ``notes``. When the pose has nobody in it (or nobody on
+the grid) the result has ``layout=None`` and a ``fallback_reason``: the caller (the ComfyUI patch, the
+node) runs dense attention and logs that reason as a warning, or raises under ``strict``.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import public_name
 from ..pose.keypoints import PoseSequence
 from ..pose.regions import REGIONS
 from .global_mask import FRAME_POSE_MODES, global_frame_mask
 from .grid import TokenGrid
-from .layout import BlockGroups, BlockLayout, DensityReport, build_region_layout, density_report
-from .token_regions import check_regions, pose_for_grid, region_token_counts, token_labels
+from .layout import BlockGroups, BlockLayout, DensityReport, build_region_layout
+from .alignment import VideoAlignment, align_pose
+from .token_regions import check_regions, region_token_counts, token_labels
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class PoseLayout:
     groups: BlockGroups | None = None
     density: DensityReport | None = None
     fallback_reason: str | None = None
+    notes: tuple[str, ...] = ()               # how the pose was fitted to the video (alignment)
 
     @property
     def dense_fallback(self) -> bool:
@@ -70,8 +75,10 @@ def build_pose_layout(
     config: SparseAttentionConfig = SparseAttentionConfig(),
     latent_frames: list[int] | None = None,
     total_latent_frames: int | None = None,
+    alignment: VideoAlignment = VideoAlignment(),
 ) -> PoseLayout:
-    """Build the layout of ``pose`` (any length, any canvas) for ``grid``.
+    """Build the layout of ``pose`` (any length, any canvas) for ``grid``, the pose placed on the video as
+    the stock conditioning node places the control video (``alignment``).
 
     Context windows: ``latent_frames`` lists the video latent frames the call covers (length
     ``grid.video_frames``) out of ``total_latent_frames`` (default ``max(latent_frames) + 1``); the pose
@@ -88,12 +95,15 @@ def build_pose_layout(
             raise ValueError(f"latent_frames: index {max(latent_frames)} >= total_latent_frames={total}")
         n_px = (total - 1) * grid.temporal_stride + 1
     else:
-        n_px = None
+        n_px = grid.pixel_frames
     out = PoseLayout(grid=grid, config=config)
     if not pose.has_person().any():
         return _fallback(out, "the pose sequence has no person in any frame")
-    out.labels, out.frame_select, out.frame_scores = pose_pattern(pose_for_grid(pose, grid, n_px), grid, config,
-                                                                  latent_frames)
+    aligned = align_pose(pose, grid.pixel_width, grid.pixel_height, n_px, alignment)
+    out.notes = tuple(aligned.notes)
+    for note in out.notes:
+        log.info("IASA sparse layout: %s", note)
+    out.labels, out.frame_select, out.frame_scores = pose_pattern(aligned.pose, grid, config, latent_frames)
     if config.regions and not out.labels.any():
         return _fallback(out, f"no token of the {grid.hp}x{grid.wp} grid falls in a chosen region "
                               f"({', '.join(config.regions)}); is the pose on the video's canvas?")
@@ -101,15 +111,43 @@ def build_pose_layout(
     counts = region_token_counts(out.labels)
     if grid.global_tokens:
         counts["global"] = grid.global_tokens
-    out.density = density_report(out.layout, counts)
+    out.density = out.layout.density(counts)
+    if out.density.block_density >= 1.0:
+        raise BlockSizeError(block_size_problem(out))
     log.info("IASA sparse layout: %s; %s", grid.describe(), out.density.summary())
     return out
+
+
+BLOCK_SIZE_CHOICES = (16, 32, 64, 128)   # multiples of 16: every kernel takes them
+
+
+@public_name
+class BlockSizeError(ValueError):
+    """A block size with which the sparse kernel would do at least the work of dense attention."""
+
+
+def block_size_problem(plan: PoseLayout) -> str:
+    """Why ``plan``'s block size is refused, and which block sizes are cheaper than dense on its grid."""
+    grid, cfg = plan.grid, plan.config
+    better = []
+    for bs in BLOCK_SIZE_CHOICES:
+        if bs < cfg.block_size:
+            layout, _ = build_region_layout(plan.labels, plan.frame_select, grid, bs)
+            d = layout.density().block_density
+            if d < 1.0:
+                better.append(f"{bs} ({100 * d:.0f} %)")
+    fix = (f"use block_size {' or '.join(better)} of dense work" if better else
+           "no block size of 16 or more is cheaper than dense attention here: make the video larger, or run it "
+           "without IASA Sparse Attention")
+    return (f"block_size: {cfg.block_size} is too large for this video ({grid.describe()}): each frame's "
+            f"{grid.tokens_per_frame} tokens are split into region groups padded to whole blocks, so the sparse "
+            f"kernel would do {100 * plan.density.block_density:.0f} % of the work of dense attention; {fix}")
 
 
 def pose_pattern(pose_px: PoseSequence, grid: TokenGrid, config: SparseAttentionConfig,
                  latent_frames: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Region labels ``[T, hp, wp]``, frame selection and scores ``[T, T]`` of a pose already on the video's
-    pixel canvas with one frame per pixel frame (``pose_for_grid``): the pattern the layout is built from."""
+    pixel canvas with one frame per pixel frame (``alignment.align_pose``): the pattern the layout is built from."""
     labels = token_labels(pose_px, grid, config.regions, latent_frames)
     select, scores = global_frame_mask(pose_px, grid, config.top_k, config.causal, config.allow_scale,
                                        config.frame_pose, config.min_shared_points, latent_frames)
@@ -118,5 +156,5 @@ def pose_pattern(pose_px: PoseSequence, grid: TokenGrid, config: SparseAttention
 
 def _fallback(out: PoseLayout, reason: str) -> PoseLayout:
     out.fallback_reason = reason
-    log.warning("IASA sparse attention falls back to dense attention: %s", reason)
+    log.info("IASA sparse layout: none for %s: %s", out.grid.describe(), reason)
     return out

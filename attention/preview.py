@@ -3,14 +3,14 @@
 Top: the region label grid of every latent frame, left to right, wrapped into rows. Bottom: the block
 matrix (rows: query blocks, columns: key blocks, in slot order); a kept block is coloured by its query
 block's region (white for background, pale yellow for global tokens), a skipped block is black.
-Returns float32 ``[H, W, 3]`` in 0..1 (ComfyUI IMAGE wants ``[1, H, W, 3]``).
+Returns float32 ``[H, W, 3]`` in 0..1 (ComfyUI IMAGE wants ``[1, H, W, 3]``). :func:`layout_summary`
+is the matching text (the node's ``density`` output).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..pose.regions import LABELS
-from .layout import layout_block_mask
 from .pose_layout import PoseLayout
 
 REGION_COLORS = {
@@ -53,7 +53,7 @@ def labels_strip(labels: np.ndarray, width: int, gap: int = 2, max_cell: int = 8
 
 def block_matrix_image(plan: PoseLayout, side: int) -> np.ndarray:
     """The block pattern as a square picture of about ``side`` pixels."""
-    mask = layout_block_mask(plan.layout)[0].numpy()
+    mask = plan.layout.to_dense()[0].numpy()
     nb = mask.shape[0]
     pal = _label_palette()
     region = plan.groups.block_region
@@ -91,3 +91,17 @@ def render_layout_preview(plan: PoseLayout, width: int = 768) -> np.ndarray:
         canvas[2 : 2 + p.shape[0], x : x + p.shape[1]] = p
         padded.append(canvas)
     return np.concatenate(padded, axis=0)
+
+
+def layout_summary(plan: PoseLayout, source: str, strict: bool) -> str:
+    """What the node reports: the grid and where it came from, the density or the fallback, how the pose
+    was fitted to the video, and what happens to calls that cannot run sparse."""
+    parts = [f"{plan.grid.describe()} ({source})"]
+    if plan.layout is None:
+        parts.append(f"dense attention (fallback): {plan.fallback_reason}")
+    else:
+        parts.append(plan.density.summary())
+    parts += list(plan.notes)
+    parts.append("strict: a call that cannot run sparse stops sampling with an error" if strict else
+                 "calls that cannot run sparse run dense, logged once per run with the reason")
+    return "; ".join(parts)

@@ -14,10 +14,12 @@ from typing import Any, Callable, Hashable
 
 import torch
 
+from ..errors import public_name
 from .gather import fast_take
 from .layout import BlockLayout
 
 
+@public_name
 class LayoutError(ValueError):
     """A ``BlockLayout`` that breaks its contract, or one that does not fit the attention inputs."""
 
@@ -109,25 +111,6 @@ def build_slot_tables(layout: BlockLayout, device: torch.device) -> SlotTables:
         token_to_slot=token_to_slot,
         num_pad=int(pad_slots.numel()),
     )
-
-
-def block_dense(layout: BlockLayout, device: torch.device) -> torch.Tensor:
-    """bool ``[Hl, nb, nb]``: query block i may attend to key block j."""
-    nb = layout.num_blocks
-    cnt = layout.kv_num_blocks.to(device=device, dtype=torch.int64)
-    idx = layout.kv_indices.to(device=device, dtype=torch.int64)
-    valid = torch.arange(idx.shape[-1], device=device) < cnt[..., None]
-    dense = torch.zeros(idx.shape[0], nb, nb + 1, dtype=torch.bool, device=device)
-    dense.scatter_(2, torch.where(valid, idx, nb), True)
-    return dense[..., :nb].contiguous()
-
-
-def token_mask(layout: BlockLayout, device: torch.device) -> torch.Tensor:
-    """bool ``[Hl, L, L]`` in the original token order (what every kernel must compute)."""
-    tables = slot_tables(layout, device)
-    block_of_token = tables.token_to_slot // layout.block_size
-    dense = block_dense(layout, device)
-    return dense[:, block_of_token][:, :, block_of_token]
 
 
 def to_slots(x: torch.Tensor, tables: SlotTables) -> torch.Tensor:

@@ -33,26 +33,6 @@ def check_regions(regions: Iterable[str]) -> tuple[str, ...]:
     return tuple(r for r in REGIONS if r in chosen)
 
 
-def pose_for_grid(pose: PoseSequence, grid: TokenGrid, n_pixel_frames: int | None = None) -> PoseSequence:
-    """The pose scaled to the video's pixel size and resampled to its pixel frame count.
-
-    A pose canvas of another size is scaled per axis to ``grid.pixel_width x grid.pixel_height``.
-    A sequence of another length is resampled linearly in time (logged), so a pose clip of any length
-    can drive a latent of any length. ``n_pixel_frames`` overrides the target length (context windows:
-    the whole video's pixel frame count).
-    """
-    if len(pose) < 1:
-        raise ValueError("pose: the pose sequence is empty; give at least one frame")
-    target = grid.pixel_frames if n_pixel_frames is None else int(n_pixel_frames)
-    if len(pose) != target:
-        log.info("pose has %d frames but the latent covers %d pixel frames: resampling the pose in time",
-                 len(pose), target)
-        pose = pose.resampled(target)
-    if (pose.width, pose.height) != (grid.pixel_width, grid.pixel_height):
-        pose = pose.scaled_to(grid.pixel_width, grid.pixel_height)
-    return pose
-
-
 def _pool_any(mask: np.ndarray, up: int) -> np.ndarray:
     """[H*up, W*up] bool -> [H, W]: a cell is set when any of its pixels is (two 1-D passes, fast)."""
     hh, ww = mask.shape
@@ -69,7 +49,7 @@ def token_labels(
     """uint8 ``[T, hp, wp]`` region labels per latent video frame.
 
     ``pose_px`` must already be on the video's pixel canvas with one frame per pixel frame (see
-    :func:`pose_for_grid`). ``latent_frames`` picks which latent frames to label (default all of
+    :func:`attention.alignment.align_pose`). ``latent_frames`` picks which latent frames to label (default all of
     ``grid.video_frames``; context windows pass their frame indices).
     """
     chosen = check_regions(regions)
@@ -85,7 +65,7 @@ def token_labels(
         for t in grid.pixel_frames_of_latent(f):
             if t >= len(pose_px):
                 raise ValueError(f"pose_px: latent frame {f} needs pixel frame {t} but the pose has {len(pose_px)} frames; "
-                                 "resample it with pose_for_grid")
+                                 "align it to the video with attention.alignment.align_pose")
             masks = frame_masks(pose_px.points[t], ch, cw, 1.0)
             for r in chosen:
                 acc[r] |= masks[r]

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import public_name
+
 log = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.5
@@ -29,13 +31,12 @@ SILENCE_PEAK = 1e-4
 """A signal whose absolute peak is below this is treated as silent."""
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".flv"})
-SOUNDFILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".caf"})
-PYAV_AUDIO_EXTENSIONS = frozenset({".m4a", ".aac", ".opus", ".wma"})
-SUPPORTED_EXTENSIONS = VIDEO_EXTENSIONS | SOUNDFILE_EXTENSIONS | PYAV_AUDIO_EXTENSIONS
+PYAV_AUDIO_EXTENSIONS = frozenset({".m4a", ".aac", ".opus", ".wma"})   # everything else: soundfile first
 
 _FORMATS_HINT = "WAV, FLAC, OGG or MP3 (or a video file with an audio track: mp4, mov, mkv, webm, avi)"
 
 
+@public_name
 class AudioInputError(ValueError):
     """Bad audio input; the message names the input, the problem and the fix."""
 
@@ -138,33 +139,37 @@ def load_audio_file(
     mono: bool = True,
     start: float = 0.0,
     duration: float | None = None,
+    label: str | None = None,
 ) -> dict:
     """Decode an audio file or the audio track of a video into a ComfyUI AUDIO dict.
 
     ``sample_rate``: resample to this rate (soxr HQ, as librosa.resample); None keeps the file's rate.
     ``mono``: average the channels (C = 1); False keeps the file's channels.
     ``start`` / ``duration``: trim, in seconds (duration None = to the end).
+    ``label``: how error messages name the file (default: its path; the node passes the name the user
+    chose, so that messages do not show server paths).
     Raises :class:`AudioInputError` for a missing, empty, corrupt or unsupported file, a video
     without audio, a start beyond the end, or a result shorter than :data:`MIN_SECONDS`.
     """
     path = os.fspath(path)
-    _check_options(path, sample_rate, start, duration)
-    _check_file(path)
+    shown = label or path
+    _check_options(shown, sample_rate, start, duration)
+    _check_file(path, shown)
     ext = os.path.splitext(path)[1].lower()
 
     if ext in VIDEO_EXTENSIONS or ext in PYAV_AUDIO_EXTENSIONS:
         try:
-            data, rate = _decode_pyav(path, start, duration)
+            data, rate = _decode_pyav(path, shown, start, duration)
         except _DecodeFailed as av_error:
-            raise _corrupt_error(path, str(av_error)) from None
+            raise _corrupt_error(path, shown, str(av_error)) from None
     else:
         try:
-            data, rate = _decode_soundfile(path, start, duration)
+            data, rate = _decode_soundfile(path, shown, start, duration)
         except _DecodeFailed as sf_error:
             try:
-                data, rate = _decode_pyav(path, start, duration)
+                data, rate = _decode_pyav(path, shown, start, duration)
             except _DecodeFailed as av_error:
-                raise _corrupt_error(path, f"{sf_error}; {av_error}") from None
+                raise _corrupt_error(path, shown, f"{sf_error}; {av_error}") from None
             log.warning("soundfile could not read %s (%s); decoded it with PyAV instead.", path, sf_error)
 
     if mono and data.shape[0] > 1:
@@ -173,10 +178,10 @@ def load_audio_file(
         data = resample(data, rate, sample_rate)
         rate = sample_rate
 
-    check_min_length(data, rate, path)
+    check_min_length(data, rate, shown)
     if not np.all(np.isfinite(data)):
         raise AudioInputError(
-            f"Audio file '{path}' decoded to NaN or infinite samples. Re-export it as {_FORMATS_HINT}."
+            f"Audio file '{shown}' decoded to NaN or infinite samples. Re-export it as {_FORMATS_HINT}."
         )
     waveform = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).unsqueeze(0)
     return {"waveform": waveform, "sample_rate": int(rate)}
@@ -216,16 +221,16 @@ def _check_options(path: str, sample_rate: int | None, start: float, duration: f
         )
 
 
-def _check_file(path: str) -> None:
+def _check_file(path: str, shown: str) -> None:
     if not os.path.exists(path):
         raise AudioInputError(
-            f"Audio file not found: '{path}'. Check the name, put the file in ComfyUI's input folder "
+            f"Audio file not found: '{shown}'. Check the name, put the file in ComfyUI's input folder "
             "(or upload it in the node) and try again."
         )
     if not os.path.isfile(path):
-        raise AudioInputError(f"Audio path '{path}' is not a file (a folder?). Choose an audio or video file.")
+        raise AudioInputError(f"Audio path '{shown}' is not a file (a folder?). Choose an audio or video file.")
     if os.path.getsize(path) == 0:
-        raise AudioInputError(f"Audio file '{path}' is empty (0 bytes). Re-export or re-upload it as {_FORMATS_HINT}.")
+        raise AudioInputError(f"Audio file '{shown}' is empty (0 bytes). Re-export or re-upload it as {_FORMATS_HINT}.")
 
 
 def _looks_like_text(path: str) -> bool:
@@ -240,13 +245,13 @@ def _looks_like_text(path: str) -> bool:
     return True
 
 
-def _corrupt_error(path: str, detail: str) -> AudioInputError:
+def _corrupt_error(path: str, shown: str, detail: str) -> AudioInputError:
     if _looks_like_text(path):
         what = "looks like a text file, not audio"
     else:
         what = "is damaged or not a supported audio format"
     return AudioInputError(
-        f"Cannot decode audio file '{path}': it {what} ({detail}). Re-export it as {_FORMATS_HINT}."
+        f"Cannot decode audio file '{shown}': it {what} ({detail}). Re-export it as {_FORMATS_HINT}."
     )
 
 
@@ -263,7 +268,7 @@ def _trim_range(path: str, rate: int, total: int, start: float, duration: float 
     return first, last
 
 
-def _decode_soundfile(path: str, start: float, duration: float | None) -> tuple[np.ndarray, int]:
+def _decode_soundfile(path: str, shown: str, start: float, duration: float | None) -> tuple[np.ndarray, int]:
     """-> (float32 [C, N], rate) via libsndfile, seeking to ``start``."""
     import soundfile as sf
 
@@ -271,7 +276,7 @@ def _decode_soundfile(path: str, start: float, duration: float | None) -> tuple[
         with sf.SoundFile(path) as fh:
             rate = int(fh.samplerate)
             total = int(fh.frames)
-            first, last = _trim_range(path, rate, total, start, duration)
+            first, last = _trim_range(shown, rate, total, start, duration)
             if first:
                 fh.seek(first)
             data = fh.read(frames=last - first, dtype="float32", always_2d=True)
@@ -283,13 +288,13 @@ def _decode_soundfile(path: str, start: float, duration: float | None) -> tuple[
     return np.ascontiguousarray(data.T), rate
 
 
-def _decode_pyav(path: str, start: float, duration: float | None) -> tuple[np.ndarray, int]:
+def _decode_pyav(path: str, shown: str, start: float, duration: float | None) -> tuple[np.ndarray, int]:
     """-> (float32 [C, N], rate) from the first audio stream of any container PyAV opens."""
     try:
-        data, rate = _pyav_read(path, start, duration)
+        data, rate = _pyav_read(path, shown, start, duration)
     except _NoAudioTrack:
         raise AudioInputError(
-            f"'{path}' has no audio track. Use a video with sound, or load the speech as a separate "
+            f"'{shown}' has no audio track. Use a video with sound, or load the speech as a separate "
             "audio file (WAV, FLAC, OGG or MP3)."
         ) from None
     except AudioInputError:
@@ -300,7 +305,7 @@ def _decode_pyav(path: str, start: float, duration: float | None) -> tuple[np.nd
     return data, rate
 
 
-def _pyav_read(path: str, start: float, duration: float | None) -> tuple[np.ndarray, int]:
+def _pyav_read(path: str, shown: str, start: float, duration: float | None) -> tuple[np.ndarray, int]:
     import av
 
     with av.open(path) as container:
@@ -327,5 +332,5 @@ def _pyav_read(path: str, start: float, duration: float | None) -> tuple[np.ndar
     if not chunks or n_read == 0:
         raise _DecodeFailed("PyAV: the audio track holds no samples")
     data = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
-    first, last = _trim_range(path, rate, data.shape[1], start, duration)
+    first, last = _trim_range(shown, rate, data.shape[1], start, duration)
     return np.ascontiguousarray(data[:, first:last]), rate

@@ -40,7 +40,7 @@ from ..attention.flex_kernel import build_block_mask, compiled_flex_attention, f
 from ..attention.kernels import block_sparse_attention
 from ..attention.layout import BlockLayout
 from ..attention.gather import take_into_pool
-from ..attention.slots import block_dense, slot_tables, to_slots
+from ..attention.slots import slot_tables, to_slots
 
 log = logging.getLogger("bench.attention")
 
@@ -86,15 +86,14 @@ def struct_layout(seq_len: int, block_size: int) -> BlockLayout:
 
 
 def builtin_pose_layout(num_heads: int, seq_len: int, block_size: int) -> BlockLayout:
-    """Synthetic talking upper body (tests/unit/attention_poses.py) through ``build_pose_layout``."""
+    """Synthetic talking upper body (pose/synthetic.py) through ``build_pose_layout``."""
     from ..attention.grid import TokenGrid
     from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
+    from ..pose.synthetic import talking_pose
 
-    root = __package__.rpartition(".")[0]  # "iasa" outside ComfyUI
-    poses = importlib.import_module(f"{root}.tests.unit.attention_poses")
     frames, hp, wp, height, width = GRIDS[seq_len]
     grid = TokenGrid(video_frames=frames, hp=hp, wp=wp)
-    pose = poses.talking_pose(n_frames=(frames - 1) * 4 + 1, width=width, height=height)
+    pose = talking_pose(n_frames=(frames - 1) * 4 + 1, width=width, height=height)
     built = build_pose_layout(pose, grid, SparseAttentionConfig(block_size=block_size))
     if built.layout is None:
         raise RuntimeError(f"pose layout fell back to dense: {built.fallback_reason}")
@@ -118,7 +117,7 @@ def block_density(layout: BlockLayout) -> float:
 
 def token_density(layout: BlockLayout) -> float:
     """Allowed real (query, key) token pairs / L^2, mean over head patterns: the exact mask's density."""
-    dense = block_dense(layout, torch.device("cpu")).double()
+    dense = layout.to_dense("cpu").double()
     real = (layout.perm.cpu() >= 0).view(layout.num_blocks, layout.block_size).sum(1).double()
     return float(torch.einsum("hij,i,j->h", dense, real, real).mean()) / layout.seq_len ** 2
 
@@ -170,7 +169,7 @@ def reference_rows(q, k, v, layout: BlockLayout, rows: torch.Tensor) -> torch.Te
     """fp32 masked attention of the query tokens ``rows`` (original order), ``[H, n, D]``, batch 0."""
     device = q.device
     rows = rows.to(device)
-    dense = block_dense(layout, device)
+    dense = layout.to_dense(device)
     blk = slot_tables(layout, device).token_to_slot // layout.block_size
     scale = 1.0 / math.sqrt(q.shape[-1])
     out = []

@@ -24,9 +24,9 @@ import av
 from .client import ComfyClient
 from .server import REPO, ComfyServer, prepare_base
 
-MINI_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"
+MINI_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"        # v1 teacher: reference as start image
+MINI_V2_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking_v2.json"  # v2: ref_conv tokens, sparse, long video
 POSE_WORKFLOW = REPO / "workflows" / "api" / "iasa_pose_video.json"
-DEFAULT_WORKFLOW = POSE_WORKFLOW  # kept for callers that want the model-free workflow
 ASSETS = REPO / "assets" / "demo"
 DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "synth_speaker.png",
                ASSETS / "synth_speaker_pose.json"]
@@ -44,11 +44,26 @@ def missing_weights(models_dir: pathlib.Path = REPO / "models") -> list[pathlib.
     return [p for p in bundled_weights(models_dir).values() if not p.is_file()]
 
 
+def talking_workflow_for(teacher: pathlib.Path) -> pathlib.Path:
+    """The talking workflow a teacher file was trained for: v2 teachers (``ref_conv.weight``: the reference
+    picture as tokens, Wan22FunControlToVideo) run the v2 workflow, v1 teachers the start-image one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(teacher), framework="pt") as f:
+            v2 = "ref_conv.weight" in f.keys()
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"teacher weights {teacher} are not a readable safetensors file ({e}); "
+                         "restore them from the repository (models/README.md)") from e
+    return MINI_V2_WORKFLOW if v2 else MINI_WORKFLOW
+
+
 def choose_workflow(models_dir: pathlib.Path = REPO / "models") -> pathlib.Path:
-    """The talking-video workflow when the bundled weights exist, else the pose video (with a note)."""
+    """The talking-video workflow of the bundled teacher when the bundled weights exist, else the pose
+    video (with a note)."""
     missing = missing_weights(models_dir)
     if not missing:
-        return MINI_WORKFLOW
+        return talking_workflow_for(bundled_weights(models_dir)[TEACHER_FILE])
     print("[demo] NOTE: the bundled IASA-mini model is missing ("
           + ", ".join(str(p) for p in missing)
           + "); running the pose-video workflow instead (speech -> pose -> skeleton video with sound). "
@@ -153,8 +168,9 @@ def main() -> None:
                     help="folder with iasa_mini_teacher.safetensors and iasa_mini_vae.safetensors to use instead "
                          "of the bundled ones (implies the talking workflow)")
     args = ap.parse_args()
-    workflow = args.workflow or (MINI_WORKFLOW if args.weights else choose_workflow())
-    run_demo(workflow, args.base, weights_from_dir(args.weights))
+    weights = weights_from_dir(args.weights)
+    workflow = args.workflow or (talking_workflow_for(weights[TEACHER_FILE]) if weights else choose_workflow())
+    run_demo(workflow, args.base, weights)
 
 
 if __name__ == "__main__":

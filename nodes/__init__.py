@@ -6,16 +6,23 @@ from comfy_api.latest import ComfyExtension, io
 from .attention_nodes import IASASparseAttention
 from .audio_nodes import IASAAudioFeatures, IASALoadAudio
 from .conditioning_nodes import IASAEmptyConditioning
+from .dataset_nodes import IASABuildDataset
+from .distill_inputs import register_feature_net_folder
+from .distill_nodes import IASADistillStudent
+from .long_video_nodes import IASALongVideo
 from .model_folders import register_bundled_model_folders
 from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose
+from .student_nodes import IASAStudentSampler, IASAStudentSigmas
 from .vae_nodes import IASATinyVAEMode
 
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
-    IASAEmptyConditioning, IASALoadPose, IASATinyVAEMode,
+    IASAEmptyConditioning, IASALoadPose, IASALongVideo, IASAStudentSampler, IASAStudentSigmas, IASADistillStudent,
+    IASABuildDataset, IASATinyVAEMode,
 ]
 
 register_bundled_model_folders()
+register_feature_net_folder()
 
 
 class IASAExtension(ComfyExtension):

@@ -1,21 +1,19 @@
 """IASA Sparse Attention: the pose-driven block-sparse self-attention patched into a Wan MODEL."""
 from __future__ import annotations
 
-import logging
 
-import numpy as np
 from comfy_api.latest import io
 
-from ..attention.grid import TokenGrid
+from ..attention.alignment import VideoAlignment
 from ..attention.kernels import KERNELS
-from ..attention.patch import SparseAttentionPatch, apply_sparse_attention, check_wan_model, wan_token_px
+from ..attention.patch import DenseFallbackError, SparseAttentionPatch, apply_sparse_attention, check_wan_model
 from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
-from ..attention.preview import render_layout_preview
+from ..attention.preview import layout_summary, render_layout_preview
+from ..attention.wan_grid import preview_grid
 from ..pose.keypoints import from_pose_keypoint
 from .convert import frames_to_image
 from .types import PoseKeypoint
 
-log = logging.getLogger(__name__)
 
 REGION_SWITCHES = (("face", ("face",)), ("hands", ("left_hand", "right_hand")), ("arms", ("arms",)),
                    ("torso", ("torso",)))
@@ -54,6 +52,28 @@ class IASASparseAttention(io.ComfyNode):
                 io.Combo.Input("kernel", options=list(KERNELS), default="auto",
                                tooltip="auto: xformers paged kernel on CUDA, else FlexAttention, else masked SDPA "
                                        "(CPU). sdpa is the exact reference."),
+                io.Boolean.Input("strict", default=False, optional=True,
+                                 tooltip="Off: a self-attention call that cannot run sparse (no person in the pose, "
+                                         "an unknown token layout, ...) runs dense, with a warning in the log once "
+                                         "per run. On: stop with an error instead."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="The positive output of the stock Wan node (WanFunControlToVideo, "
+                                              "Wan22FunControlToVideo, WanVaceToVideo, WanAnimateToVideo, ...): the "
+                                              "preview and density then describe the frames the model will sample. "
+                                              "Sampling itself always reads the latent."),
+                io.Int.Input("frame_offset", default=0, min=0, max=1_000_000, optional=True,
+                             tooltip="Pose frame shown in the video's first frame (for later chunks of "
+                                     "WanAnimateToVideo: its video_frame_offset minus the continue_motion "
+                                     "frames). The pose is cut to the video's frames, never stretched in time; "
+                                     "draw the skeleton at the pose's aspect ratio (Render Pose width/height 0): "
+                                     "the stock nodes centre-crop it to the video's aspect."),
+                io.Int.Input("width", default=0, min=0, max=16384, step=8, optional=True,
+                             tooltip="Video width for the preview when no conditioning is connected (0 = pose canvas)."),
+                io.Int.Input("height", default=0, min=0, max=16384, step=8, optional=True,
+                             tooltip="Video height for the preview when no conditioning is connected (0 = pose canvas)."),
+                io.Int.Input("length", default=0, min=0, max=100_000, optional=True,
+                             tooltip="Video length in frames for the preview when no conditioning is connected "
+                                     "(0 = the pose's length)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -64,25 +84,23 @@ class IASASparseAttention(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, pose, top_k, direction, face, hands, arms, torso, block_size, dense_blocks,
-                dense_steps, kernel) -> io.NodeOutput:
+                dense_steps, kernel, strict=False, conditioning=None, frame_offset=0, width=0, height=0,
+                length=0) -> io.NodeOutput:
         check_wan_model(model)
         seq = from_pose_keypoint(pose, input_name="pose")
         switches = {"face": face, "hands": hands, "arms": arms, "torso": torso}
         regions = tuple(r for name, rs in REGION_SWITCHES if switches[name] for r in rs)
         config = SparseAttentionConfig(top_k=top_k, causal=direction == "causal", regions=regions,
                                        block_size=block_size)
-        patch = SparseAttentionPatch(seq, config, kernel=kernel, dense_blocks=dense_blocks, dense_steps=dense_steps)
+        alignment = VideoAlignment(frame_offset=frame_offset)
+        patch = SparseAttentionPatch(seq, config, kernel=kernel, dense_blocks=dense_blocks, dense_steps=dense_steps,
+                                     strict=strict, alignment=alignment)
         patched = apply_sparse_attention(model, patch)
-        # Preview on the grid a video of the pose's canvas and length would have (sampling may differ).
-        token_px = wan_token_px(model.model)
-        grid = TokenGrid(video_frames=(len(seq) - 1) // 4 + 1, hp=-(-seq.height // token_px),
-                         wp=-(-seq.width // token_px), token_px=token_px, pixel_height=seq.height,
-                         pixel_width=seq.width)
-        plan = build_pose_layout(seq, grid, config)
-        if plan.layout is None:
-            text = f"dense attention (fallback): {plan.fallback_reason}"
-            preview = np.zeros((64, 64, 3), np.float32)
-        else:
-            text = f"{grid.describe()}; {plan.density.summary()}"
-            preview = render_layout_preview(plan)
-        return io.NodeOutput(patched, frames_to_image(preview[None]), text)
+        grid, source = preview_grid(model.model, seq, conditioning, width, height, length)
+        plan = build_pose_layout(seq, grid, config, alignment=alignment)
+        if plan.layout is None and strict:
+            raise DenseFallbackError(f"pose: IASA Sparse Attention (strict) cannot build a sparse layout: "
+                                     f"{plan.fallback_reason}. Connect a pose with a visible person, or turn "
+                                     "strict off to sample with dense attention.")
+        preview = render_layout_preview(plan)
+        return io.NodeOutput(patched, frames_to_image(preview[None]), layout_summary(plan, source, strict))

@@ -1,13 +1,11 @@
 """IASA Load Audio and IASA Audio Features."""
 from __future__ import annotations
 
-import hashlib
-
 from comfy_api.latest import io
 
 from ..audio.features import features_from_audio
-from ..audio.loading import load_audio_file
-from .files import input_file_problem, list_input_files, resolve_input_file
+from ..audio.loading import AudioInputError, load_audio_file
+from .files import file_fingerprint, input_file_problem, list_input_files, resolve_input_file
 from .types import AudioFeaturesType
 
 
@@ -35,20 +33,21 @@ class IASALoadAudio(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, audio, **_):
+    def validate_inputs(cls, audio):  # only "audio": ComfyUI reports a problem once per input named here
         return input_file_problem(audio, "audio") or True
 
     @classmethod
     def fingerprint_inputs(cls, audio, **_):
-        path = resolve_input_file(audio, "audio")
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        return file_fingerprint(audio, "audio")
 
     @classmethod
     def execute(cls, audio, sample_rate, mono, start, duration) -> io.NodeOutput:
         path = resolve_input_file(audio, "audio")
-        return io.NodeOutput(load_audio_file(path, sample_rate=sample_rate or None, mono=mono, start=start,
-                                             duration=duration or None))
+        try:
+            return io.NodeOutput(load_audio_file(path, sample_rate=sample_rate or None, mono=mono, start=start,
+                                                 duration=duration or None, label=audio))
+        except AudioInputError as exc:
+            raise AudioInputError(f"audio: {exc}") from None
 
 
 class IASAAudioFeatures(io.ComfyNode):

@@ -1,7 +1,6 @@
 """IASA Extract Pose, IASA Audio To Pose and IASA Render Pose."""
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import comfy.utils
@@ -14,8 +13,8 @@ from ..pose.keypoints import (PoseFormatError, frames_without_person, from_pose_
                               to_pose_keypoint)
 from ..pose.regions import sequence_masks
 from ..pose.render import render_pose
-from .convert import frames_to_image, image_to_uint8, masks_to_tensor
-from .files import input_file_problem, list_input_files, resolve_input_file
+from .convert import VIDEO_DTYPE, frames_to_image, image_to_uint8, masks_to_tensor
+from .files import file_fingerprint, input_file_problem, list_input_files, resolve_input_file
 from .types import AudioFeaturesType, PoseKeypoint
 
 log = logging.getLogger(__name__)
@@ -26,6 +25,20 @@ NO_PERSON_MODES = ["error", "hold nearest", "leave empty"]
 def _describe_frames(frames: list[int], total: int) -> str:
     shown = ", ".join(str(f) for f in frames[:10]) + (" ..." if len(frames) > 10 else "")
     return f"frame{'s' if len(frames) > 1 else ''} {shown} (of {total})"
+
+
+def no_person_message(where: str, frames: int, missing: int, mode: str) -> str:
+    """The error of IASA Extract Pose when frames have no person and ``no_person`` cannot help."""
+    fix = "Use an image where one person's face and upper body are visible"
+    if mode == "hold nearest":   # every frame is empty: there is no pose to copy
+        return (f"image: no person found in {where}, so no_person 'hold nearest' has no pose to copy (it fills "
+                f"video frames without a person from the nearest frame with one). {fix}, or set no_person to "
+                "'leave empty' to output an empty pose.")
+    if missing == frames:
+        return (f"image: no person found in {where}. {fix}, or set no_person to 'leave empty' to output an "
+                "empty pose ('hold nearest' needs a video with the person visible in some frame).")
+    return (f"image: no person found in {where}. {fix} in every frame, or set no_person to 'hold nearest' (copy "
+            "the nearest frame's pose) or 'leave empty'.")
 
 
 class IASAExtractPose(io.ComfyNode):
@@ -43,7 +56,8 @@ class IASAExtractPose(io.ComfyNode):
                                tooltip="Temporal smoothing of keypoints for video (0 = off). Ignored for one image."),
                 io.Combo.Input("no_person", options=NO_PERSON_MODES, default="error",
                                tooltip="What to do with frames where no person is found: stop with an error naming "
-                                       "them, copy the nearest frame's pose, or leave the frame empty."),
+                                       "them; copy the pose of the nearest frame with a person (video frames "
+                                       "only: a single image has no other frame); or leave the pose empty."),
             ],
             outputs=[
                 PoseKeypoint.Output(display_name="pose"),
@@ -64,19 +78,18 @@ class IASAExtractPose(io.ComfyNode):
         missing = frames_without_person(seq)
         if missing:
             where = _describe_frames(missing, len(seq))
-            if len(missing) == len(seq) or no_person == "error":
-                raise ValueError(f"image: no person found in {where}. Use an image where one person's face and "
-                                 f"upper body are visible"
-                                 + ("" if len(missing) == len(seq) else ", or set no_person to 'hold nearest'"))
+            if no_person == "error" or (no_person == "hold nearest" and len(missing) == len(seq)):
+                raise ValueError(no_person_message(where, len(seq), len(missing), no_person))
             if no_person == "hold nearest":
                 log.warning("IASA Extract Pose: no person in %s; holding the nearest detected pose", where)
                 seq = hold_nearest_person(seq)
             else:
-                log.warning("IASA Extract Pose: no person in %s; those frames stay empty", where)
+                log.warning("IASA Extract Pose: no person in %s; no_person is 'leave empty', so the pose of "
+                            "those frames is empty", where)
         masks = sequence_masks(seq)
         hands = masks["left_hand"] | masks["right_hand"]
         return io.NodeOutput(
-            to_pose_keypoint(seq), frames_to_image(render_pose(seq)),
+            to_pose_keypoint(seq), frames_to_image(render_pose(seq, dtype=VIDEO_DTYPE)),
             masks_to_tensor(masks["face"]), masks_to_tensor(masks["lips"]), masks_to_tensor(hands),
             masks_to_tensor(masks["arms"]), masks_to_tensor(masks["torso"]),
         )
@@ -144,7 +157,8 @@ class IASARenderPose(io.ComfyNode):
             display_name="IASA Render Pose",
             category="IASA/pose",
             description="Draws POSE_KEYPOINT frames as a DWPose/OpenPose-coloured skeleton video, ready for "
-                        "WanFunControlToVideo (control_video) or WanAnimateToVideo (pose_video).",
+                        "WanFunControlToVideo (control_video) or WanAnimateToVideo (pose_video). The frames are a "
+                        "float16 IMAGE (half the memory of float32: minutes of video fit in RAM).",
             inputs=[
                 PoseKeypoint.Input("pose", tooltip="Pose sequence to draw."),
                 io.Int.Input("width", default=0, min=0, max=8192, step=8,
@@ -161,7 +175,7 @@ class IASARenderPose(io.ComfyNode):
     @classmethod
     def execute(cls, pose, width, height, body, face, hands) -> io.NodeOutput:
         seq = from_pose_keypoint(pose, input_name="pose")
-        frames = render_pose(seq, width or None, height or None, body=body, face=face, hands=hands)
+        frames = render_pose(seq, width or None, height or None, body=body, face=face, hands=hands, dtype=VIDEO_DTYPE)
         return io.NodeOutput(frames_to_image(frames))
 
 
@@ -193,13 +207,12 @@ class IASALoadPose(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, pose_file, **_):
+    def validate_inputs(cls, pose_file):  # only "pose_file": ComfyUI reports a problem once per input named here
         return input_file_problem(pose_file, "pose_file") or True
 
     @classmethod
     def fingerprint_inputs(cls, pose_file, canvas_width=0, canvas_height=0, **_):
-        with open(resolve_input_file(pose_file, "pose_file"), "rb") as f:
-            return f"{hashlib.sha256(f.read()).hexdigest()}:{canvas_width}x{canvas_height}"
+        return f"{file_fingerprint(pose_file, 'pose_file')}:{canvas_width}x{canvas_height}"
 
     @classmethod
     def execute(cls, pose_file, canvas_width, canvas_height) -> io.NodeOutput:

@@ -5,3 +5,5 @@ from comfy_api.latest import io
 PoseKeypoint = io.Custom("POSE_KEYPOINT")
 # Per-video-frame audio features (audio.features.AudioFeatures).
 AudioFeaturesType = io.Custom("IASA_AUDIO_FEATURES")
+# A folder of training shards made by IASA Build Dataset: {"path": str, "clips": int, "shards": [str, ...]}.
+DatasetType = io.Custom("IASA_DATASET")

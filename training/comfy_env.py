@@ -8,24 +8,13 @@ ComfyUI's model management is told ``--cpu`` before it first imports (it queries
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
-def comfy_dir() -> Path:
-    """The ComfyUI tree to use: ``$COMFYUI_DIR`` or the vendored one."""
-    explicit = os.environ.get("COMFYUI_DIR")
-    if explicit:
-        tree = Path(explicit)
-        if not (tree / "main.py").is_file():
-            raise FileNotFoundError(f"COMFYUI_DIR={explicit!r} has no main.py: point it at a ComfyUI checkout")
-        return tree.resolve()
-    from ..harness.server import comfyui_dir
-
-    return comfyui_dir()
+from ..harness.server import comfyui_dir as comfy_dir  # noqa: E402  (the one home of "where is ComfyUI")
 
 
 def ensure_comfy_on_path(cpu: bool | None = None) -> Path:

@@ -4,8 +4,10 @@ Installed as ComfyUI's ``optimized_attention_override`` (``transformer_options``
 calls whose queries and keys both span the masked sequence (the video self-attention, ref_conv tokens
 included) run ``scaled_dot_product_attention`` with the bool mask ``[B, L, L]`` of
 ``attention.pattern_mask.pattern_token_mask``; everything else (cross-attention to the text context)
-goes to ComfyUI's own function. Inference runs the same pattern through IASA Sparse Attention's block
-kernels.
+goes to ComfyUI's own function. Training controls the shapes (a ``--context-tokens``-long text context,
+1 by default, never the video's length), so the lengths tell the two apart here; the ComfyUI patch, which
+meets arbitrary workflows, tells them by the call site. Inference runs the same pattern through IASA Sparse
+Attention's block kernels.
 """
 from __future__ import annotations
 

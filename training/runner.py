@@ -5,6 +5,12 @@ A trainer supplies ``step_fn(step) -> (loss, {name: tensor})`` and the modules; 
 the rest. Stops: ``steps`` reached, ``max_minutes`` of loop time spent (clean stop: checkpoint, and the
 trainer exports), or ``stop_after`` steps in this process (checkpoint only: simulates an interruption).
 
+Optional hooks (the distillation uses them; all default off): ``extra_optimizers`` (more optimizers whose
+state goes into the checkpoints, e.g. a second model's), ``after_step(step)`` (after each optimizer step,
+e.g. an EMA update or a progress bar), ``should_stop()`` (checked before every step; True stops with
+reason ``"interrupted"``: checkpoint, no export), ``on_log(row)`` (every logged row) and ``plot_series``
+(the curves of the PNG; default: every logged metric).
+
 ``steps = 0`` with ``max_minutes``: the step count is measured, not guessed. After 5 untimed and 20 timed
 steps (inside the LR warm-up) the runner sets ``steps`` so the loop ends at ~97 % of the budget, and the
 cosine schedule ends there too. The number is kept in checkpoints, so a resumed run keeps it.
@@ -94,10 +100,15 @@ def make_optimizer(params, cfg: RunConfig, device: torch.device) -> torch.optim.
 class Runner:
     def __init__(self, cfg: RunConfig, info: D.DistInfo, model: torch.nn.Module, train_module: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator], name: str,
-                 meta: dict | None = None):
+                 meta: dict | None = None, extra_optimizers: dict[str, torch.optim.Optimizer] | None = None,
+                 after_step: Callable[[int], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                 on_log: Callable[[dict], None] | None = None, plot_series: tuple[str, ...] | None = None):
         self.cfg, self.info, self.model, self.train_module = cfg, info, model, train_module
         self.opt, self.generators, self.name = optimizer, generators, name
         self.meta = meta or {}
+        self.extra_optimizers = dict(extra_optimizers or {})
+        self.after_step, self.should_stop, self.on_log = after_step, should_stop, on_log
+        self.plot_series = plot_series
         self.out = Path(cfg.out)
         self.ckpt = CheckpointManager(self.out / "checkpoints", keep=cfg.keep_checkpoints)
         self.losslog = LossLog(self.out, name=f"{name}_loss", enabled=info.is_main)
@@ -117,6 +128,8 @@ class Runner:
         files, state = self.ckpt.load(path)
         self.model.load_state_dict(files["model"], strict=True)
         optimizer_from_tensors(self.opt, files.get("optim", {}), state["optimizer"])
+        for name, opt in self.extra_optimizers.items():
+            optimizer_from_tensors(opt, files.get(f"optim_{name}", {}), state["extra_optimizers"][name])
         rng_from_tensors(files["rng"], self.generators)
         self.step = int(state["step"])
         if self.cfg.steps <= 0 and int(state.get("total_steps", 0)) > 0:
@@ -129,10 +142,14 @@ class Runner:
     def save_checkpoint(self) -> None:
         if self.info.is_main:
             opt_t, opt_meta = optimizer_to_tensors(self.opt)
-            self.ckpt.save(self.step, {"model": model_tensors(self.model), "optim": opt_t,
-                                       "rng": rng_to_tensors(self.generators)},
+            files = {"model": model_tensors(self.model), "optim": opt_t, "rng": rng_to_tensors(self.generators)}
+            extra_meta = {}
+            for name, opt in self.extra_optimizers.items():
+                files[f"optim_{name}"], extra_meta[name] = optimizer_to_tensors(opt)
+            self.ckpt.save(self.step, files,
                            {"optimizer": opt_meta, "loop_seconds": self.loop_seconds, "name": self.name,
-                            "total_steps": self.cfg.steps, **self.meta})
+                            "total_steps": self.cfg.steps, **({"extra_optimizers": extra_meta} if extra_meta else {}),
+                            **self.meta})
         D.barrier(self.info)
 
     # ------------------------------------------------------------------ logging
@@ -155,6 +172,8 @@ class Runner:
         self._t_log = now
         self._acc, self._acc_n = {}, 0
         self.losslog.append(row)
+        if self.on_log is not None:
+            self.on_log(row)
         log.info("%s step %d: %s", self.name, self.step,
                  " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
         return row
@@ -164,7 +183,9 @@ class Runner:
         """``max_minutes`` is this process's loop budget (a resumed run gets a fresh one)."""
         cfg = self.cfg
         reason = ""
-        if cfg.stop_after and done_here >= cfg.stop_after:
+        if self.should_stop is not None and D.broadcast_flag(bool(self.should_stop()), self.info):
+            reason = "interrupted"
+        elif cfg.stop_after and done_here >= cfg.stop_after:
             reason = "stop_after"
         elif cfg.max_minutes > 0:
             if self.info.world_size == 1 or done_here % 10 == 0:  # ranks agree every 10 steps (one sync)
@@ -211,7 +232,7 @@ class Runner:
                 self._measure_steps(t0, t_probe)
                 if self.step >= cfg.steps:
                     break
-            r = self._time_up(t0, done_here) if done_here else ""
+            r = self._time_up(t0, done_here) if done_here or self.should_stop is not None else ""
             if r:
                 reason = r
                 break
@@ -226,6 +247,8 @@ class Runner:
             self.opt.step()
             self.step += 1
             done_here += 1
+            if self.after_step is not None:
+                self.after_step(self.step)
             self._accumulate(metrics)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self._flush()
@@ -242,6 +265,8 @@ class Runner:
         return reason
 
     def _series(self) -> tuple[str, ...]:
+        if self.plot_series:
+            return self.plot_series
         rows = self.losslog.rows()
         keys = [k for k in (rows[-1] if rows else {}) if k not in ("step", "lr", "sec_per_step", "grad_norm")]
         return tuple(keys) or ("loss",)

@@ -185,12 +185,30 @@ def save_latent_set(ls: LatentSet, path: str | Path, info: dict) -> Path:
     return path
 
 
+def _cache_meta(f, path) -> dict:
+    meta = json.loads((f.metadata() or {}).get("iasa", "{}"))
+    if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
+        raise ValueError(f"{path} is not a teacher latent cache v{CACHE_VERSION}; delete it to rebuild")
+    return meta
+
+
+def latent_cache_meta(path: str | Path) -> dict | None:
+    """The settings a latent cache was made with (header only), None if there is no usable cache."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return _cache_meta(f, path)
+    except ValueError:
+        return None
+
+
 def load_latent_set(path: str | Path) -> tuple[LatentSet, dict]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("iasa", "{}"))
-        if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
-            raise ValueError(f"{path} is not a teacher latent cache v{CACHE_VERSION}; delete it to rebuild")
+        meta = _cache_meta(f, path)
         t = [f.get_tensor(k) for k in LatentSet.TENSORS]
     return LatentSet(*t, meta["ids"]), meta

@@ -51,7 +51,8 @@ from .runner import RunConfig, Runner, configure_cuda, make_optimizer
 from ..attention.pattern_mask import pattern_token_mask
 from ..attention.pose_layout import SparseAttentionConfig
 from .masked_attention import transformer_options
-from .teacher_data import LatentSet, build_latent_set, concat_latent, load_latent_set, model_input, save_latent_set
+from .teacher_data import (LatentSet, build_latent_set, concat_latent, latent_cache_meta, load_latent_set, model_input,
+                           save_latent_set)
 from .tiny_wan import TeacherConfig, build_teacher, config_dict, file_sha256, init_from_weights, load_vae, save_model
 
 log = logging.getLogger(__name__)
@@ -106,27 +107,27 @@ def _amp(dev: torch.device, amp: str):
 
 
 def get_latents(a, info: D.DistInfo, vae, dev: torch.device) -> LatentSet:
-    """Load the cache if it matches, else rank 0 builds and writes it while the others wait."""
+    """Rank 0 checks the cache and rebuilds it unless it matches these settings; every rank passes the one
+    barrier (a rank must not skip it because the cache it sees was written a moment ago), then loads it."""
     cache = Path(a.latents_cache or Path(a.out) / "latents.safetensors")
     want = {"data": str(a.data), "frames": a.frames, "stride": a.stride or a.frames, "vae_sha256": file_sha256(a.vae),
             "max_clips": a.max_clips, "max_windows_per_clip": a.max_windows_per_clip, "seed": a.seed,
             "top_k": a.top_k, "causal": not a.bidirectional}
-    if cache.is_file():
-        ls, meta = load_latent_set(cache)
-        if all(meta.get(k) == v for k, v in want.items()):
-            log.info("teacher data: %d windows from cache %s", len(ls), cache)
-            return ls.to(dev)
-        log.warning("latent cache %s was made with other settings (%s); rebuilding", cache,
-                    {k: meta.get(k) for k in want})
     if info.is_main:
-        clips = load_clips(a.data, "train", a.max_clips or None)
-        ls = build_latent_set(clips, vae, a.frames, a.stride or a.frames, dev, batch=a.encode_batch,
-                              workers=a.render_workers, amp=a.amp == "bf16", seed=a.seed,
-                              max_per_clip=a.max_windows_per_clip, pattern=pattern_config(a))
-        save_latent_set(ls, cache, want)
+        meta = latent_cache_meta(cache)
+        if meta is not None and any(meta.get(k) != v for k, v in want.items()):
+            log.warning("latent cache %s was made with other settings (%s); rebuilding", cache,
+                        {k: meta.get(k) for k in want})
+            meta = None
+        if meta is None:
+            clips = load_clips(a.data, "train", a.max_clips or None)
+            ls = build_latent_set(clips, vae, a.frames, a.stride or a.frames, dev, batch=a.encode_batch,
+                                  workers=a.render_workers, amp=a.amp == "bf16", seed=a.seed,
+                                  max_per_clip=a.max_windows_per_clip, pattern=pattern_config(a))
+            save_latent_set(ls, cache, want)
     D.barrier(info)
-    if not info.is_main:
-        ls, _ = load_latent_set(cache)
+    ls, _ = load_latent_set(cache)
+    log.info("teacher data: %d windows from %s", len(ls), cache)
     return ls.to(dev)
 
 
@@ -249,37 +250,27 @@ def sample(model, control: torch.Tensor, ref: torch.Tensor, noise: torch.Tensor,
 
 def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig, dev: torch.device,
              card_extra: dict | None = None) -> dict:
-    """Held-out sampling PSNR, fp16 check, preview strip, export for stock UNETLoader (``card_extra``:
-    provenance fields for the model card, see training/model_card.py)."""
-    from .vae_train import psnr, wan21_latent_format
-
+    """Held-out and training-window sampling PSNR, fp16 check, preview strip, export for stock UNETLoader
+    (``card_extra``: provenance fields for the model card, see training/model_card.py)."""
     model.eval()
     out: dict = {}
-    fmt = wan21_latent_format()
     try:
         held = load_clips(a.data, "heldout", a.eval_windows)
     except ValueError:
         log.warning("no held-out clips in %s: evaluating on training clips", a.data)
         held = load_clips(a.data, "train", a.eval_windows)
-    held = [c for c in held if len(c["frames"]) >= a.frames][: a.eval_windows]
-    if held and a.eval_windows > 0:
-        hl = build_latent_set(held, vae, a.frames, 10 ** 9, dev, batch=a.encode_batch, workers=1,
-                              amp=a.amp == "bf16", seed=cfg.seed + 1, pattern=pattern_config(a))
-        g = torch.Generator(device=dev)
-        g.manual_seed(1234)
-        noise = torch.randn(hl.x0.shape, generator=g, device=dev)
-        mask = window_mask(hl, torch.arange(len(hl), device=dev))
-        x0_hat = sample(model, hl.control, hl.ref_random, noise, a.eval_steps, a.shift, a.eval_cfg, a.amp, mask)
-        gt = to_model_range(torch.from_numpy(np.stack([c["frames"][: a.frames] for c in held])).to(dev))
-        with torch.no_grad():
-            dec = torch.cat([vae.decode(fmt.process_out(x0_hat[i:i + 1])).float() for i in range(len(x0_hat))])
-            rec = torch.cat([vae.decode(fmt.process_out(hl.x0[i:i + 1])).float() for i in range(len(hl.x0))])
-        out["heldout_sample_psnr"] = psnr(dec, gt)
-        out["heldout_vae_psnr"] = psnr(rec, gt)
-        out["eval"] = {"windows": len(held), "steps": a.eval_steps, "cfg": a.eval_cfg, "shift": a.shift}
-        _preview(gt[0], dec[0], Path(cfg.out) / "preview.png")
-        log.info("teacher: held-out sample PSNR %.2f dB (VAE reconstruction %.2f dB)", out["heldout_sample_psnr"],
-                 out["heldout_vae_psnr"])
+    splits = {"heldout": held, "train": load_clips(a.data, "train", a.eval_windows)}  # side by side: over-fitting?
+    for split, clips in splits.items():
+        clips = [c for c in clips if len(c["frames"]) >= a.frames][: a.eval_windows]
+        if not clips or a.eval_windows <= 0:
+            continue
+        sample_psnr, vae_psnr, gt, dec = _sample_psnr(model, vae, clips, a, cfg, dev)
+        out[f"{split}_sample_psnr"], out[f"{split}_vae_psnr"] = sample_psnr, vae_psnr
+        out.setdefault("eval", {"windows": len(clips), "steps": a.eval_steps, "cfg": a.eval_cfg, "shift": a.shift,
+                                "sparse": True})
+        if split == "heldout":
+            _preview(gt[0], dec[0], Path(cfg.out) / "preview.png")
+        log.info("teacher: %s sample PSNR %.2f dB (VAE reconstruction %.2f dB)", split, sample_psnr, vae_psnr)
     if dev.type == "cuda":
         out["fp16_rel_error"] = _fp16_check(model, a, dev)
     card = {"name": "IASA-mini teacher",
@@ -300,6 +291,26 @@ def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig,
     dtype = torch.bfloat16 if a.save_dtype == "bf16" else torch.float32
     out["weights"] = str(save_model(model, Path(cfg.out) / WEIGHTS_NAME, card, dtype=dtype))
     return out
+
+
+@torch.no_grad()
+def _sample_psnr(model, vae, clips: list[dict], a, cfg: RunConfig, dev: torch.device):
+    """Sample the first window of each clip (a random frame of the clip as the reference, sparse attention,
+    CFG as the workflow); PSNR of the decoded sample and of the VAE reconstruction against the real frames."""
+    from .vae_train import psnr, wan21_latent_format
+
+    fmt = wan21_latent_format()
+    hl = build_latent_set(clips, vae, a.frames, 10 ** 9, dev, batch=a.encode_batch, workers=1,
+                          amp=a.amp == "bf16", seed=cfg.seed + 1, pattern=pattern_config(a))
+    g = torch.Generator(device=dev)
+    g.manual_seed(1234)
+    noise = torch.randn(hl.x0.shape, generator=g, device=dev)
+    mask = window_mask(hl, torch.arange(len(hl), device=dev))
+    x0_hat = sample(model, hl.control, hl.ref_random, noise, a.eval_steps, a.shift, a.eval_cfg, a.amp, mask)
+    gt = to_model_range(torch.from_numpy(np.stack([c["frames"][: a.frames] for c in clips])).to(dev))
+    dec = torch.cat([vae.decode(fmt.process_out(x0_hat[i:i + 1])).float() for i in range(len(x0_hat))])
+    rec = torch.cat([vae.decode(fmt.process_out(hl.x0[i:i + 1])).float() for i in range(len(hl.x0))])
+    return psnr(dec, gt), psnr(rec, gt), gt, dec
 
 
 @torch.no_grad()

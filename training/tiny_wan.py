@@ -9,7 +9,7 @@ What the stock loaders detect (ComfyUI 0.3.75):
   4x / spatial 8x). So ``dim`` is our only size knob.
 * DiT (``comfy/model_detection.py``): Wan when ``head.modulation`` exists; ``dim`` from its last axis,
   ``num_heads = dim // 128``, ``ffn_dim``, ``num_layers``, ``in_dim`` (48 = Fun-Control: noise 16 +
-  control-video latent 16 + reference latent 16), ``out_dim``; t2v without ``img_emb``; text_dim 4096,
+  control-video latent 16 + start-image latent 16, which v2 leaves empty), ``out_dim``; t2v without ``img_emb``; text_dim 4096,
   qk_norm and cross_attn_norm on, patch (1, 2, 2); ``ref_conv.weight`` present -> ``in_dim_ref_conv`` (its
   input channels): the reference latent becomes Hp*Wp tokens in front of the video tokens.
 

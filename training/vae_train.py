@@ -283,6 +283,8 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
     rec_after = rec_before if keep_latents else reconstruct(vae, x_eval, a.eval_batch)
     out["heldout_psnr_fp32_calibrated"] = psnr(rec_after, x_eval)
     out["calibration_max_abs_change"] = float((rec_after - rec_before).abs().max())
+    x_train = calib_bank.windows(a.eval_clips)  # same window length: train and held-out side by side
+    out["train_psnr_fp32_calibrated"] = psnr(reconstruct(vae, x_train, a.eval_batch), x_train)
     if dev.type == "cuda":  # ComfyUI runs the VAE with bf16 weights on such GPUs
         vae16 = build_vae(VAEConfig(dim=a.dim), init=False)
         vae16.load_state_dict(vae.state_dict())
@@ -292,11 +294,11 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
     out["heldout_windows"] = [int(x_eval.shape[0]), int(x_eval.shape[2])]
     card = {"name": "IASA-mini VAE", "format": "Wan 2.1 VAE (stock VAELoader)", "config": config_dict(VAEConfig(dim=a.dim)),
             "latent_format": "comfy.latent_formats.Wan21 (calibrated: process_in gives ~zero mean, unit std)",
-            "trained_steps": cfg.steps, "data": a.data, "frames": a.frames, "crop": a.crop, "train_part": a.train_part,
+            "data": a.data, "frames": a.frames, "crop": a.crop, "train_part": a.train_part,
             "heldout_psnr_db": round(out["heldout_psnr_fp32_calibrated"], 3),
             "losses": {"l1": 1.0, "l2": a.l2_weight, "edge": a.edge_weight, "kl": a.kl_weight},
-            "metrics": {k: out[k] for k in ("heldout_psnr_fp32_calibrated", "heldout_psnr_bf16_weights",
-                                            "heldout_windows") if k in out},
+            "metrics": {k: out[k] for k in ("heldout_psnr_fp32_calibrated", "train_psnr_fp32_calibrated",
+                                            "heldout_psnr_bf16_weights", "heldout_windows") if k in out},
             **(card_extra or {})}
     dtype = torch.bfloat16 if a.save_dtype == "bf16" else torch.float32
     path = save_model(vae, Path(cfg.out) / WEIGHTS_NAME, card, dtype=dtype)

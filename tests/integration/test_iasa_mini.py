@@ -54,13 +54,14 @@ def _by_type(prompt: dict, class_type: str) -> list[dict]:
     return [n for n in prompt.values() if n["class_type"] == class_type]
 
 
-def shrunk_talking_workflow(teacher: str, vae: str, seconds: float, size: int, steps: int) -> dict:
-    """The talking workflow as shipped, with other model files, less audio, a smaller video and fewer steps."""
-    wf = json.loads(WORKFLOW.read_text())
+def shrunk_talking_workflow(teacher: str, vae: str, seconds: float, size: int, steps: int,
+                            workflow=WORKFLOW) -> dict:
+    """A talking workflow as shipped, with other model files, less audio, a smaller video and fewer steps."""
+    wf = json.loads(workflow.read_text())
     _by_type(wf, "UNETLoader")[0]["inputs"]["unet_name"] = teacher
     _by_type(wf, "VAELoader")[0]["inputs"]["vae_name"] = vae
     _by_type(wf, "IASALoadAudio")[0]["inputs"]["duration"] = seconds
-    for node in _by_type(wf, "WanFunControlToVideo"):
+    for node in _by_type(wf, "WanFunControlToVideo") + _by_type(wf, "Wan22FunControlToVideo"):
         node["inputs"]["width"] = node["inputs"]["height"] = size
     _by_type(wf, "KSampler")[0]["inputs"]["steps"] = steps
     return wf
@@ -180,6 +181,22 @@ def test_talking_workflow_runs_end_to_end_with_random_weights(client, random_min
     assert abs(audio_s - 13 / 25) < 0.05
 
 
+def test_v2_talking_workflow_runs_long_sparse_with_reference_tokens(client, random_mini):
+    """The v2 workflow (Wan22FunControlToVideo ref_image -> ref_conv tokens, IASA Sparse Attention, IASA Long
+    Video), shrunk: 2.2 s of speech = 55 frames -> 14 latent frames, more than the 13-frame window, 32x32."""
+    from iasa.harness.demo import MINI_V2_WORKFLOW
+
+    wf = shrunk_talking_workflow(*random_mini, seconds=2.2, size=32, steps=2, workflow=MINI_V2_WORKFLOW)
+    assert _by_type(wf, "IASALongVideo") and _by_type(wf, "IASASparseAttention")
+    result = client.run(wf, timeout=900)
+    assert result.status == "success", result.error
+    mp4 = next(f for f in saved_files(result.outputs) if f["filename"].endswith(".mp4"))
+    with av.open(io.BytesIO(client.view(mp4["filename"], mp4.get("subfolder", "")))) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == wan_length(55) == 53 and frames[0].shape == (32, 32, 3)
+    assert np.abs(np.diff(np.stack(frames).astype(np.float32), axis=0)).mean() > 0.01   # not one frame repeated
+
+
 # ------------------------------------------------------------------------------------- IASA Load Pose
 def test_load_pose_reads_the_bundled_pose(client):
     prompt = {
@@ -246,7 +263,11 @@ def _trained_weights_missing() -> str | None:
 
 
 @pytest.mark.skipif(_trained_weights_missing() is not None, reason=_trained_weights_missing() or "")
-@pytest.mark.xfail(strict=True, reason=(
+class PoseNotFollowed(AssertionError):
+    """The quality verdict of the trained-weights test (only this failure is the known, expected one)."""
+
+
+@pytest.mark.xfail(strict=True, raises=PoseNotFollowed, reason=(
     "known defect of the shipped, under-trained IASA-mini (94 s of H200 training, GPU time ran out): measured "
     "PSNR to the ground truth 19.25 dB, but where the pose moved 13.74 dB to the ground truth vs 15.17 dB to "
     "the reference frame, i.e. it mostly copies the reference. Strict: once retrained weights follow the pose "
@@ -288,5 +309,9 @@ def test_trained_teacher_frames_follow_the_control_pose(client, server):
     to_reference = psnr(gen, np.broadcast_to(reference, gen.shape).copy(), moved)
     numbers = (f"PSNR to the ground truth {overall:.2f} dB; where the pose moved: {to_truth:.2f} dB to the ground "
                f"truth, {to_reference:.2f} dB to the reference frame")
-    assert overall > 18.0, f"not the speaker: {numbers}"
-    assert to_truth > to_reference + 1.0, f"the control pose is not followed: {numbers}"
+    # Only these two checks are the expected failure (PoseNotFollowed); a crash or a broken set-up above
+    # fails the test as usual.
+    if not overall > 18.0:
+        raise PoseNotFollowed(f"not the speaker: {numbers}")
+    if not to_truth > to_reference + 1.0:
+        raise PoseNotFollowed(f"the control pose is not followed: {numbers}")

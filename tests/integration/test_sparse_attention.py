@@ -11,6 +11,10 @@ from safetensors.torch import load as load_safetensors
 from iasa.harness.demo import saved_files
 
 from .conftest import TINY_WAN, speech_pose_nodes
+from .test_bad_input import assert_server_still_serves
+
+
+VIDEO_TOKENS = 7 * 8 * 8     # the 128x128x25 latent: 7 latent frames of 8x8 tokens
 
 
 def graph(model_node: dict | None, extra: dict | None = None, prefix: str = "iasa_test/latent") -> dict:
@@ -73,6 +77,18 @@ def test_patched_model_equals_explicit_masked_attention(client, reference_latent
     assert (dense_latent - reference_latent).abs().mean() > 1e-2 * scale
 
 
+def test_cross_attention_as_long_as_the_video_is_not_made_sparse(client):
+    """Text of exactly as many (random) tokens as the video: q and k of cross-attention have equal lengths,
+    yet only self-attention (told by its call site) may get the sparse mask."""
+    text = {"11": {"class_type": "IASATestRandomConditioning", "inputs": {"tokens": VIDEO_TOKENS, "seed": 3}}}
+    ref_node = {"class_type": "IASATestMaskedReference", "inputs": {"model": ["10", 0], "pose": ["5", 0],
+                                                                    "top_k": 2, "direction": "causal"}}
+    reference, _ = run_latent(client, graph(ref_node, text, prefix="iasa_test/ref_equal"))
+    sparse, _ = run_latent(client, graph(sparse_node(), text, prefix="iasa_test/sparse_equal"))
+    scale = reference.abs().mean()
+    assert (sparse - reference).abs().max() < 1e-3 * scale + 1e-4
+
+
 def test_preview_and_density_come_back_through_the_api(client):
     extra = {"20": {"class_type": "PreviewImage", "inputs": {"images": ["13", 1]}},
              "21": {"class_type": "PreviewAny", "inputs": {"source": ["13", 2]}}}
@@ -98,3 +114,33 @@ def test_previous_override_still_runs_on_the_dense_path(client):
     steps, layers = 3, 3
     assert counts.get("cross") == steps * layers        # cross-attention untouched, every layer, every step
     assert counts.get("self") == steps * 1              # only the dense first block's self-attention
+
+
+def test_a_pose_without_a_person_is_a_fallback_the_node_shows_or_strict_refuses(client):
+    """An empty pose (IASA Extract Pose with no_person 'leave empty' on a picture of nobody): the node says it
+    will sample densely and why, and under strict it stops with an error naming the input."""
+    extra = {"3": {"class_type": "LoadImage", "inputs": {"image": "no_person.png"}},
+             "5": {"class_type": "IASAExtractPose", "inputs": {"image": ["3", 0], "smoothing": 0.0,
+                                                               "no_person": "leave empty"}},
+             "21": {"class_type": "PreviewAny", "inputs": {"source": ["13", 2]}}}
+    g = graph(sparse_node(), extra, prefix="iasa_test/nobody")
+    for n in ("1", "2", "4"):
+        del g[n]
+    result = client.run(g, timeout=900)
+    assert result.status == "success", result.error
+    text = result.outputs["21"]["text"][0]
+    assert "dense attention (fallback)" in text and "no person" in text and "logged once per run" in text
+    g["13"] = sparse_node(strict=True)
+    err = client.run(g, timeout=900).error
+    assert err["node_id"] == "13" and err["exception_message"].startswith("pose: IASA Sparse Attention (strict)")
+    assert err["exception_type"] == "iasa.attention.patch.DenseFallbackError"
+    assert_server_still_serves(client)
+
+
+def test_a_block_size_costlier_than_dense_is_a_clear_error(client):
+    node = sparse_node(block_size=128, width=128, height=128, length=25)   # the size of the sampled latent
+    err = client.run(graph(node, prefix="iasa_test/big_blocks"), timeout=900).error
+    assert err["node_id"] == "13", err
+    msg = err["exception_message"]
+    assert msg.startswith("block_size: 128 is too large") and "use block_size 16" in msg
+    assert_server_still_serves(client)

@@ -105,6 +105,31 @@ def qkv(B, H, L, D, dtype=torch.float32, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------
+# the layout describes itself (to_dense, token_mask, density, str)
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_layout_token_mask_and_block_matrix_match_the_block_lists(shared):
+    layout = random_layout(150, 16, heads=3, density=0.3, seed=1, shared=shared, scatter_padding=True)
+    assert torch.equal(layout.token_mask(), naive_token_mask(layout))
+    dense = layout.to_dense()
+    hl, nb = layout.kv_num_blocks.shape
+    assert dense.shape == (hl, nb, nb)
+    for h in range(hl):
+        for i in range(nb):
+            assert set(dense[h, i].nonzero()[:, 0].tolist()) == set(layout.kv_indices[h, i, : layout.kv_num_blocks[h, i]].tolist())
+    d = layout.density({"face": 3})
+    assert d.token_density == pytest.approx(naive_token_mask(layout).double().mean().item())
+    assert d.block_density == pytest.approx(dense.double().sum((1, 2)).mean().item() * 16 ** 2 / 150 ** 2)
+    assert d.region_tokens == {"face": 3} and d.padding_slots == layout.perm.numel() - 150
+    text = str(layout)
+    assert text.startswith(f"BlockLayout({hl} head pattern") and "block density" in text and "token density" in text
+    bad = BlockLayout(16, 150, layout.perm.clone(), layout.kv_num_blocks, layout.kv_indices)
+    bad.perm[bad.perm == 5] = 6                                       # token 5 missing, token 6 twice
+    with pytest.raises(ValueError, match="exactly once"):
+        bad.token_mask()
+
+
+# ---------------------------------------------------------------------------------------------
 # sdpa kernel
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -227,6 +252,51 @@ def test_xformers_paged_plan_emulation_matches_sdpa(shared, scatter_padding, hea
     }[heads_per_call]
     out = _emulated_paged(q, k, v, layout, per_call)
     assert (out - ref).abs().max().item() < 2e-5
+
+
+def adversarial_qkv(layout: BlockLayout, heads: int, D: int, real_logit: float, seed: int):
+    """q/k whose scaled logits to every real key are ``real_logit`` +- 1 (padding keys, zero, score 0):
+    the real keys of a row carry ~exp(-20) of the mass of one padding key."""
+    g = torch.Generator().manual_seed(seed)
+    L = layout.seq_len
+    u = torch.randn(D, generator=g)
+    u /= u.norm()
+    k = u * math.sqrt(D) + 0.05 * torch.randn(1, heads, L, D, generator=g)
+    q = (real_logit + torch.randn(1, heads, L, 1, generator=g).clamp(-1, 1)) * u        # q.k/sqrt(D) ~ logit
+    v = torch.randn(1, heads, L, D, generator=g)
+    return q, k, v
+
+
+@pytest.mark.parametrize("real_logit", [-15.0, -20.0])
+def test_paged_padding_correction_is_exact_with_adversarial_logits(real_logit, monkeypatch):
+    """Real keys near -20, padding keys at 0: the plain correction out / (1 - p e^-lse) loses everything
+    in float32 (the LSE cannot resolve the real keys' mass); the weak rows are recomputed exactly."""
+    from iasa.attention import xformers_paged
+
+    layout = random_layout(150, 16, heads=2, density=0.4, seed=21, scatter_padding=True)
+    q, k, v = adversarial_qkv(layout, 2, 32, real_logit, seed=22)
+    truth = naive_attention(q.double(), k.double(), v.double(), naive_token_mask(layout)).double()
+    repaired = []
+    real_repair = xformers_paged.exact_block_rows
+    monkeypatch.setattr(xformers_paged, "exact_block_rows",
+                        lambda *a, **kw: repaired.append(len(a[4])) or real_repair(*a, **kw))
+    out = _emulated_paged(q, k, v, layout)
+    rel = ((out.double() - truth).norm(dim=-1) / truth.norm(dim=-1)).max().item()
+    assert repaired and rel < 1e-4, (repaired, rel)
+    # Without the repair the same inputs go wrong: the adversarial case is real.
+    monkeypatch.setattr(xformers_paged, "rows_to_repair", lambda *a: None)
+    plain = _emulated_paged(q, k, v, layout)
+    assert ((plain.double() - truth).norm(dim=-1) / truth.norm(dim=-1)).max().item() > 1e-2
+
+
+def test_gaussian_inputs_need_no_repair(monkeypatch):
+    from iasa.attention import xformers_paged
+
+    monkeypatch.setattr(xformers_paged, "exact_block_rows", lambda *a, **kw: pytest.fail("repair on easy rows"))
+    layout = random_layout(150, 16, heads=3, density=0.3, seed=6, scatter_padding=True)
+    q, k, v = qkv(1, 3, 150, 32)
+    out = _emulated_paged(q, k, v, layout)
+    assert (out - naive_attention(q, k, v, naive_token_mask(layout))).abs().max().item() < 2e-5
 
 
 def test_xformers_plan_bf16_inputs_return_input_dtype():

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from .attention_poses import empty_pose, talking_pose
+from iasa.pose.synthetic import empty_pose, talking_pose
 from iasa.attention.global_mask import select_frames
 from iasa.attention.grid import TokenGrid
 from iasa.attention.layout import (
-    GROUP_ORDER, build_region_layout, density_report, layout_block_mask, random_layout, struct_layout,
+    GROUP_ORDER, build_region_layout, random_layout, struct_layout,
 )
-from iasa.attention.pose_layout import SparseAttentionConfig, build_pose_layout
+from iasa.attention.pose_layout import BlockSizeError, SparseAttentionConfig, build_pose_layout
 from iasa.attention.preview import REGION_COLORS, render_layout_preview
-from iasa.attention.reference import layout_to_token_mask, reference_token_mask, token_frame_and_label
+from .attention_reference import reference_token_mask, token_frame_and_label
 from iasa.pose.regions import LABELS
 
 
@@ -70,8 +70,8 @@ def test_layout_equals_token_reference_on_random_labels(grid, block, causal):
         layout, groups = build_region_layout(labels, sel, grid, block)
         _check_invariants(layout, groups, grid)
         ref = reference_token_mask(labels, sel, grid)
-        assert torch.equal(layout_to_token_mask(layout), ref)
-        rep = density_report(layout)
+        assert torch.equal(layout.token_mask()[0], ref)
+        rep = layout.density()
         assert rep.token_density == pytest.approx(ref.double().mean().item(), rel=1e-12)
 
 
@@ -112,7 +112,7 @@ def test_talking_sequence_end_to_end_exact_and_causal():
         assert not np.triu(plan.frame_select, 1).any()
         assert (plan.frame_select.sum(1) == np.minimum(np.arange(9), k) + 1).all()
         ref = reference_token_mask(plan.labels, plan.frame_select, grid)
-        assert torch.equal(layout_to_token_mask(plan.layout), ref)
+        assert torch.equal(plan.layout.token_mask()[0], ref)
         d = plan.density
         assert d.token_density == pytest.approx(ref.double().mean().item(), rel=1e-12)
         assert d.token_density <= d.block_density
@@ -127,9 +127,9 @@ def test_talking_sequence_end_to_end_exact_and_causal():
 def test_extra_tokens_are_global_in_a_pose_layout():
     pose = talking_pose(9, 128, 128)
     grid = TokenGrid.from_latent_shape((4, 16, 16), leading_ref_frames=1, ref_tokens_before=64, extra_frames_after=1)
-    plan = build_pose_layout(pose, grid, SparseAttentionConfig(block_size=16))
+    plan = build_pose_layout(pose, grid, SparseAttentionConfig(block_size=4))   # 8x8-token frames: small blocks
     assert grid.video_frames == 3 and plan.labels.shape == (3, 8, 8)
-    m = layout_to_token_mask(plan.layout)
+    m = plan.layout.token_mask()[0]
     glob = torch.from_numpy(grid.token_frames() < 0)
     assert int(glob.sum()) == 64 + 64 + 64
     assert m[glob].all() and m[:, glob].all()
@@ -143,21 +143,38 @@ def test_bidirectional_option_reaches_future_frames():
     plan = build_pose_layout(pose, grid, SparseAttentionConfig(top_k=2, causal=False, block_size=8))
     assert np.triu(plan.frame_select, 1).any()
     assert (plan.frame_select.sum(1) == 3).all()
-    assert torch.equal(layout_to_token_mask(plan.layout), reference_token_mask(plan.labels, plan.frame_select, grid))
+    assert torch.equal(plan.layout.token_mask()[0], reference_token_mask(plan.labels, plan.frame_select, grid))
 
 
-def test_no_person_falls_back_to_dense_with_a_warning(caplog):
+def test_no_person_gives_no_layout_and_says_why(caplog):
+    """The caller takes the dense fallback and warns (test_attention_patch); the builder says why."""
     grid = TokenGrid.from_latent_shape((3, 16, 16))
-    with caplog.at_level(logging.WARNING, logger="iasa.attention.pose_layout"):
+    with caplog.at_level(logging.INFO, logger="iasa.attention.pose_layout"):
         plan = build_pose_layout(empty_pose(9, 128, 128), grid)
     assert plan.dense_fallback and plan.layout is None and "no person" in plan.fallback_reason
-    assert "dense" in caplog.text
+    assert plan.fallback_reason in caplog.text
     off = talking_pose(9, 128, 128)
     off.points[..., 0] += 10_000                                     # everybody far off the canvas
     plan = build_pose_layout(off, grid)
     assert plan.dense_fallback and "region" in plan.fallback_reason
     img = render_layout_preview(plan)
     assert img.ndim == 3 and img.shape[2] == 3
+
+
+def test_a_block_size_costlier_than_dense_is_refused_with_the_sizes_that_work():
+    """Tokens of a frame are grouped by region and each group padded to whole blocks: with blocks larger than
+    the groups the kernel would do several times the work of dense attention (942.9 % was reported)."""
+    pose = talking_pose(9, 192, 192)
+    grid = TokenGrid.from_latent_shape((3, 24, 24))                    # 144 tokens per frame
+    with pytest.raises(BlockSizeError, match="block_size: 128 is too large") as exc:
+        build_pose_layout(pose, grid, SparseAttentionConfig(block_size=128))
+    text = str(exc.value)
+    assert "144 tokens" in text and "% of the work of dense attention" in text
+    assert "use block_size 16 (65 %)" in text and "32 (" not in text  # 16 is cheaper than dense here, 32 is not
+    assert build_pose_layout(pose, grid, SparseAttentionConfig(block_size=16)).density.block_density < 1.0
+    with pytest.raises(BlockSizeError, match="no block size of 16 or more"):
+        build_pose_layout(talking_pose(9, 64, 64), TokenGrid.from_latent_shape((3, 8, 8)),
+                          SparseAttentionConfig(block_size=32))
 
 
 def test_context_window_takes_the_frames_of_the_whole_video():
@@ -181,13 +198,13 @@ def test_random_layout_density_heads_and_seed():
     nb = -(-L // bs)
     assert a.num_blocks == nb and a.kv_num_blocks.shape == (heads, nb)
     assert (a.kv_num_blocks == round(0.25 * nb)).all()
-    m = layout_block_mask(a)
+    m = a.to_dense()
     assert m[:, torch.arange(nb), torch.arange(nb)].all()
     assert not torch.equal(m[0], m[1])                               # differs per head
-    assert torch.equal(m, layout_block_mask(random_layout(L, bs, 0.25, heads, seed=1)))
-    assert not torch.equal(m, layout_block_mask(random_layout(L, bs, 0.25, heads, seed=2)))
+    assert torch.equal(m, random_layout(L, bs, 0.25, heads, seed=1).to_dense())
+    assert not torch.equal(m, random_layout(L, bs, 0.25, heads, seed=2).to_dense())
     assert (a.perm[L:] == -1).all() and torch.equal(a.perm[:L], torch.arange(L))
-    tm = layout_to_token_mask(a, head=2)
+    tm = a.token_mask()[2]
     assert torch.equal(tm[:bs, :bs], torch.ones(bs, bs, dtype=torch.bool))
     with pytest.raises(ValueError, match="density"):
         random_layout(L, bs, 0.0)
@@ -196,7 +213,7 @@ def test_random_layout_density_heads_and_seed():
 def test_struct_layout_matches_its_definition():
     frames, F, bs = 5, 37, 16
     lay = struct_layout(frames, F, bs)
-    m = layout_block_mask(lay)[0]
+    m = lay.to_dense()[0]
     nb = lay.num_blocks
     for i in range(nb):
         s = bs * i
@@ -219,14 +236,14 @@ def test_preview_shows_regions_and_blocks():
 
 
 def test_layout_from_audio_driven_pose_is_exact():
-    """The demo speech through audio features and audio-to-pose (other helpers' modules) into a layout."""
-    a2p = pytest.importorskip("iasa.pose.audio_to_pose", reason="pose/audio_to_pose.py is not in the checkout")
+    """The demo speech through audio features and audio-to-pose into a layout."""
     from iasa.audio.features import features_from_audio
     from iasa.audio.loading import load_audio_file
+    from iasa.pose.audio_to_pose import audio_to_pose
 
     speech = pathlib.Path(__file__).resolve().parents[2] / "assets" / "demo" / "speech.wav"
     audio = load_audio_file(speech, start=1.0, duration=1.4)           # 35 frames at 25 fps
-    pose = a2p.audio_to_pose(talking_pose(1, 256, 256), features_from_audio(audio, 25.0), seed=0)
+    pose = audio_to_pose(talking_pose(1, 256, 256), features_from_audio(audio, 25.0), seed=0)
     grid = TokenGrid.from_latent_shape((9, 32, 32))                     # 33 pixel frames: pose resampled
     plan = build_pose_layout(pose, grid, SparseAttentionConfig(top_k=2, block_size=16))
     assert not plan.dense_fallback
@@ -234,4 +251,18 @@ def test_layout_from_audio_driven_pose_is_exact():
     for name in ("face", "left_hand", "right_hand", "arms"):
         assert plan.density.region_tokens[name] > 0
     ref = reference_token_mask(plan.labels, plan.frame_select, grid)
-    assert torch.equal(layout_to_token_mask(plan.layout), ref)
+    assert torch.equal(plan.layout.token_mask()[0], ref)
+
+
+def test_training_pattern_mask_equals_the_oracle():
+    """attention/pattern_mask.py (the batched token mask the training code uses) against the brute force."""
+    from iasa.attention.pattern_mask import pattern_token_mask
+
+    rng = np.random.default_rng(7)
+    grid = TokenGrid(video_frames=4, hp=3, wp=5, ref_tokens_before=15)
+    cases = [_random_case(rng, grid, causal, 2) for causal in (True, False)]
+    labels = torch.from_numpy(np.stack([c[0] for c in cases]))
+    select = torch.from_numpy(np.stack([c[1] for c in cases]))
+    got = pattern_token_mask(labels, select, global_before=grid.ref_tokens_before)
+    for b, (lab, sel) in enumerate(cases):
+        assert torch.equal(got[b], reference_token_mask(lab, sel, grid))

@@ -6,12 +6,18 @@ import logging
 import numpy as np
 import pytest
 
-from .attention_poses import empty_pose, talking_pose
+from iasa.pose.synthetic import empty_pose, talking_pose
 from iasa.attention.global_mask import latent_frame_poses, rigid_residuals, select_frames
 from iasa.attention.grid import TokenGrid
-from iasa.attention.token_regions import pose_for_grid, region_token_counts, token_labels
+from iasa.attention.alignment import align_pose
+from iasa.attention.token_regions import region_token_counts, token_labels
 from iasa.pose.keypoints import UPPER_BODY, PoseSequence
 from iasa.pose.regions import LABELS, frame_masks
+
+
+def pose_for_grid(pose: PoseSequence, grid: TokenGrid) -> PoseSequence:
+    """The pose on the grid's video canvas, one frame per pixel frame (the stock nodes' rules)."""
+    return align_pose(pose, grid.pixel_width, grid.pixel_height, grid.pixel_frames).pose
 
 
 # ---- grid ----------------------------------------------------------------------------------------
@@ -110,16 +116,6 @@ def test_pose_canvas_is_scaled_to_the_video():
     a = token_labels(pose_for_grid(pose, grid), grid)
     b = token_labels(pose_for_grid(big, grid), grid)
     assert np.array_equal(a, b) and a.any()
-
-
-def test_pose_length_mismatch_is_resampled_with_a_note(caplog):
-    grid = TokenGrid.from_latent_shape((5, 16, 16))          # 17 pixel frames
-    pose = talking_pose(40, 128, 128)
-    with caplog.at_level(logging.INFO, logger="iasa.attention.token_regions"):
-        fitted = pose_for_grid(pose, grid)
-    assert len(fitted) == grid.pixel_frames
-    assert "resampling" in caplog.text and "40 frames" in caplog.text
-    assert np.allclose(fitted.points, pose.resampled(17).points)
 
 
 def test_odd_grid_labels_and_counts():

@@ -137,6 +137,20 @@ def test_sequence_output_format_and_resize():
         render_pose(seq, -5, 10)
 
 
+def test_float16_frames_hold_the_drawn_colours_exactly():
+    """The nodes emit float16 IMAGEs (half the memory): stock SaveVideo's ``(frame * 255).byte()`` in float16
+    and a float32 ``round(frame * 255)`` both give back the uint8 picture; float32 output is unchanged."""
+    import torch
+
+    seq = PoseSequence(np.stack([person(320, 240), person(320, 240, hands=False)]), 320, 240)
+    drawn = np.stack([render_frame_uint8(f, 320, 240) for f in seq.points])
+    half = render_pose(seq, dtype=np.float16)
+    assert half.dtype == np.float16 and half.shape == (2, 240, 320, 3)
+    assert np.array_equal((torch.from_numpy(half) * 255).clamp(0, 255).byte().numpy(), drawn)
+    assert np.array_equal(np.round(half.astype(np.float32) * 255).astype(np.uint8), drawn)
+    assert np.array_equal(render_pose(seq), drawn.astype(np.float32) * np.float32(1 / 255))
+
+
 def _lit_fraction(img: np.ndarray) -> float:
     return float((img.max(axis=-1) > 0.1).mean())
 

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from iasa.attention.grid import TokenGrid
-from iasa.attention.patch import CALL_KEY, CallInfo, SparseAttentionPatch
+from iasa.attention.patch import CALL_KEY, CallInfo, SelfAttentionCallSite, SparseAttentionPatch
 from iasa.attention.pattern_mask import pattern_token_mask
 from iasa.attention.pose_layout import SparseAttentionConfig, build_pose_layout, pose_pattern
-from iasa.attention.reference import reference_token_mask
 from iasa.training.masked_attention import MaskedSelfAttention, transformer_options
 from iasa.training.teacher_data import LatentSet, token_grid
 from iasa.training.tiny_wan import TeacherConfig, build_teacher
-from .attention_poses import talking_pose
+from iasa.pose.synthetic import talking_pose
+from .attention_reference import reference_token_mask
 from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -72,9 +72,11 @@ def test_training_mask_forward_equals_the_inference_patch():
     override = MaskedSelfAttention(mask)
     with torch.no_grad():
         train = model(x, t, ctx, reference_latent=ref, transformer_options={"optimized_attention_override": override})
+        dense = model(x, t, ctx, reference_latent=ref)
+        for i, block in enumerate(model.blocks):   # the call sites apply_sparse_attention patches in
+            block.self_attn.forward = SelfAttentionCallSite(block.self_attn.forward, i)
         infer = model(x, t, ctx, reference_latent=ref, transformer_options={
             "optimized_attention_override": patch.attention, CALL_KEY: CallInfo(grid, None)})
-        dense = model(x, t, ctx, reference_latent=ref)
     assert override.calls == 2 and patch.stats["sparse"] == 2   # one self-attention per block, cross passed on
     assert torch.allclose(train, infer, atol=1e-5, rtol=1e-4)
     assert float((train - dense).abs().max()) > 1e-3

@@ -177,6 +177,9 @@ def test_teacher_resume_equals_uninterrupted_run(tmp_path, vae_file):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["heldout_sample_psnr"] == full["heldout_sample_psnr"]
     assert (tmp_path / "b" / "iasa_mini_teacher.safetensors").is_file() and (tmp_path / "b" / "preview.png").is_file()
+    card = json.loads((tmp_path / "b" / "iasa_mini_teacher.json").read_text())
+    assert card["trained_steps"] == 5                       # steps run (3 + 2 after the resume), from the runner
+    assert {"heldout_sample_psnr", "train_sample_psnr"} <= set(card["eval"])   # side by side
 
 
 def test_two_process_gloo_ddp_equals_one_process_on_the_global_batch(tmp_path, vae_file):

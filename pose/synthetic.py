@@ -1,9 +1,13 @@
-"""Synthetic poses for the attention tests: a frontal talking, gesturing upper body in plain numpy."""
+"""Synthetic poses in plain numpy: a frontal talking, gesturing upper body (benchmarks, tests, examples).
+
+Not a motion model (audio_to_pose is): a fixed recipe of sways, nods, mouth cycles and arm lifts that
+exercises every region of the sparse layout, with a hand that leaves the view for a few frames.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from iasa.pose.keypoints import BODY, FACE, LHAND, N_POINTS, RHAND, B, PoseSequence
+from .keypoints import BODY, FACE, LHAND, N_POINTS, RHAND, B, PoseSequence
 
 
 def _hand(wrist: np.ndarray, direction: np.ndarray, size: float, spread: float) -> np.ndarray:
@@ -91,4 +95,5 @@ def talking_pose(n_frames: int = 33, width: int = 512, height: int = 512, seed: 
 
 
 def empty_pose(n_frames: int, width: int = 512, height: int = 512) -> PoseSequence:
+    """``n_frames`` frames without a person."""
     return PoseSequence(np.zeros((n_frames, N_POINTS, 3), np.float32), width, height)

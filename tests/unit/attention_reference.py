@@ -1,4 +1,4 @@
-"""Token-level references for tests and the masked-SDPA path (``L x L`` bool; small grids only).
+"""The brute-force oracle of the input-aware mask (tests only; ``L x L`` bool, small grids).
 
 :func:`reference_token_mask` evaluates the paper's mask (Eq. 1-3 plus global tokens) directly in the
 original token order, without permutation or blocks:
@@ -8,16 +8,14 @@ original token order, without permutation or blocks:
                     or (label(q) == label(k) != background      Eq. 3, same region across frames ...
                         and select[frame(q), frame(k)])         ... of a frame kept by Eq. 1-2
 
-:func:`layout_to_token_mask` expands a :class:`BlockLayout` back to tokens; on a region layout the two
-must be equal.
+On a region layout it must equal ``BlockLayout.token_mask()`` (what the kernels compute).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .grid import TokenGrid
-from .layout import BlockLayout, layout_block_mask
+from iasa.attention.grid import TokenGrid
 
 
 def token_frame_and_label(labels: np.ndarray, grid: TokenGrid) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,17 +38,3 @@ def reference_token_mask(labels: np.ndarray, frame_select: np.ndarray, grid: Tok
     same_region = (label[:, None] == label[None, :]) & (label[:, None] > 0)
     cross = same_region & sel[f[:, None], f[None, :]] & ~glob[:, None] & ~glob[None, :]
     return glob[:, None] | glob[None, :] | same_frame | cross
-
-
-def layout_to_token_mask(layout: BlockLayout, head: int = 0) -> torch.Tensor:
-    """bool [L, L] token mask implied by ``layout`` for one head (rows: queries, original token order)."""
-    perm = layout.perm
-    real = perm >= 0
-    tokens = perm[real]
-    L = layout.seq_len
-    if tokens.numel() != L or not torch.equal(torch.sort(tokens).values, torch.arange(L)):
-        raise ValueError(f"layout.perm: must hold each of the {L} tokens exactly once")
-    block_of_token = torch.empty(L, dtype=torch.int64)
-    block_of_token[tokens] = torch.nonzero(real).squeeze(1) // layout.block_size
-    blocks = layout_block_mask(layout)[min(head, layout.kv_indices.shape[0] - 1)]
-    return blocks[block_of_token[:, None], block_of_token[None, :]]

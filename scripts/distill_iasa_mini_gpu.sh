@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Distil the IASA-mini v2 teacher into a 4-step causal sparse student (DMD2 + region loss) on a GPU machine.
+#
+#   bash scripts/distill_iasa_mini_gpu.sh start     # every stage not done yet, in the background (setsid)
+#   bash scripts/distill_iasa_mini_gpu.sh wait 560  # follows the log for up to 560 s, then copies what is done to $OUT
+#   bash scripts/distill_iasa_mini_gpu.sh run       # the same stages in the foreground
+#
+# Stages (a stage whose output exists is skipped, and a killed distillation resumes from its checkpoint):
+#   teacher  scripts/train_iasa_mini_gpu.sh run-bg: renders the shards and trains the v2 VAE + teacher unless their
+#            weights are already in $W (carried in .dev/v2 from an earlier machine); TEACHER_STAGE=0 skips it.
+#   distill  training.distill.train on $TEACHER / $VAE / $SHARDS, reusing the teacher's latent cache
+#            ($SHARDS.latents.safetensors, same window length and mask settings), then the held-out evaluation
+#            (student vs teacher vs reference copy) into the card and eval.json.
+# Several GPUs: NPROC=N (torchrun, DDP; --batch is global). EXTRA: more training.distill.train flags.
+# CPU dry run at tiny shapes, 2 gloo ranks (what tests/unit/test_distill_wan.py runs, next to one process):
+#   TEACHER_STAGE=0 DEVICE=cpu NPROC=2 TEACHER=t.safetensors VAE=v.safetensors SHARDS=procedural:3:9:32 FRAMES=5 \
+#   BATCH=4 STEPS=2 DISTILL_MIN=0 FAKE_UPDATES=2 S_STEPS=2 EVAL=1 EVAL_STEPS=2 LORA_RANK=8 WORKERS=2 \
+#   IASA_V2_WORK=/tmp/w bash scripts/distill_iasa_mini_gpu.sh run
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+W=${IASA_V2_WORK:-.dev/v2}
+SHARDS=${SHARDS:-/tmp/iasa_v2_shards}
+TEACHER=${TEACHER:-$W/teacher/iasa_mini_teacher.safetensors}
+VAE=${VAE:-$W/vae_long/iasa_mini_vae.safetensors}
+LATENTS=${LATENTS:-$SHARDS.latents.safetensors}
+S=${STUDENT_DIR:-$W/student}
+NAME=${NAME:-iasa_mini_student}
+DISTILL_MIN=${DISTILL_MIN:-8}; STEPS=${STEPS:-0}
+S_STEPS=${S_STEPS:-4}; FRAMES=${FRAMES:-49}; BATCH=${BATCH:-16}; LR=${LR:-5e-5}; FAKE_UPDATES=${FAKE_UPDATES:-5}
+GUIDANCE=${GUIDANCE:-3}; SHIFT=${SHIFT:-3}; REGION=${REGION:-1}; EVAL=${EVAL:-8}; EVAL_STEPS=${EVAL_STEPS:-20}
+LORA_RANK=${LORA_RANK:-64}; DEVICE=${DEVICE:-auto}; NPROC=${NPROC:-1}; TEACHER_STAGE=${TEACHER_STAGE:-1}
+WORKERS=${WORKERS:-16}; EXTRA=${EXTRA:-}
+PY=${PYTHON:-python3}
+mkdir -p "$W"
+LOG="$W/distill.log"
+
+comfy_tree() {  # the ComfyUI tree the training classes come from (carried as .dev/gpu/comfy.tar.gz)
+  if [ -z "${COMFYUI_DIR:-}" ] && [ -f .dev/gpu/comfy.tar.gz ]; then
+    export COMFYUI_DIR=/tmp/iasa_comfy
+    [ -f "$COMFYUI_DIR/main.py" ] || { mkdir -p "$COMFYUI_DIR"; tar -xzf .dev/gpu/comfy.tar.gz -C "$COMFYUI_DIR"; }
+  fi
+  export PYTHONUNBUFFERED=1
+}
+
+distill() {
+  local launch=("$PY")
+  [ "$NPROC" -gt 1 ] && launch=("$PY" -m torch.distributed.run --standalone "--nproc_per_node=$NPROC")
+  "${launch[@]}" iasa_cli.py training.distill.train --teacher "$TEACHER" --vae "$VAE" --data "$SHARDS" \
+    --latents-cache "$LATENTS" --out "$S" --name "$NAME" --student-steps "$S_STEPS" --shift "$SHIFT" \
+    --guidance "$GUIDANCE" --fake-updates "$FAKE_UPDATES" --lr "$LR" --frames "$FRAMES" --batch "$BATCH" \
+    --steps "$STEPS" --max-minutes "$DISTILL_MIN" --region-weight "$REGION" --lora-rank "$LORA_RANK" \
+    --eval-windows "$EVAL" --eval-teacher-steps "$EVAL_STEPS" --render-workers "$((WORKERS - 1))" \
+    --log-every 10 --checkpoint-every 100 --device "$DEVICE" $EXTRA
+}
+
+run_stages() {
+  comfy_tree
+  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  if [ "$TEACHER_STAGE" = 1 ]; then
+    echo "[distill] teacher stage (scripts/train_iasa_mini_gpu.sh; it skips what is done) $(date +%T)"
+    IASA_V2_WORK="$W" SHARDS="$SHARDS" bash scripts/train_iasa_mini_gpu.sh run-bg
+  fi
+  for f in "$TEACHER" "$VAE"; do [ -f "$f" ] || { echo "[distill] missing $f" >&2; exit 3; }; done
+  if [ -f "$S/$NAME.safetensors" ]; then echo "[distill] done already ($S/$NAME.safetensors)"; else
+    echo "[distill] distill stage: start $(date +%T)"; local t0=$SECONDS
+    distill
+    echo "[distill] distill stage: finished in $((SECONDS - t0)) s $(date +%T)"
+  fi
+  echo "[distill] all stages done $(date +%T)"
+}
+
+collect() {  # the student, its LoRA (split into 15 MiB pieces: `cat` joins them) and a tarball of the rest -> $OUT
+  [ -n "${OUT:-}" ] || return 0
+  [ -d "$S" ] || return 0
+  (cd "$S" && tar -czf "$OUT/distill_meta.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' . ) || true
+  for f in "$S/$NAME.safetensors" "$S/${NAME}_lora.safetensors"; do
+    [ -f "$f" ] && split -b 15M -d "$f" "$OUT/$(basename "$f").part"
+  done
+  ls -la "$OUT"
+}
+
+case "${1:-run}" in
+  run) run_stages 2>&1 | tee -a "$LOG"; collect ;;
+  start)
+    setsid nohup bash "$0" run-bg >> "$LOG" 2>&1 < /dev/null &
+    echo "[distill] started in the background, log $LOG" ;;
+  run-bg) run_stages ;;
+  wait)
+    limit=${2:-560}; t0=$SECONDS
+    while [ $((SECONDS - t0)) -lt "$limit" ]; do
+      if grep -q "\[distill\] all stages done" "$LOG" 2>/dev/null; then break; fi
+      if ! pgrep -f "distill_iasa_mini_gpu.sh run-bg" > /dev/null; then echo "[distill] pipeline not running"; break; fi
+      sleep 10
+    done
+    tail -n 40 "$LOG"; collect ;;
+  *) echo "usage: $0 run|start|wait [seconds]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,149 @@
+"""IASA Long Video through the real server: a clip 3x the window on a tiny random IASA-mini-format teacher
+(Fun-Control concat + ref_conv reference, conditioned by stock Wan22FunControlToVideo), sampled by stock
+KSampler and SamplerCustom, alone and with IASA Sparse Attention in both node orders. The patches'
+own counters (read by the testing pack's IASATestPatchStats) show the windowed calls happened."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from iasa.harness.demo import saved_files
+
+from .test_bad_input import assert_server_still_serves
+from .test_iasa_mini import write_random_mini
+
+TEACHER, VAE = "iasa_test_long_teacher.safetensors", "iasa_test_long_vae.safetensors"
+PIXEL_FRAMES = 33          # 9 latent frames = 3 windows of 3 (9 pixel frames) ...
+WINDOW, OVERLAP = 9, 4     # ... overlapping by 1 latent frame: windows 0-2, 2-4, 4-6, 6-8
+WINDOWS, STEPS = 4, 2
+
+
+@pytest.fixture(scope="module")
+def long_models(server):
+    models = server.base / "models"
+    (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    (models / "vae").mkdir(parents=True, exist_ok=True)
+    write_random_mini(models / "diffusion_models" / TEACHER, models / "vae" / VAE)
+    return TEACHER, VAE
+
+
+def base_graph() -> dict:
+    """Audio-driven pose (1.32 s, 33 frames) of the bundled speaker -> skeleton video -> Fun-Control conditioning
+    with the speaker as ref_image, a 64 x 64 x 33 latent; the tiny teacher."""
+    return {
+        "1": {"class_type": "IASALoadAudio", "inputs": {"audio": "speech.wav", "sample_rate": 0, "mono": True,
+                                                        "start": 0.0, "duration": PIXEL_FRAMES / 25}},
+        "2": {"class_type": "IASAAudioFeatures", "inputs": {"audio": ["1", 0], "fps": 25.0}},
+        "3": {"class_type": "IASALoadPose", "inputs": {"pose_file": "synth_speaker_pose.json", "canvas_width": 0,
+                                                       "canvas_height": 0}},
+        "4": {"class_type": "IASAAudioToPose", "inputs": {"reference_pose": ["3", 0], "features": ["2", 0],
+                                                          "seed": 3, "mouth": 1.0, "head": 1.0, "gestures": 1.0,
+                                                          "blinks": True, "driving_mode": "loop"}},
+        "5": {"class_type": "LoadImage", "inputs": {"image": "synth_speaker.png"}},
+        "6": {"class_type": "IASARenderPose", "inputs": {"pose": ["4", 0], "width": 64, "height": 64, "body": True,
+                                                         "face": True, "hands": True}},
+        "7": {"class_type": "IASAEmptyConditioning", "inputs": {"tokens": 8, "width": 4096}},
+        "8": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}},
+        "9": {"class_type": "Wan22FunControlToVideo",
+              "inputs": {"positive": ["7", 0], "negative": ["7", 0], "vae": ["8", 0], "width": 64, "height": 64,
+                         "length": PIXEL_FRAMES, "batch_size": 1, "ref_image": ["5", 0], "control_video": ["6", 0]}},
+        "10": {"class_type": "UNETLoader", "inputs": {"unet_name": TEACHER, "weight_dtype": "default"}},
+    }
+
+
+def long_node(model, window=WINDOW, overlap=OVERLAP, fuse="ramp") -> dict:
+    return {"class_type": "IASALongVideo", "inputs": {"model": list(model), "window_frames": window,
+                                                      "overlap_frames": overlap, "fuse": fuse}}
+
+
+def sparse_node(model) -> dict:
+    return {"class_type": "IASASparseAttention",
+            "inputs": {"model": list(model), "pose": ["4", 0], "top_k": 1, "direction": "bidirectional",
+                       "face": True, "hands": True, "arms": True, "torso": True, "block_size": 16,
+                       "dense_blocks": 0, "dense_steps": 0, "kernel": "sdpa"}}
+
+
+def ksampler(model, seed=21) -> dict:
+    return {"class_type": "KSampler", "inputs": {"model": list(model), "seed": seed, "steps": STEPS, "cfg": 1.0,
+                                                 "sampler_name": "euler", "scheduler": "simple",
+                                                 "positive": ["9", 0], "negative": ["9", 1],
+                                                 "latent_image": ["9", 2], "denoise": 1.0}}
+
+
+def finish(g: dict, model, sampled, prefix: str) -> dict:
+    g["30"] = {"class_type": "SaveLatent", "inputs": {"samples": list(sampled), "filename_prefix": prefix}}
+    g["31"] = {"class_type": "IASATestPatchStats", "inputs": {"model": list(model), "latent": list(sampled)}}
+    return g
+
+
+def run(client, prompt) -> tuple[torch.Tensor, dict]:
+    result = client.run(prompt, timeout=900)
+    assert result.status == "success", result.error
+    f = next(f for f in saved_files(result.outputs) if f["filename"].endswith(".latent"))
+    latent = load_safetensors(client.view(f["filename"], f.get("subfolder", ""), "output"))["latent_tensor"]
+    return latent.float(), result.outputs["31"]["stats"][0]
+
+
+def graph_with(chain: str, seed: int = 21, tag: str = "") -> dict:
+    """``chain``: "long", "sparse_long" (Sparse Attention first) or "long_sparse"."""
+    g = base_graph()
+    if chain == "long":
+        g["11"] = long_node(("10", 0))
+        last = ("11", 0)
+    elif chain == "sparse_long":
+        g["11"], g["12"] = sparse_node(("10", 0)), long_node(("11", 0))
+        last = ("12", 0)
+    else:
+        g["11"], g["12"] = long_node(("10", 0)), sparse_node(("11", 0))
+        last = ("12", 0)
+    g["20"] = ksampler(last, seed)
+    return finish(g, last, ("20", 0), f"iasa_test/long_{chain}{tag}")
+
+
+def test_ksampler_runs_a_clip_three_windows_long_window_by_window(client, long_models):
+    latent, stats = run(client, graph_with("long"))
+    assert latent.shape == (1, 16, 9, 8, 8) and torch.isfinite(latent).all()
+    assert stats["LongVideoPatch"] == {"calls": STEPS, "windowed_calls": STEPS, "window_calls": STEPS * WINDOWS}
+
+
+def test_sparse_attention_runs_inside_the_windows_in_either_node_order(client, long_models):
+    first, stats_first = run(client, graph_with("sparse_long"))
+    second, stats_second = run(client, graph_with("long_sparse"))
+    assert torch.equal(first, second)                      # same windows, same sparse layouts: same latent
+    for stats in (stats_first, stats_second):
+        assert stats["LongVideoPatch"]["window_calls"] == STEPS * WINDOWS
+        sparse = stats["SparseAttentionPatch"]
+        assert sparse["sparse"] == STEPS * WINDOWS * 1     # every window's self-attention (1 layer) went sparse
+        assert sparse.get("layouts_built") == WINDOWS      # one pose layout per window, reused by both steps
+        assert "dense_fallback" not in sparse
+    dense, _ = run(client, graph_with("long", tag="_dense"))  # (KSampler may come from the cache)
+    assert (dense - first).abs().mean() > 1e-4 * dense.abs().mean()   # and the sparse mask changed the result
+
+
+def test_sampler_custom_runs_the_windows_too(client, long_models):
+    g = base_graph()
+    g["11"] = long_node(("10", 0), fuse="triangle")
+    g["12"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    g["13"] = {"class_type": "BasicScheduler", "inputs": {"model": ["11", 0], "scheduler": "simple",
+                                                          "steps": STEPS, "denoise": 1.0}}
+    g["20"] = {"class_type": "SamplerCustom", "inputs": {"model": ["11", 0], "add_noise": True, "noise_seed": 5,
+                                                         "cfg": 1.0, "positive": ["9", 0], "negative": ["9", 1],
+                                                         "sampler": ["12", 0], "sigmas": ["13", 0],
+                                                         "latent_image": ["9", 2]}}
+    latent, stats = run(client, finish(g, ("11", 0), ("20", 0), "iasa_test/long_custom"))
+    assert latent.shape == (1, 16, 9, 8, 8) and torch.isfinite(latent).all()
+    assert stats["LongVideoPatch"]["window_calls"] == STEPS * WINDOWS
+
+
+def test_a_window_that_is_not_1_plus_4k_is_a_clear_node_error(client, long_models):
+    g = base_graph()
+    g["11"] = long_node(("10", 0), window=50)
+    g["20"] = ksampler(("11", 0))
+    result = client.run(finish(g, ("11", 0), ("20", 0), "iasa_test/long_bad"))
+    assert result.status == "error"
+    assert result.error["node_id"] == "11"
+    message = result.error["exception_message"]
+    for w in ("window_frames", "50", "1 + 4k", "49", "53"):
+        assert w in message, message
+    assert_server_still_serves(client)
