@@ -16,7 +16,8 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
   ``diffusion_model.blocks.<i>``, ``dynamic=False``.
 * student: IASA Sparse Attention as the node applies it (``attention.patch.apply_sparse_attention`` with a
   ``SparseAttentionPatch`` of a synthetic talking pose: K=2, causal, block 128, kernel flex), N steps of the
-  shift-5 student schedule (``training.flow.student_sigmas``: 4 steps = timesteps 1000, 937.5, 833.3, 625),
+  shift-5 student schedule (the repo's ``StudentSchedule.default``: 4 steps = timesteps 1000, 937.5, 833.3,
+  625), strict (a dense fallback raises),
   cfg 1, sampler lcm, through ``comfy.sample.sample_custom`` (SamplerCustom). ``student_dense``: the same
   without the patch. ``teacher`` (the baseline): dense, 20 steps of the ``simple`` schedule, cfg 5 (cond and
   uncond batched), euler, stock Wan VAE.
@@ -37,11 +38,12 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
   ``floor.ms_encode`` / ``ms_decode`` = the VAE's FLOPs (``torch.utils.flop_counter``) / the same peak + the
   host<->device copy of the pixels at the measured pageable bandwidth.
 
-Today's patch under compiled blocks (found by the CPU dry runs, for attention/): (1) a layout built inside a
-compiled block makes dynamo trace the pose rasteriser (numpy/cv2 in pose/regions.py) and fail, so the warm-up
-runs one uncompiled step per patched model first; (2) dynamo guards on the values of
-``SparseAttentionPatch.stats``, so the override recompiles on every call until it hits the recompile limit and
-then runs eagerly (``compile_stats.recompile_limit_hits``); the steady state timed here is that one.
+Today's patch under compiled blocks (found by the CPU dry runs, for attention/): a layout built inside a
+compiled block makes dynamo trace the pose rasteriser (numpy/cv2 in pose/regions.py) and fail
+(TorchRuntimeError), so the warm-up runs one uncompiled step per patched model first, and the layout is then
+found in the patch's cache. The functions that hit the recompile limit and fell back to eager are listed
+in ``compile_stats.recompile_limit_hits`` (on the CPU: ComfyUI's sub-quadratic attention, which guards on the
+free memory).
 
 Expected on one H200 (update-2026-12.md): ~6-8 minutes, most of it compiling (six compiled paths x shapes)
 and the teacher (40 forwards + the stock VAE, ~25 s per run).
@@ -59,13 +61,14 @@ from pathlib import Path
 
 import torch
 
-from ..attention.patch import SparseAttentionPatch, apply_sparse_attention
+from ..attention.patch import FALLBACK_HELP, SparseAttentionPatch, apply_sparse_attention
 from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
 from ..pose.keypoints import PoseSequence
 from ..pose.render import render_pose
-from ..tests.unit.attention_poses import talking_pose
+from ..pose.synthetic import talking_pose
 from ..training.comfy_env import ensure_comfy_on_path
-from ..training.flow import simple_sigmas, student_sigmas
+from ..training.distill.schedule import StudentSchedule
+from ..training.flow import simple_sigmas
 from ..training.model_card import comfyui_version
 from ..training.teacher_data import token_grid
 from ..training.tiny_vae import build_tiny_vae, latent_frames, pixel_frames, with_all_frames_at_once
@@ -107,6 +110,12 @@ class Spec:
     @property
     def sparse(self) -> bool:
         return self.variant == "student"
+
+
+def student_sigmas(steps: int) -> torch.Tensor:
+    """The repo's default student schedule (``training.distill.schedule``) at shift 5: 4 steps = timesteps
+    1000, 937.5, 833.3, 625 (lightx2v's 4-step Wan schedule), 2 steps = 1000, 833.3, 1 step = 1000."""
+    return StudentSchedule.default(steps, SHIFT).sigmas()
 
 
 def _sync(device: torch.device) -> None:
@@ -201,7 +210,7 @@ class RealtimeBench:
         if key not in self.models:
             m = self.base
             if spec.sparse:
-                patch = SparseAttentionPatch(self.poses[shape], self.layout_config, kernel=self.a.kernel)
+                patch = SparseAttentionPatch(self.poses[shape], self.layout_config, kernel=self.a.kernel, strict=True)
                 m = apply_sparse_attention(m, patch)
                 self.patches[key] = patch
             self.eager[key] = m
@@ -237,7 +246,7 @@ class RealtimeBench:
         (all of them in timed runs; one in the warm-up)."""
         if spec.variant == "teacher":
             return self.teacher_sigmas[: spec.steps + 1]
-        return student_sigmas(spec.steps, SHIFT)
+        return student_sigmas(spec.steps)
 
     # ------------------------------------------------------------------------------ conditioning
     def reference_latent(self, vae: str, shape: Shape) -> torch.Tensor:
@@ -352,7 +361,7 @@ def record(spec: Spec, runs: list[dict], chunk_runs: list[dict], bench: "Realtim
     rec["x_floor"] = {k: round(rec[k] / floor[k], 2) if floor[k] > 0 else None
                       for k in ("ms_encode", "ms_dit", "ms_decode", "ms_total")}
     rec["sparse_calls"] = bench.patch_stats(spec)     # over the whole run of this variant (every step count)
-    bad = {k: v for k, v in rec["sparse_calls"].items() if k in ("dense_fallback", "dense_no_grid", "dense_grid_mismatch")}
+    bad = {k: v for k, v in rec["sparse_calls"].items() if k.removeprefix("dense_") in FALLBACK_HELP}
     if spec.sparse and (not rec["sparse_calls"].get("sparse") or bad):
         raise RuntimeError(f"{spec}: the IASA patch did not run every video self-attention sparse "
                            f"({rec['sparse_calls']}); the record would time dense attention")
@@ -428,7 +437,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--frames", type=int, default=None, help="pixel frames (1 + 4k); default 81 (9 with --tiny)")
     ap.add_argument("--height", type=int, default=None)
     ap.add_argument("--width", type=int, default=None)
-    ap.add_argument("--chunk-latent-frames", type=int, default=None, help="first chunk (default 4; 2 with --tiny)")
+    ap.add_argument("--chunk-latent-frames", type=int, default=None, help="first chunk (default 4; 3 with --tiny)")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="student step counts")
     ap.add_argument("--teacher-steps", type=int, default=TEACHER["steps"])
     ap.add_argument("--vaes", nargs="+", choices=("wan", "tiny"), default=["wan", "tiny"])
@@ -438,17 +447,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--compile", choices=("inductor", "eager", "none"), default="inductor",
                     help="torch.compile backend for every block ('eager': dynamo only, for dry runs)")
     ap.add_argument("--recompile-limit", type=int, default=16,
-                    help="torch._dynamo recompile limit per code object (default 8): a block needs one entry per "
-                         "path x shape (6 here); a frame that recompiles on every call (see compile_stats) runs "
-                         "eagerly once it hits the limit")
+                    help="torch._dynamo recompile limit per code object (torch's default 8): a block needs one entry "
+                         "per path x shape (6 here); a frame that recompiles on every call runs eagerly once it hits "
+                         "the limit (listed in compile_stats)")
     ap.add_argument("--kernel", default=None, help="IASA kernel (default flex on CUDA, sdpa on CPU)")
     ap.add_argument("--top-k", type=int, default=2)
-    ap.add_argument("--block-size", type=int, default=None, help="default 128 (16 with --tiny)")
+    ap.add_argument("--block-size", type=int, default=None, help="default 128 (4 with --tiny)")
     ap.add_argument("--wan-vae-dim", type=int, default=None, help="Wan VAE width (default 96, the real one; 8 tiny)")
     a = ap.parse_args(argv)
     tiny = a.tiny
+    # --tiny: the smallest clip on which the pose layout is cheaper than dense with the reference tokens (the
+    # patch refuses a costlier one), and its chunk is the whole clip for the same reason.
     for name, full, small in (("frames", 81, 9), ("height", 480, 64), ("width", 832, 96),
-                              ("chunk_latent_frames", 4, 2), ("block_size", 128, 16), ("wan_vae_dim", 96, 8)):
+                              ("chunk_latent_frames", 4, 3), ("block_size", 128, 4), ("wan_vae_dim", 96, 8)):
         if getattr(a, name) is None:
             setattr(a, name, small if tiny else full)
     if (a.frames - 1) % 4:
@@ -485,7 +496,7 @@ def assemble(a, argv, bench: RealtimeBench, fl: dict, specs: list[Spec], runs: d
                                  "recompile_limit": torch._dynamo.config.cache_size_limit},
                      "kernel": a.kernel, "comfy_attention": comfy_attention(), "layout": vars(bench.layout_config),
                      "shift": SHIFT,
-                     "student": {**STUDENT, "sigmas": {n: [round(float(s), 4) for s in student_sigmas(n, SHIFT)] for n in a.steps}},
+                     "student": {**STUDENT, "sigmas": {n: [round(float(s), 4) for s in student_sigmas(n)] for n in a.steps}},
                      "teacher": {**TEACHER, "steps": a.teacher_steps}},
         "peak": {"matmul": fl["matmul"], "copy": fl["copy"]},
         "flops": {"dit_per_forward": {k: v for k, v in fl["dit"].items() if k != "density"},

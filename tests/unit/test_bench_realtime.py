@@ -10,7 +10,7 @@ import torch
 
 from iasa.bench import floors
 from iasa.bench.realtime_report import aims, markdown_table
-from iasa.training.flow import student_sigmas
+from iasa.bench.realtime import student_sigmas
 from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -18,9 +18,8 @@ def test_student_schedule_is_the_shift_5_four_step_one():
     assert torch.allclose(student_sigmas(4) * 1000, torch.tensor([1000.0, 937.5, 833.333, 625.0, 0.0]), atol=1e-3)
     assert torch.allclose(student_sigmas(2) * 1000, torch.tensor([1000.0, 833.333, 0.0]), atol=1e-3)
     assert torch.equal(student_sigmas(1), torch.tensor([1.0, 0.0]))
-    assert torch.equal(student_sigmas(3, shift=1.0), torch.tensor([1.0, 2 / 3, 1 / 3, 0.0]))
     with pytest.raises(ValueError):
-        student_sigmas(0)
+        student_sigmas(5)
 
 
 def test_linear_flops_counts_every_linear_and_conv_of_the_forward():
@@ -70,16 +69,15 @@ def test_cpu_dry_run_through_comfyui_with_the_patch_and_compiled_blocks(tmp_path
 
     out = tmp_path / "rt.json"
     result = main(["--tiny", "--compile", "eager", "--out", str(out), "--steps", "1", "--vaes", "tiny",
-                   "--variants", "student", "teacher", "--teacher-steps", "1", "--repeats", "1", "--frames", "5",
-                   "--chunk-latent-frames", "1", "--height", "48", "--width", "64"])
+                   "--variants", "student", "teacher", "--teacher-steps", "1", "--repeats", "1"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=str))
     assert {"command", "gpu", "versions"} <= set(result) and result["command"].startswith("python iasa_cli.py bench.realtime")
     assert "CPU dry run" in result["gpu"] and result["versions"]["comfyui"] == "0.3.75"
-    assert result["shape"]["tokens"] == 2 * 3 * 4 + 3 * 4          # 2 latent frames of 3x4 tokens + reference
+    assert result["shape"]["tokens"] == 3 * 4 * 6 + 4 * 6          # 3 latent frames of 4x6 tokens + reference
     student, teacher = result["records"]
     for rec in (student, teacher):
         assert {"variant", "steps", "vae", "ms_encode", "ms_dit", "ms_decode", "fps", "first_chunk_ms"} <= set(rec)
-        assert rec["fps"] == pytest.approx(5 / (rec["ms_total"] / 1000), abs=0.006)   # rounded to 0.01
+        assert rec["fps"] == pytest.approx(9 / (rec["ms_total"] / 1000), abs=0.006)   # rounded to 0.01
         assert all(rec["floor"][k] > 0 for k in ("ms_encode", "ms_dit", "ms_decode", "first_chunk_ms"))
     assert (student["variant"], student["vae"], student["attention"]) == ("student", "tiny", "iasa_sdpa")
     assert student["sparse_calls"]["sparse"] > 0 and teacher["sparse_calls"] == {}
