@@ -7,6 +7,9 @@ workflow ``workflows/api/iasa_mini_talking.json``, the bundled speaker and speec
 directory (``--base``, emptied first) so nothing is cached from an earlier run; the mp4 stays there.
 ``wall_s``: server start + workflow + reading the mp4;
 ``workflow_s``: queueing the prompt -> mp4 written (pose, VAE encode, sampling, decode, mp4).
+``decode_s``: decoding a latent of the demo's shape in this process on the CPU through ComfyUI's VAE class
+(what VAEDecode calls), with the IASA-mini VAE and, when present (``--tiny-vae``), the tiny autoencoder: as
+stock ComfyUI runs it (frame by frame, ``tiny_vae``) and with all frames at once (``tiny_vae_parallel``).
 """
 from __future__ import annotations
 
@@ -23,9 +26,32 @@ import soundfile as sf
 
 from ..harness.demo import ASSETS, MINI_WORKFLOW, TEACHER_FILE, VAE_FILE, bundled_weights, run_demo, weights_from_dir
 from ..harness.server import PACK_LINK_NAME, REPO
-from .quality import weights_info, versions
+from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE, with_all_frames_at_once
+from .quality import stock_vae, weights_info, versions
 
 RESULTS = REPO / "bench" / "results" / "demo.json"
+TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
+
+
+def decode_seconds(vae_path: pathlib.Path, tiny_path: pathlib.Path | None, frames: int, height: int,
+                   width: int) -> dict:
+    """Seconds of ``vae.decode`` for a ``[1, 16, 1 + (frames - 1) // 4, height / 8, width / 8]`` latent (values
+    do not change the time), one warm-up on a 1-frame latent first."""
+    import torch
+
+    latent = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, generator=torch.Generator().manual_seed(0))
+    runs = [("vae", stock_vae(vae_path))]
+    if tiny_path is not None:
+        fast = stock_vae(tiny_path)
+        runs += [("tiny_vae", with_all_frames_at_once(fast, False)), ("tiny_vae_parallel", fast)]
+    out = {}
+    for name, vae in runs:
+        with torch.inference_mode():
+            vae.decode(latent[:, :, :1])
+            t0 = time.perf_counter()
+            vae.decode(latent)
+            out[name] = round(time.perf_counter() - t0, 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -35,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="override the workflow's KSampler steps")
     ap.add_argument("--base", type=pathlib.Path, default=REPO / ".iasa" / "bench_demo",
                     help="ComfyUI base directory for the run (emptied first; the mp4 stays in its output/)")
+    ap.add_argument("--tiny-vae", default=str(TINY_VAE),
+                    help="tiny autoencoder whose CPU decode time is reported ('none': skip; default the bundled one)")
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
     argv = sys.argv[1:] if argv is None else argv
     a = ap.parse_args(argv)
@@ -57,6 +85,12 @@ def main(argv: list[str] | None = None) -> dict:
     wf_path = a.base / MINI_WORKFLOW.name
     wf_path.write_text(json.dumps(workflow))
     run = run_demo(wf_path, a.base, weights_from_dir(a.weights))
+    tiny = None if a.tiny_vae == "none" or not pathlib.Path(a.tiny_vae).is_file() else pathlib.Path(a.tiny_vae)
+    if tiny is None and a.tiny_vae != "none":
+        print(f"bench.demo_timing: no tiny autoencoder at {a.tiny_vae}: its decode time is not measured")
+    n_frames = run.media.get("frames") or 1
+    size = (run.media.get("height", fun["inputs"]["height"]), run.media.get("width", fun["inputs"]["width"]))
+    decode = decode_seconds(pathlib.Path(weights[VAE_FILE]), tiny, n_frames, *size)
     result = {
         "command": "python iasa_cli.py bench.demo_timing " + " ".join(argv),
         "workflow": str(MINI_WORKFLOW.relative_to(REPO)),
@@ -72,12 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
         "video_s": round(run.media.get("video", 0.0), 3), "audio_s": round(run.media.get("audio", 0.0), 3),
         "teacher": weights_info(pathlib.Path(weights[TEACHER_FILE])),
         "vae": weights_info(pathlib.Path(weights[VAE_FILE])),
+        "decode_s": decode, "decode_frames": n_frames, "tiny_vae": weights_info(tiny) if tiny else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
         "versions": versions(), "date": time.strftime("%Y-%m-%d"),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("teacher", "vae")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("teacher", "vae", "tiny_vae")}, indent=1))
     print("wrote", a.out)
     return result
 

@@ -12,7 +12,10 @@ instead of the audio-driven one; everything else (stock UNETLoader / VAELoader, 
 the zero-concat negative, ModelSamplingSD3, KSampler) is the workflow's. The decoded frames (SaveImage,
 PNG) are compared with the clip's frames. ``--steps`` / ``--cfg`` override the workflow's KSampler.
 VAE record (``model = "vae"``): the same frames encoded and decoded by ComfyUI's stock VAE class (what
-VAELoader builds), in this process, quantised as SaveImage does.
+VAELoader builds), in this process, quantised as SaveImage does. Tiny-autoencoder record (``model =
+"tiny_vae"``, ``--tiny-vae``, default the bundled ``models/vae/iasa_mini_tiny_vae.safetensors`` when present):
+the same through the tiny autoencoder, plus ``psnr_vs_full_vae`` (its decode of the full VAE's latents
+against the full VAE's decode: held-out PSNR against the full VAE).
 
 Baseline record (``model = "reference_copy"``): the reference picture copied to every frame, the score a
 model that ignores the pose gets. Teacher records come once per ``--attention`` mode: the workflow as it is
@@ -46,11 +49,13 @@ from ..harness.demo import TEACHER_FILE, VAE_FILE, bundled_weights, linked_weigh
 from ..harness.server import REPO, ComfyServer, prepare_base
 from ..pose.keypoints import PoseSequence, to_pose_keypoint
 from ..pose.pose_files import write_pose_file
+from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE
 from .video_metrics import clip_scores, mean_scores, mouth_audio_corr
 
 log = logging.getLogger(__name__)
 RESULTS = REPO / "bench" / "results" / "quality.json"
 WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"
+TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
 SCORE_KEYS = ("psnr", "ssim", "psnr_face", "psnr_mouth", "psnr_hands", "psnr_moved", "mouth_audio_corr",
               "psnr_last_minus_first_second")
 FUN_CONTROL_NODES = ("WanFunControlToVideo", "Wan22FunControlToVideo")
@@ -228,28 +233,70 @@ def reference_copy_record(clips: list[dict]) -> dict:
     return _record("reference_copy", per_clip, clips, steps=None, cfg=None, seconds_per_clip=0.0)
 
 
-def vae_record(clips: list[dict], vae_path: pathlib.Path) -> dict:
-    """Reconstruction through ComfyUI's stock VAE class (as VAELoader builds it), SaveImage quantisation."""
-    import torch
-
+def stock_vae(path: pathlib.Path):
+    """``comfy.sd.VAE`` of a weights file, as VAELoader builds it (a tiny autoencoder runs all frames at once:
+    the same numbers as ComfyUI's frame-by-frame default, tests/unit/test_tiny_vae.py)."""
     from ..training.comfy_env import ensure_comfy_on_path
 
     ensure_comfy_on_path()
     import comfy.sd
+    import comfy.taesd.taehv
     import comfy.utils
 
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_path)))
-    per_clip, seconds = [], []
+    from ..training.tiny_vae import with_all_frames_at_once
+
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
+    if isinstance(vae.first_stage_model, comfy.taesd.taehv.TAEHV):
+        vae = with_all_frames_at_once(vae, True)
+        vae.first_stage_model.show_progress_bar = False
+    return vae
+
+
+def _saved(images, n: int) -> np.ndarray:
+    """ComfyUI IMAGE ``[1, T, H, W, 3]`` -> uint8 ``[n, H, W, 3]`` quantised as SaveImage does."""
+    return np.clip(255.0 * images.reshape(-1, *images.shape[-3:])[:n].float().cpu().numpy(), 0, 255).astype(np.uint8)
+
+
+def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Path | None = None) -> list[dict]:
+    """Reconstruction through ComfyUI's stock VAE class, SaveImage quantisation: the full VAE (``vae``) and,
+    with ``tiny_path``, the tiny autoencoder (``tiny_vae``: its own encode + decode against the frames, plus
+    ``psnr_vs_full_vae`` = its decode of the full VAE's latents against the full VAE's decode, what swapping
+    the decoder in VAEDecode costs, and ``psnr_roundtrip_vs_full_vae``)."""
+    import torch
+
+    from .video_metrics import psnr
+
+    full = stock_vae(vae_path)
+    tiny = stock_vae(tiny_path) if tiny_path else None
+    per_clip: dict[str, list] = {"vae": [], "tiny_vae": []}
+    seconds: dict[str, list] = {"vae": [], "tiny_vae": []}
     for clip in clips:
-        t0 = time.monotonic()
+        n = len(clip["frames"])
         with torch.inference_mode():
             x = torch.from_numpy(clip["frames"]).float() / 255.0
-            rec = vae.decode(vae.encode(x)).reshape(-1, *x.shape[1:])[: len(x)]
-        rec = np.clip(255.0 * rec.float().cpu().numpy(), 0, 255).astype(np.uint8)  # as SaveImage does
-        seconds.append(time.monotonic() - t0)
-        per_clip.append(_clip_entry(clip, rec, seconds[-1]))
-        log.info("vae clip %s: %s", clip["id"], per_clip[-1])
-    return _record("vae", per_clip, clips, steps=None, cfg=None, seconds_per_clip=round(float(np.mean(seconds)), 2))
+            t0 = time.monotonic()
+            lat = full.encode(x)
+            rec = _saved(full.decode(lat), n)
+            seconds["vae"].append(time.monotonic() - t0)
+            per_clip["vae"].append(_clip_entry(clip, rec, seconds["vae"][-1]))
+            if tiny is not None:
+                t0 = time.monotonic()
+                rt = _saved(tiny.decode(tiny.encode(x)), n)
+                seconds["tiny_vae"].append(time.monotonic() - t0)
+                entry = _clip_entry(clip, rt, seconds["tiny_vae"][-1])
+                entry["psnr_vs_full_vae"] = psnr(_saved(tiny.decode(lat), n), rec)
+                entry["psnr_roundtrip_vs_full_vae"] = psnr(rt, rec)
+                per_clip["tiny_vae"].append(entry)
+        log.info("vae clip %s: %s", clip["id"], per_clip["vae"][-1])
+    out = []
+    for name, path in (("vae", vae_path), ("tiny_vae", tiny_path)):
+        if per_clip[name]:
+            rec = _record(name, per_clip[name], clips, steps=None, cfg=None,
+                          seconds_per_clip=round(float(np.mean(seconds[name])), 2), weights=path.name)
+            if name == "tiny_vae":
+                rec.update(mean_scores(per_clip[name], ("psnr_vs_full_vae", "psnr_roundtrip_vs_full_vae")))
+            out.append(rec)
+    return out
 
 
 def _record(model: str, per_clip: list[dict], clips: list[dict], **extra) -> dict:
@@ -294,6 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workflow", type=pathlib.Path, default=WORKFLOW, help="API workflow the teacher runs in")
     ap.add_argument("--teacher", type=pathlib.Path, default=default[TEACHER_FILE])
     ap.add_argument("--vae", type=pathlib.Path, default=default[VAE_FILE])
+    ap.add_argument("--tiny-vae", default=str(TINY_VAE),
+                    help="tiny autoencoder for the 'tiny_vae' record ('none': skip; default the bundled one if present)")
     ap.add_argument("--no-teacher", action="store_true", help="only the VAE and reference-copy records")
     ap.add_argument("--base", type=pathlib.Path, default=None, help="ComfyUI base directory (default: a temporary one)")
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
@@ -302,6 +351,12 @@ def main(argv: list[str] | None = None) -> dict:
     for p in ([a.vae] if a.no_teacher else [a.teacher, a.vae]):
         if not p.is_file():
             sys.exit(f"bench.quality: {p} not found; train IASA-mini (models/README.md) or pass --teacher / --vae")
+    tiny = None if a.tiny_vae == "none" else pathlib.Path(a.tiny_vae)
+    if tiny is not None and not tiny.is_file():
+        if a.tiny_vae != str(TINY_VAE):
+            sys.exit(f"bench.quality: --tiny-vae {tiny} not found")
+        log.warning("bench.quality: no tiny autoencoder at %s (train it: training/tiny_vae_train.py); no tiny_vae record", tiny)
+        tiny = None
     t0 = time.monotonic()
     records = []
     for frames in a.frames:
@@ -311,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
             frames = int(read_weights(a.teacher)[1].get("training", {}).get("frames", 33)) if not a.no_teacher else 33
         clips = pick_clips(a.data, a.clips, frames)
         log.info("bench.quality: %d held-out clips of %s frames", len(clips), sorted({len(c["frames"]) for c in clips}))
-        group = [reference_copy_record(clips), vae_record(clips, a.vae)]
+        group = [reference_copy_record(clips), *vae_records(clips, a.vae, tiny)]
         if not a.no_teacher:
             with tempfile.TemporaryDirectory(prefix="iasa_quality_") as tmp:
                 group += teacher_records(clips, a.teacher, a.vae, a.steps, a.cfg, a.base or pathlib.Path(tmp),
@@ -320,6 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"command": "python iasa_cli.py bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
               "data": str(a.data), "frames": a.frames, "workflow": str(a.workflow.resolve().relative_to(REPO)),
               "teacher": None if a.no_teacher else weights_info(a.teacher), "vae": weights_info(a.vae),
+              "tiny_vae": weights_info(tiny) if tiny else None,
               "records": records, "total_s": round(time.monotonic() - t0, 1),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
               "versions": versions(), "date": time.strftime("%Y-%m-%d")}

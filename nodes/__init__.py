@@ -13,11 +13,12 @@ from .long_video_nodes import IASALongVideo
 from .model_folders import register_bundled_model_folders
 from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose
 from .student_nodes import IASAStudentSampler, IASAStudentSigmas
+from .vae_nodes import IASATinyVAEMode
 
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
     IASAEmptyConditioning, IASALoadPose, IASALongVideo, IASAStudentSampler, IASAStudentSigmas, IASADistillStudent,
-    IASABuildDataset,
+    IASABuildDataset, IASATinyVAEMode,
 ]
 
 register_bundled_model_folders()

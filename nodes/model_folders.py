@@ -1,10 +1,14 @@
 """Make stock loaders list the pack's bundled weights (IASA-mini).
 
-The pack ships ``models/diffusion_models/*.safetensors`` (read by ``UNETLoader``) and
-``models/vae/*.safetensors`` (``VAELoader``). Each folder is appended to ComfyUI's folder list of that
+The pack ships ``models/diffusion_models/*.safetensors`` (read by ``UNETLoader``),
+``models/vae/*.safetensors`` (``VAELoader``; the IASA-mini VAE and its tiny autoencoder) and
+``models/vae_approx/lighttaew2_1_*.safetensors`` (ComfyUI's latent previews of Wan 2.1-format models, see
+``training/tiny_vae.py``; ComfyUI takes the first ``lighttaew2_1*`` name in sorted order, so a user's own
+``lighttaew2_1.safetensors`` / ``.pth`` comes before the bundled one).
+Each folder is appended to ComfyUI's folder list of that
 key, after the user's own folders (``models/...`` of the base directory and any extra-model-paths YAML
 entries, which may already be there when the pack imports), so a user's file of the same name wins.
-Both keys exist in stock ComfyUI with the weight extensions (the pack's README.md and the ``.json`` model
+All three keys exist in stock ComfyUI with the weight extensions (the pack's README.md and the ``.json`` model
 cards beside the weights are not listed). Should a key be missing (an unusual ComfyUI), it is created
 with the safetensors extensions only: a key created with an empty extension set would list every file.
 """
@@ -18,7 +22,8 @@ from types import ModuleType
 log = logging.getLogger(__name__)
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_FOLDERS = {"diffusion_models": ("models", "diffusion_models"), "vae": ("models", "vae")}
+BUNDLED_FOLDERS = {"diffusion_models": ("models", "diffusion_models"), "vae": ("models", "vae"),
+                   "vae_approx": ("models", "vae_approx")}
 WEIGHT_EXTENSIONS = frozenset({".safetensors", ".sft"})
 
 

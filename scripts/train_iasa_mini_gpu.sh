@@ -22,13 +22,16 @@ SHARDS=${SHARDS:-/tmp/iasa_v2_shards}
 VAE_MIN=${VAE_MIN:-5}
 VAE_LONG_MIN=${VAE_LONG_MIN:-1.5}
 TEACHER_MIN=${TEACHER_MIN:-8.5}
+TINY_VAE_MIN=${TINY_VAE_MIN:-4}   # 0 skips the tiny-autoencoder stage (training/tiny_vae_train.py)
 # Shapes (the defaults are the v2 recipe). CPU dry run of every stage at tiny shapes (~6 min on 2 cores):
 #   IASA_V2_WORK=.dev/v2dry SHARDS=/tmp/dry_shards VAE_DIM=8 VAE_FRAMES=5 VAE_CROP=32 VAE_BATCH=2 LONG_FRAMES=9 \
 #   LONG_CROP=32 LONG_BATCH=2 T_LAYERS=1 T_FFN=256 T_FRAMES=5 T_BATCH=2 EVAL=1 WORKERS=2 DEVICE=cpu VAE_MIN=0.3 \
-#   VAE_LONG_MIN=0.2 TEACHER_MIN=0.3 PYTHON=.iasa/venv/bin/python OUT=/tmp/dry_out bash scripts/train_iasa_mini_gpu.sh run
+#   VAE_LONG_MIN=0.2 TEACHER_MIN=0.3 TINY_VAE_MIN=0.3 TINY_FRAMES=5 TINY_CROP=32 TINY_BATCH=2 \
+#   PYTHON=.iasa/venv/bin/python OUT=/tmp/dry_out bash scripts/train_iasa_mini_gpu.sh run
 VAE_DIM=${VAE_DIM:-32}; VAE_FRAMES=${VAE_FRAMES:-49}; VAE_CROP=${VAE_CROP:-128}; VAE_BATCH=${VAE_BATCH:-16}
 LONG_FRAMES=${LONG_FRAMES:-97}; LONG_CROP=${LONG_CROP:-64}; LONG_BATCH=${LONG_BATCH:-8}
 T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH=${T_BATCH:-32}
+TINY_FRAMES=${TINY_FRAMES:-17}; TINY_CROP=${TINY_CROP:-128}; TINY_BATCH=${TINY_BATCH:-16}
 EVAL=${EVAL:-8}; WORKERS=${WORKERS:-16}; DEVICE=${DEVICE:-auto}
 LOG="$W/pipeline.log"
 PY=${PYTHON:-python3}
@@ -68,6 +71,14 @@ run_stages() {
       --out "$W/teacher" --dim 256 --layers "$T_LAYERS" --ffn "$T_FFN" --frames "$T_FRAMES" --batch "$T_BATCH" \
       --steps 0 --max-minutes "$TEACHER_MIN" --shift 3 --lr 4e-4 --render-workers "$((WORKERS - 1))" \
       --eval-windows "$EVAL" --log-every 50 --device "$DEVICE"
+  if [ "$TINY_VAE_MIN" != "0" ]; then   # last: it must distil the VAE that ships, and never delays the teacher
+    local final_vae="$W/vae_long/iasa_mini_vae.safetensors"
+    [ -f "$final_vae" ] || final_vae="$W/vae/iasa_mini_vae.safetensors"
+    stage tiny_vae "$W/tiny_vae/iasa_mini_tiny_vae.safetensors" $PY iasa_cli.py training.tiny_vae_train \
+        --data "$SHARDS" --vae "$final_vae" --out "$W/tiny_vae" --frames "$TINY_FRAMES" --crop "$TINY_CROP" \
+        --batch "$TINY_BATCH" --steps 0 --max-minutes "$TINY_VAE_MIN" --eval-frames "$TINY_FRAMES" \
+        --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+  fi
   echo "[v2] all stages done $(date +%T)"
 }
 
@@ -87,6 +98,10 @@ collect() {  # what is done so far -> $OUT (8 files at most)
     stem=$(basename "$(dirname "$f")")_$(basename "$f")
     split -b 15M -d "$f" "$OUT/$stem.part"
   done
+  if [ -f "$W/tiny_vae/iasa_mini_tiny_vae.safetensors" ]; then   # both tiny files in one tar: 3 parts (8 files back at most)
+    tar -cf "$meta/tiny_vae.tar" -C "$W/tiny_vae" iasa_mini_tiny_vae.safetensors lighttaew2_1_iasa_mini.safetensors
+    split -b 15M -d "$meta/tiny_vae.tar" "$OUT/tiny_vae.tar.part"
+  fi
   ls -la "$OUT"
 }
 

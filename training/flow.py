@@ -79,6 +79,19 @@ def simple_sigmas(shift: float, steps: int) -> torch.Tensor:
     return torch.tensor(sig, dtype=torch.float32)
 
 
+def student_sigmas(steps: int, shift: float = 5.0) -> torch.Tensor:
+    """The few-step student schedule: ``u = 1, 1 - 1/N, ..., 1/N`` through the shift, then 0 (``N + 1`` values).
+
+    4 steps at shift 5 give timesteps 1000, 937.5, 833.3, 625: the schedule lightx2v's 4-step Wan LoRAs
+    expect (reference/update-2026-12.md section 4); 2 steps give 1000, 833.3; 1 step 1000. Feed it to a
+    ``SamplerCustom`` (cfg 1) as SIGMAS.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    u = 1.0 - torch.arange(steps, dtype=torch.float64) / steps
+    return torch.cat([time_snr_shift(shift, u), torch.zeros(1, dtype=torch.float64)]).float()
+
+
 @torch.no_grad()
 def sample_euler(velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
                  sigmas: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,8 @@ def test_bundled_folders_are_appended_once_after_the_users_folders(tmp_path, com
                                                          "vae": ([user_vae], {".safetensors"})})
     root = tmp_path / "pack"
     added = register_bundled_model_folders(root, fake)
-    assert added == {"diffusion_models": str(root / "models" / "diffusion_models"), "vae": str(root / "models" / "vae")}
+    assert added == {"diffusion_models": str(root / "models" / "diffusion_models"), "vae": str(root / "models" / "vae"),
+                     "vae_approx": str(root / "models" / "vae_approx")}
     register_bundled_model_folders(root, fake)  # importing twice adds nothing
     assert fake.folder_names_and_paths["diffusion_models"][0] == [user_unet, added["diffusion_models"]]
     assert fake.folder_names_and_paths["vae"] == ([user_vae, added["vae"]], {".safetensors"})  # extensions untouched
@@ -132,6 +133,7 @@ def test_server_registers_the_packs_model_folders(client):
     real = {k: [os.path.realpath(p) for p in v] for k, v in paths.items()}
     assert os.path.realpath(REPO / "models" / "diffusion_models") in real["diffusion_models"]
     assert os.path.realpath(REPO / "models" / "vae") in real["vae"]
+    assert os.path.realpath(REPO / "models" / "vae_approx") in real["vae_approx"]
 
 
 # ------------------------------------------------------------------------------ stock loaders, workflow

@@ -36,6 +36,7 @@ PACK_NODES = {
                            ["MODEL", "IMAGE"]),
     "IASABuildDataset": ({"videos", "output_name", "size", "fps", "max_seconds", "heldout_every", "vae", "frames"},
                          ["IASA_DATASET"]),
+    "IASATinyVAEMode": ({"vae", "all_frames_at_once"}, ["VAE"]),
 }
 # Workflows whose full run needs the bundled IASA-mini weights and minutes of CPU sampling: test_iasa_mini.py
 # runs them shrunk (short audio, low resolution, few steps) with random weights of the same format.

@@ -141,3 +141,45 @@ def test_quality_prompt_dense_bypasses_iasa_sparse_attention_and_rewires_its_pos
     assert "500" not in dense and dense[sampler]["inputs"]["model"] == model_in
     with pytest.raises(ValueError, match="attention"):
         quality_prompt(wf, "r.png", "p.json", "q", attention="flex")
+
+
+def test_vae_records_score_the_tiny_autoencoder_against_the_frames_and_the_full_vae(tmp_path):
+    import torch
+
+    from iasa.bench.quality import vae_records
+    from iasa.bench.video_metrics import MOVING_REGIONS
+    from iasa.training.tiny_vae import build_tiny_vae, save_tiny_vae
+    from iasa.training.tiny_wan import VAEConfig, build_vae, save_model
+
+    torch.set_num_threads(1)
+    T = 5
+    rng = np.random.default_rng(0)
+    clip = {"id": "c", "frames": rng.integers(0, 255, (T, 16, 16, 3), dtype=np.uint8),
+            "masks": {k: np.ones((T, 16, 16), bool) for k in MOVING_REGIONS},
+            "energy": np.linspace(0, 1, T).astype(np.float32)}
+    vae = save_model(build_vae(VAEConfig(dim=8), seed=1), tmp_path / "vae.safetensors", {}, dtype=torch.float32)
+    tiny = save_tiny_vae(build_tiny_vae(seed=2), tmp_path / "tiny.safetensors", {})
+    full, small = vae_records([clip], vae, tiny)
+    assert (full["model"], small["model"]) == ("vae", "tiny_vae") and small["weights"] == "tiny.safetensors"
+    entry = small["per_clip"][0]
+    assert entry["frames"] == T and np.isfinite(entry["psnr_vs_full_vae"]) and np.isfinite(small["psnr"])
+    assert small["psnr_vs_full_vae"] == round(entry["psnr_vs_full_vae"], 4)
+    # The comparison is against the full VAE's own decode: the full VAE in the tiny slot matches it exactly.
+    _, same = vae_records([clip], vae, vae)
+    assert same["per_clip"][0]["psnr_vs_full_vae"] == math.inf == same["per_clip"][0]["psnr_roundtrip_vs_full_vae"]
+    assert [r["model"] for r in vae_records([clip], vae)] == ["vae"]
+
+
+def test_demo_timing_decodes_the_demo_latent_with_the_vae_and_the_tiny_one_in_both_modes(tmp_path):
+    import torch
+
+    from iasa.bench.demo_timing import decode_seconds
+    from iasa.training.tiny_vae import build_tiny_vae, save_tiny_vae
+    from iasa.training.tiny_wan import VAEConfig, build_vae, save_model
+
+    torch.set_num_threads(1)
+    vae = save_model(build_vae(VAEConfig(dim=8), seed=1), tmp_path / "vae.safetensors", {}, dtype=torch.float32)
+    tiny = save_tiny_vae(build_tiny_vae(seed=2), tmp_path / "tiny.safetensors", {})
+    got = decode_seconds(vae, tiny, frames=5, height=16, width=16)
+    assert set(got) == {"vae", "tiny_vae", "tiny_vae_parallel"} and all(v >= 0 for v in got.values())
+    assert set(decode_seconds(vae, None, frames=1, height=16, width=16)) == {"vae"}

@@ -1,0 +1,125 @@
+"""bench.realtime: the student schedule, the FLOP counters behind the floors, the aims and the README table,
+and a CPU dry run of the whole benchmark at tiny shapes (ComfyUI's own modules, the IASA patch on a
+ModelPatcher, blocks compiled by ComfyUI's helper with dynamo's eager backend). No timing is asserted."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from iasa.bench import floors
+from iasa.bench.realtime_report import aims, markdown_table
+from iasa.training.flow import student_sigmas
+from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
+
+
+def test_student_schedule_is_the_shift_5_four_step_one():
+    assert torch.allclose(student_sigmas(4) * 1000, torch.tensor([1000.0, 937.5, 833.333, 625.0, 0.0]), atol=1e-3)
+    assert torch.allclose(student_sigmas(2) * 1000, torch.tensor([1000.0, 833.333, 0.0]), atol=1e-3)
+    assert torch.equal(student_sigmas(1), torch.tensor([1.0, 0.0]))
+    assert torch.equal(student_sigmas(3, shift=1.0), torch.tensor([1.0, 2 / 3, 1 / 3, 0.0]))
+    with pytest.raises(ValueError):
+        student_sigmas(0)
+
+
+def test_linear_flops_counts_every_linear_and_conv_of_the_forward():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(2), torch.nn.Linear(25, 4),
+                              torch.nn.Conv2d(8, 8, 1, groups=2))
+    x = torch.randn(2, 3, 5, 5)
+    with floors.linear_flops(net) as c:
+        h = net[2](net[1](net[0](x)))                    # [2, 8, 4]
+        net[3](h[..., None])
+    conv = 2 * (2 * 8 * 5 * 5) * 3 * 9
+    lin = 2 * (2 * 8 * 4) * 25
+    grouped = 2 * (2 * 8 * 4 * 1) * 4
+    assert c.flops == conv + lin + grouped and c.calls == 3
+    with floors.linear_flops(net) as c2:
+        pass
+    assert c2.flops == 0                                  # hooks are removed and counters fresh
+    assert floors.attention_flops(10, 20, 64, layers=3, density=0.5) == 4 * 10 * 20 * 64 * 3 * 0.5
+    assert floors.all_flops(lambda: torch.randn(4, 6) @ torch.randn(6, 5)) == 2 * 4 * 6 * 5
+    assert floors.floor_ms(1e12, 500.0) == pytest.approx(2.0)
+    assert floors.copy_ms(4e9, 20.0) == pytest.approx(200.0) and floors.copy_ms(10, None) == 0.0
+
+
+def _rec(variant, steps, vae, fps, speedup):
+    return {"variant": variant, "steps": steps, "vae": vae, "fps": fps, "speedup_vs_teacher": speedup,
+            "ms_encode": 1.0, "ms_dit": 2.0, "ms_decode": 3.0, "ms_total": 6.0, "first_chunk_ms": 1.5,
+            "floor": {"ms_encode": 0.5, "ms_dit": 1.0, "ms_decode": 1.5, "ms_total": 3.0, "fps": 2 * fps}}
+
+
+def test_aims_are_judged_only_on_a_gpu_measurement_and_the_table_has_every_record():
+    records = [_rec("student", 4, "tiny", 120.0, 35.0), _rec("student", 2, "wan", 20.0, 9.0),
+               _rec("student", 4, "wan", 24.0, 12.0), _rec("teacher", 20, "wan", 1.0, 1.0)]
+    got = aims(records, measured=True)
+    assert [a["met"] for a in got] == [True, False, True, False]
+    assert [a["value"] for a in got] == [120.0, 20.0, 35.0, 12.0]
+    assert all(a["met"] is None for a in aims(records, measured=False))
+    assert aims(records[1:], measured=True)[0] == {"aim": got[0]["aim"], "value": None, "target": 100.0, "met": None}
+    result = {"gpu": "X", "shape": {"frames": 81, "width": 832, "height": 480, "tokens": 34320},
+              "peak": {"matmul": {"tflops": 600.0}}, "command": "c", "records": records, "aims": got}
+    table = markdown_table(result)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert len(rows) == 4 and "1.00x (baseline)" in rows[-1] and "35.00x" in rows[0]
+    assert "120.0 (240.0)" in rows[0] and "**not met**" in table
+
+
+def test_cpu_dry_run_through_comfyui_with_the_patch_and_compiled_blocks(tmp_path, capsys):
+    from iasa.bench.realtime import main
+
+    out = tmp_path / "rt.json"
+    result = main(["--tiny", "--compile", "eager", "--out", str(out), "--steps", "1", "--vaes", "tiny",
+                   "--variants", "student", "teacher", "--teacher-steps", "1", "--repeats", "1", "--frames", "5",
+                   "--chunk-latent-frames", "1", "--height", "48", "--width", "64"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=str))
+    assert {"command", "gpu", "versions"} <= set(result) and result["command"].startswith("python iasa_cli.py bench.realtime")
+    assert "CPU dry run" in result["gpu"] and result["versions"]["comfyui"] == "0.3.75"
+    assert result["shape"]["tokens"] == 2 * 3 * 4 + 3 * 4          # 2 latent frames of 3x4 tokens + reference
+    student, teacher = result["records"]
+    for rec in (student, teacher):
+        assert {"variant", "steps", "vae", "ms_encode", "ms_dit", "ms_decode", "fps", "first_chunk_ms"} <= set(rec)
+        assert rec["fps"] == pytest.approx(5 / (rec["ms_total"] / 1000), abs=0.006)   # rounded to 0.01
+        assert all(rec["floor"][k] > 0 for k in ("ms_encode", "ms_dit", "ms_decode", "first_chunk_ms"))
+    assert (student["variant"], student["vae"], student["attention"]) == ("student", "tiny", "iasa_sdpa")
+    assert student["sparse_calls"]["sparse"] > 0 and teacher["sparse_calls"] == {}
+    assert (teacher["cfg"], teacher["speedup_vs_teacher"]) == (5.0, 1.0)
+    # the teacher runs cond + uncond: twice the student's forwards at the same step count and shape
+    assert teacher["floor"]["ms_dit"] > 1.5 * student["floor"]["ms_dit"]
+    assert result["compile_stats"]["stats"].get("unique_graphs", 0) > 0    # the blocks really went through dynamo
+    assert result["device_ms"]["tiny"]["decode_ms_frame_by_frame"] > 0
+    assert all(a["met"] is None for a in result["aims"])
+    assert "| student | 1 | tiny |" in capsys.readouterr().out
+
+
+def test_fun_control_conditioning_equals_stock_wan22_fun_control_to_video():
+    from iasa.training.comfy_env import ensure_comfy_on_path
+
+    ensure_comfy_on_path()
+    import comfy.sd
+    from comfy_extras.nodes_wan import Wan22FunControlToVideo
+
+    from iasa.bench.realtime import Shape, fun_control_conditioning
+    from iasa.training.tiny_wan import VAEConfig, build_vae
+
+    net = build_vae(VAEConfig(dim=8), seed=3)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    vae = comfy.sd.VAE(sd=net.state_dict())
+    video = torch.rand(9, 32, 48, 3, generator=g)
+    ctx = [[torch.zeros(1, 3, 4096), {}]]
+    ref = video[:1]
+    pos, _, latent = Wan22FunControlToVideo.execute(ctx, ctx, vae, 48, 32, 9, 1, ref_image=ref, control_video=video).args
+    neg, _, _ = Wan22FunControlToVideo.execute(ctx, ctx, vae, 48, 32, 9, 1, ref_image=ref).args
+    mine_pos, mine_neg, mine_latent = fun_control_conditioning(ctx, vae.encode(video), vae.encode(ref), Shape(9, 32, 48))
+    assert torch.equal(mine_latent, latent["samples"])
+    for stock, mine in ((pos, mine_pos), (neg, mine_neg)):
+        a, b = stock[0][1], mine[0][1]
+        assert set(a) == set(b) == {"concat_latent_image", "concat_mask", "concat_mask_index", "reference_latents"}
+        torch.testing.assert_close(b["concat_latent_image"], a["concat_latent_image"], atol=1e-5, rtol=1e-5)
+        assert torch.equal(b["concat_mask"], a["concat_mask"]) and b["concat_mask_index"] == a["concat_mask_index"]
+        torch.testing.assert_close(b["reference_latents"][0], a["reference_latents"][0], atol=1e-5, rtol=1e-5)
+    assert float(mine_pos[0][1]["concat_latent_image"][:, :16].detach().std()) > 0   # the pose video is in
+    assert not torch.equal(mine_pos[0][1]["concat_latent_image"], mine_neg[0][1]["concat_latent_image"])
