@@ -32,8 +32,8 @@ if [ "$(cat "$IASA_HOME/.pip-stamp" 2>/dev/null)" != "$stamp" ]; then
   COMFY="$("$PY" "$REPO/scripts/comfy_path.py")"
   echo "[setup] installing ComfyUI requirements and the pack's dependencies"
   pip_quiet install -q -c "$REPO/scripts/pins.txt" -r "$COMFY/requirements.txt" -r "$REPO/requirements.txt" \
-      requests scikit-image pytest
-  "$PY" -c "import torch, torchvision, torchaudio, mediapipe, librosa, xformers, einops, safetensors, soundfile, skimage, pytest"
+      requests scikit-image pytest playwright
+  "$PY" -c "import torch, torchvision, torchaudio, mediapipe, librosa, xformers, einops, safetensors, soundfile, skimage, pytest, playwright.sync_api"
   echo "$stamp" > "$IASA_HOME/.pip-stamp"
 fi
 
