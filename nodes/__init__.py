@@ -7,11 +7,11 @@ from .attention_nodes import IASASparseAttention
 from .audio_nodes import IASAAudioFeatures, IASALoadAudio
 from .conditioning_nodes import IASAEmptyConditioning
 from .model_folders import register_bundled_model_folders
-from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose
+from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose, IASASavePose
 
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
-    IASAEmptyConditioning, IASALoadPose,
+    IASAEmptyConditioning, IASALoadPose, IASASavePose,
 ]
 
 register_bundled_model_folders()

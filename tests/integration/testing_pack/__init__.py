@@ -3,6 +3,7 @@
 - ``IASATestMaskedReference``: replaces Wan self-attention by plain SDPA with the token-level mask of
   paper Eq. 1-3 computed by brute force (attention/reference.py), no permutation, no blocks — the
   explicit masked attention the pack's patched model must match;
+- ``IASATestDWPoseOutput``: comfyui_controlnet_aux's DWPose output (a fixture, untouched), for interop;
 - ``IASATestCountingOverride`` / ``IASATestReadCounter``: a stand-in for another pack's attention patch
   (counts self- and cross-attention calls and runs ComfyUI's own backend), to check that the pack
   chains an override that was set before it.
@@ -114,10 +115,29 @@ class IASATestReadCounter(io.ComfyNode):
         return io.NodeOutput(ui={"counts": [dict(COUNTS)]})
 
 
+DWPOSE_FIXTURES = REPO / "tests" / "fixtures" / "dwpose"
+
+
+class IASATestDWPoseOutput(io.ComfyNode):
+    """Stand-in for comfyui_controlnet_aux's DWPose Estimator: emits a fixture's POSE_KEYPOINT untouched."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestDWPoseOutput", category="IASA/testing",
+                         inputs=[io.Combo.Input("fixture", options=sorted(p.stem for p in DWPOSE_FIXTURES.glob("*.json")))],
+                         outputs=[PoseKeypoint.Output(display_name="POSE_KEYPOINT")])
+
+    @classmethod
+    def execute(cls, fixture):
+        import json
+
+        return io.NodeOutput(json.loads((DWPOSE_FIXTURES / f"{fixture}.json").read_text()))
+
+
 class TestingExtension(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter]
+        return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter, IASATestDWPoseOutput]
 
 
 async def comfy_entrypoint():
