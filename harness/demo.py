@@ -28,7 +28,7 @@ MINI_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"
 POSE_WORKFLOW = REPO / "workflows" / "api" / "iasa_pose_video.json"
 DEFAULT_WORKFLOW = POSE_WORKFLOW  # kept for callers that want the model-free workflow
 ASSETS = REPO / "assets" / "demo"
-DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "synth_speaker.png",
+DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "driving.mp4", ASSETS / "synth_speaker.png",
                ASSETS / "synth_speaker_pose.json"]
 # Bundled IASA-mini weights: file name -> ComfyUI model folder key (pack folder models/<key>/).
 TEACHER_FILE, VAE_FILE = "iasa_mini_teacher.safetensors", "iasa_mini_vae.safetensors"

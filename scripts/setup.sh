@@ -45,7 +45,7 @@ fi
 
 mkdir -p "$BASE/custom_nodes" "$BASE/input" "$BASE/output" "$BASE/user" "$BASE/models"
 ln -sfn "$REPO" "$BASE/custom_nodes/comfyui-iasa"
-cp -n "$REPO"/assets/demo/*.wav "$REPO"/assets/demo/*.jpg "$BASE/input/"
+cp -n "$REPO"/assets/demo/*.wav "$REPO"/assets/demo/*.jpg "$REPO"/assets/demo/*.mp4 "$BASE/input/"
 
 if [ ! -f "$IASA_HOME/.librosa-warm" ]; then
   # The first librosa call in a fresh venv spends ~20 s filling numba's cache; pay it here, once.
