@@ -7,11 +7,12 @@ from .attention_nodes import IASASparseAttention
 from .audio_nodes import IASAAudioFeatures, IASALoadAudio
 from .conditioning_nodes import IASAEmptyConditioning
 from .model_folders import register_bundled_model_folders
+from .preview_nodes import IASALatentPreview
 from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose, IASASavePose
 
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
-    IASAEmptyConditioning, IASALoadPose, IASASavePose,
+    IASAEmptyConditioning, IASALoadPose, IASASavePose, IASALatentPreview,
 ]
 
 register_bundled_model_folders()

@@ -27,6 +27,7 @@ PACK_NODES = {
     "IASAEmptyConditioning": ({"tokens", "width"}, ["CONDITIONING"]),
     "IASALoadPose": ({"pose_file", "canvas_width", "canvas_height"}, ["POSE_KEYPOINT", "INT", "INT", "INT"]),
     "IASASavePose": ({"pose", "filename_prefix"}, ["STRING"]),
+    "IASALatentPreview": ({"model"}, ["MODEL"]),
 }
 # Workflows whose full run needs the bundled IASA-mini weights and minutes of CPU sampling: test_iasa_mini.py
 # runs them shrunk (short audio, low resolution, few steps) with random weights of the same format.
