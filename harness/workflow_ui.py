@@ -42,8 +42,9 @@ def _inline_widget_values(opts: dict) -> list:
 
 def _trailing_widget_values(opts: dict) -> list:
     """Values of widgets the frontend adds after all of a node's declared inputs (they are not in its
-    ``input_order``): the image upload button; the audio player and its upload button."""
-    if opts.get("image_upload"):
+    ``input_order``): the image or video upload button (its value is "image" for both); the audio player and
+    its upload button."""
+    if opts.get("image_upload") or opts.get("video_upload"):
         return ["image"]
     if opts.get("audio_upload"):
         return [None, None]

@@ -162,7 +162,9 @@ class IASARenderPose(io.ComfyNode):
     @classmethod
     def execute(cls, pose, width, height, body, face, hands) -> io.NodeOutput:
         seq = from_pose_keypoint(pose, input_name="pose")
-        frames = render_pose(seq, width or None, height or None, body=body, face=face, hands=hands)
+        bar = comfy.utils.ProgressBar(len(seq))
+        frames = render_pose(seq, width or None, height or None, body=body, face=face, hands=hands,
+                             progress=lambda done, total: bar.update_absolute(done, total))
         return io.NodeOutput(frames_to_image(frames))
 
 

@@ -132,11 +132,13 @@ def render_pose(
     face: bool = True,
     hands: bool = True,
     threshold: float = 0.3,
+    progress=None,
 ) -> np.ndarray:
     """Render a :class:`PoseSequence` -> float32 ``[T, H, W, 3]`` in 0..1 (a ComfyUI IMAGE batch as numpy).
 
     ``width``/``height`` default to the pose canvas; another size scales the poses per axis. Points with
     confidence at or below ``threshold`` are not drawn, nor are limbs or edges that touch them.
+    ``progress(done, total)`` is called after each frame.
     """
     width = int(width or seq.width)
     height = int(height or seq.height)
@@ -149,4 +151,6 @@ def render_pose(
         img = render_frame_uint8(seq.points[t], width, height, body=body, face=face, hands=hands, threshold=threshold)
         out[t] = img  # uint8 -> float32 by assignment, then scale in place (several times faster than a ufunc cast)
         out[t] *= np.float32(1.0 / 255.0)
+        if progress is not None:
+            progress(t + 1, len(seq))
     return out

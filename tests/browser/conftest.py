@@ -1,5 +1,8 @@
 """ComfyUI's real web page in headless Chromium, against a real headless server with only this pack.
 
+Fixtures are module-scoped: Playwright's sync API runs an event loop in this thread while it is open, and the
+integration tests' client needs asyncio.run, so the browser closes when this module ends.
+
 Skipped, with the reason and the fix, when Playwright or Chromium is missing; with
 ``IASA_REQUIRE_BROWSER=1`` (set by .ci/run) a missing browser is an error instead, so CI cannot pass
 without running these tests. Screenshots and the page logs are written to ``$IASA_ARTIFACTS/browser``
@@ -39,7 +42,7 @@ def artifacts() -> pathlib.Path:
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_instance():
     _require_browser()
     from playwright.sync_api import sync_playwright
@@ -48,14 +51,14 @@ def playwright_instance():
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_instance):
     b = launch(playwright_instance)
     yield b
     b.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stock_page_errors(browser, tmp_path_factory, artifacts) -> list[str]:
     """Errors the stock page logs with no custom node at all (the same server, frontend and browser)."""
     base = tmp_path_factory.mktemp("comfy_home_stock")
@@ -68,7 +71,7 @@ def stock_page_errors(browser, tmp_path_factory, artifacts) -> list[str]:
     return log.errors()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def web_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_home_web")
     prepare_base(base, DEMO_INPUTS)
@@ -76,7 +79,7 @@ def web_server(tmp_path_factory):
         yield srv
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def web_object_info(web_server) -> dict:
     with urllib.request.urlopen(web_server.url + "/object_info", timeout=60) as r:
         return json.loads(r.read())
@@ -89,7 +92,7 @@ class PackPage:
     load_errors: list[str]  # errors logged while the page loaded
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pack_page(browser, web_server, stock_page_errors, artifacts) -> PackPage:
     """One page with the pack, shared by the tests in order (loading the frontend costs ~15 s here)."""
     log = PageLog()

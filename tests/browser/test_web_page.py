@@ -22,9 +22,9 @@ from .conftest import PackPage
 
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-# Widgets the frontend adds to audio-upload nodes and posts with the prompt (as for stock LoadAudio); the server
-# passes a node only its declared inputs.
-FRONTEND_ONLY_INPUTS = {"audioUI"}
+# Widgets the frontend adds to upload nodes and posts with the prompt (as for stock LoadAudio / LoadVideo); the
+# server passes a node only its declared inputs.
+FRONTEND_ONLY_INPUTS = {"audioUI", "video-preview"}
 RUN_TIMEOUT_MS = 300_000   # the pose-video workflow takes ~30 s on the 2-core CI machine
 # The frontend asks the node registry (api.comfy.org) about every non-core node it shows; the page's
 # Content-Security-Policy blocks that offline and logs it, for any custom node pack. Not the pack's error.

@@ -13,7 +13,7 @@ from iasa.harness.demo import saved_files
 from iasa.harness.server import PACK_LINK_NAME
 from iasa.harness.workflow_ui import api_to_ui
 
-from .conftest import API_WORKFLOWS, REPO, load_api_workflow
+from .conftest import API_WORKFLOWS, REPO, load_api_workflow, speech_pose_nodes
 
 PACK_NODES = {
     "IASALoadAudio": ({"audio", "sample_rate", "mono", "start", "duration"}, ["AUDIO"]),
@@ -124,6 +124,18 @@ def test_extract_pose_progress_is_reported(client):
     assert result.status == "success", result.error
     values = [p["value"] for p in result.progress("3")]
     assert values and values[-1] == 3 and all(p["max"] == 3 for p in result.progress("3"))
+
+
+def test_render_pose_progress_is_reported(client):
+    """IASA Render Pose reports one progress step per frame (170 frames take a while on a CPU)."""
+    prompt = {**speech_pose_nodes(seed=1),
+              "6": {"class_type": "IASARenderPose", "inputs": {"pose": ["5", 0], "width": 0, "height": 0,
+                                                               "body": True, "face": True, "hands": True}},
+              "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}}}
+    result = client.run(prompt)
+    assert result.status == "success", result.error
+    values = [p["value"] for p in result.progress("6")]
+    assert values[-1] == 25 and all(p["max"] == 25 for p in result.progress("6"))   # 1 s of speech at 25 fps
 
 
 def test_preview_image_of_masks(client):
