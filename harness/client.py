@@ -28,6 +28,11 @@ class RunResult:
     outputs: dict                    # history outputs: {node_id: ui dict}
     events: list = field(default_factory=list)   # websocket messages (type, data) for this prompt
     history: dict = field(default_factory=dict)
+    previews: list = field(default_factory=list)  # binary websocket frames (sampling previews), raw bytes
+
+    def preview_images(self) -> list[bytes]:
+        """The JPEG/PNG images of the binary preview frames (after ComfyUI's 8-byte event/format header)."""
+        return [p[8:] for p in self.previews if len(p) > 8 and int.from_bytes(p[:4], "big") == 1]
 
     @property
     def error(self) -> dict | None:
@@ -86,14 +91,18 @@ class ComfyClient:
     async def _run(self, prompt: dict, timeout: float) -> RunResult:
         client_id = uuid.uuid4().hex
         events: list = []
+        previews: list = []
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"{self.url}/ws?clientId={client_id}") as ws:
                 prompt_id = await asyncio.to_thread(self.queue, prompt, client_id)
 
                 async def follow():
                     async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.BINARY:
+                            previews.append(msg.data)   # sampling previews (only this client's prompts)
+                            continue
                         if msg.type != aiohttp.WSMsgType.TEXT:
-                            continue  # binary frames are previews
+                            continue
                         m = json.loads(msg.data)
                         data = m.get("data", {})
                         if data.get("prompt_id") not in (None, prompt_id):
@@ -107,7 +116,7 @@ class ComfyClient:
                 await asyncio.wait_for(follow(), timeout)
         history = (await asyncio.to_thread(self.get_json, f"/history/{prompt_id}")).get(prompt_id, {})
         status = history.get("status", {}).get("status_str", "error")
-        return RunResult(prompt_id, status, history.get("outputs", {}), events, history)
+        return RunResult(prompt_id, status, history.get("outputs", {}), events, history, previews)
 
     def run(self, prompt: dict, timeout: float = 600.0) -> RunResult:
         """Queue ``prompt`` and block until it finishes; raises PromptRejected on a 400."""

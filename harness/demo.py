@@ -28,7 +28,7 @@ MINI_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"        # v
 MINI_V2_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking_v2.json"  # v2: ref_conv tokens, sparse, long video
 POSE_WORKFLOW = REPO / "workflows" / "api" / "iasa_pose_video.json"
 ASSETS = REPO / "assets" / "demo"
-DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "synth_speaker.png",
+DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "driving.mp4", ASSETS / "synth_speaker.png",
                ASSETS / "synth_speaker_pose.json"]
 # Bundled IASA-mini weights: file name -> ComfyUI model folder key (pack folder models/<key>/).
 TEACHER_FILE, VAE_FILE = "iasa_mini_teacher.safetensors", "iasa_mini_vae.safetensors"

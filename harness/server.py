@@ -60,7 +60,11 @@ class ComfyServer:
     """``with ComfyServer(base) as srv: srv.url`` boots ComfyUI (CPU) and stops it on exit."""
 
     def __init__(self, base: pathlib.Path, port: int | None = None, python: str = sys.executable,
-                 extra_args: tuple[str, ...] = (), startup_timeout: float = 180.0):
+                 extra_args: tuple[str, ...] = (), startup_timeout: float = 180.0, own_tree: bool = False):
+        """``own_tree``: run ComfyUI as a user's install does, with its own folders (``base`` must be the
+        ComfyUI tree; the pack is whatever its custom_nodes holds); else ``base`` is a separate base
+        directory with this checkout linked into it."""
+        self.own_tree = own_tree
         self.base = pathlib.Path(base)
         self.port = port or free_port()
         self.python = python
@@ -75,10 +79,14 @@ class ComfyServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "ComfyServer":
-        prepare_base(self.base)
+        if self.own_tree:
+            (self.base / "user").mkdir(exist_ok=True)
+            where = []
+        else:
+            prepare_base(self.base)
+            where = ["--base-directory", str(self.base)]
         cmd = [self.python, str(comfyui_dir() / "main.py"), "--cpu", "--listen", "127.0.0.1",
-               "--port", str(self.port), "--disable-auto-launch", "--disable-api-nodes",
-               "--base-directory", str(self.base),
+               "--port", str(self.port), "--disable-auto-launch", "--disable-api-nodes", *where,
                "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}", *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "ab")

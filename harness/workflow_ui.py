@@ -13,6 +13,7 @@ import json
 import pathlib
 import sys
 import tempfile
+import uuid
 
 from .client import ComfyClient
 from .server import REPO, ComfyServer
@@ -34,15 +35,26 @@ def _is_widget(type_) -> bool:
     return isinstance(type_, list) or type_ in WIDGET_TYPES
 
 
-def _extra_widget_values(opts: dict) -> list:
-    """Values the frontend stores after some widgets (seed control, upload buttons)."""
-    if opts.get("control_after_generate"):
-        return ["fixed"]
-    if opts.get("image_upload"):
+def _inline_widget_values(opts: dict) -> list:
+    """Values of widgets the frontend adds right after an input's own widget (the seed's control)."""
+    return ["fixed"] if opts.get("control_after_generate") else []
+
+
+def _trailing_widget_values(opts: dict) -> list:
+    """Values of widgets the frontend adds after all of a node's declared inputs (they are not in its
+    ``input_order``): the image or video upload button (its value is "image" for both); the audio player and
+    its upload button."""
+    if opts.get("image_upload") or opts.get("video_upload"):
         return ["image"]
     if opts.get("audio_upload"):
         return [None, None]
     return []
+
+
+def workflow_uuid(workflow_id: str) -> str:
+    """The frontend's workflow schema wants a UUID ``id`` (else: "Invalid workflow against zod schema");
+    a name-based one keeps the generated files stable."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"iasa-comfyui/workflows/{workflow_id}"))
 
 
 def _depths(api: dict) -> dict[str, int]:
@@ -68,13 +80,14 @@ def api_to_ui(api: dict, object_info: dict, workflow_id: str) -> dict:
     for order, nid in enumerate(sorted(api, key=lambda n: (depth[n], ids[n]))):
         node = api[nid]
         info = object_info[node["class_type"]]
-        inputs, widgets = [], []
+        inputs, widgets, trailing = [], [], []
         for name, type_, opts in _inputs_in_order(info):
             value = node["inputs"].get(name)
             linked = isinstance(value, list)
             if _is_widget(type_):
                 widgets.append(value if not linked else opts.get("default"))
-                widgets += _extra_widget_values(opts)
+                widgets += _inline_widget_values(opts)
+                trailing += _trailing_widget_values(opts)
                 if linked:
                     inputs.append({"name": name, "type": "COMBO" if isinstance(type_, list) else type_,
                                    "widget": {"name": name}, "link": None})
@@ -89,6 +102,7 @@ def api_to_ui(api: dict, object_info: dict, workflow_id: str) -> dict:
                 links.append([link_id, src, slot, ids[nid], len(inputs) - 1, src_type])
                 inputs[-1]["link"] = link_id
                 out_links.setdefault((src, slot), []).append(link_id)
+        widgets += trailing
         col = depth[nid]
         row = rows.get(col, 0)
         rows[col] = row + 1
@@ -105,7 +119,7 @@ def api_to_ui(api: dict, object_info: dict, workflow_id: str) -> dict:
     for n in nodes:
         for o in n["outputs"]:
             o["links"] = out_links.get((n["id"], o["slot_index"])) or None
-    return {"id": workflow_id, "revision": 0,
+    return {"id": workflow_uuid(workflow_id), "revision": 0,
             "last_node_id": max(ids.values()), "last_link_id": len(links), "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4}
 

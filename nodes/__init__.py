@@ -11,14 +11,15 @@ from .distill_inputs import register_feature_net_folder
 from .distill_nodes import IASADistillStudent
 from .long_video_nodes import IASALongVideo
 from .model_folders import register_bundled_model_folders
-from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose
+from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose, IASASavePose
+from .preview_nodes import IASALatentPreview
 from .student_nodes import IASAStudentSampler, IASAStudentSigmas
 from .vae_nodes import IASATinyVAEMode
 
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
-    IASAEmptyConditioning, IASALoadPose, IASALongVideo, IASAStudentSampler, IASAStudentSigmas, IASADistillStudent,
-    IASABuildDataset, IASATinyVAEMode,
+    IASAEmptyConditioning, IASALoadPose, IASASavePose, IASALatentPreview, IASALongVideo, IASAStudentSampler,
+    IASAStudentSigmas, IASADistillStudent, IASABuildDataset, IASATinyVAEMode,
 ]
 
 register_bundled_model_folders()

@@ -1,14 +1,15 @@
-"""IASA Extract Pose, IASA Audio To Pose and IASA Render Pose."""
+"""IASA Extract Pose, IASA Audio To Pose, IASA Render Pose, IASA Load Pose and IASA Save Pose."""
 from __future__ import annotations
 
 import logging
+import os
 
 import comfy.utils
 from comfy_api.latest import io
 
 from ..pose.audio_to_pose import audio_to_pose
 from ..pose.extract import extract_pose
-from ..pose.pose_files import read_pose_file
+from ..pose.pose_files import read_pose_file, write_pose_file
 from ..pose.keypoints import (PoseFormatError, frames_without_person, from_pose_keypoint, hold_nearest_person,
                               to_pose_keypoint)
 from ..pose.regions import sequence_masks
@@ -175,7 +176,9 @@ class IASARenderPose(io.ComfyNode):
     @classmethod
     def execute(cls, pose, width, height, body, face, hands) -> io.NodeOutput:
         seq = from_pose_keypoint(pose, input_name="pose")
-        frames = render_pose(seq, width or None, height or None, body=body, face=face, hands=hands, dtype=VIDEO_DTYPE)
+        bar = comfy.utils.ProgressBar(len(seq))
+        frames = render_pose(seq, width or None, height or None, body=body, face=face, hands=hands, dtype=VIDEO_DTYPE,
+                             progress=lambda done, total: bar.update_absolute(done, total))
         return io.NodeOutput(frames_to_image(frames))
 
 
@@ -218,3 +221,37 @@ class IASALoadPose(io.ComfyNode):
     def execute(cls, pose_file, canvas_width, canvas_height) -> io.NodeOutput:
         frames = read_pose_file(resolve_input_file(pose_file, "pose_file"), "pose_file", (canvas_width, canvas_height))
         return io.NodeOutput(frames, len(frames), frames[0]["canvas_width"], frames[0]["canvas_height"])
+
+
+class IASASavePose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IASASavePose",
+            display_name="IASA Save Pose",
+            category="IASA/pose",
+            description="Saves POSE_KEYPOINT (ours or DWPose's) as OpenPose/DWPose JSON in ComfyUI's output folder: "
+                        "a list with one frame dict per video frame, the layout IASA Load Pose and "
+                        "comfyui_controlnet_aux read. Copy the file into the input folder to load it again.",
+            is_output_node=True,
+            inputs=[
+                PoseKeypoint.Input("pose", tooltip="Pose sequence to save (IASA Extract Pose, IASA Audio To Pose, "
+                                                   "DWPose Estimator, ...)."),
+                io.String.Input("filename_prefix", default="IASA/pose",
+                                tooltip="File name prefix inside the output folder; a counter and .json are added."),
+            ],
+            outputs=[io.String.Output(display_name="file")],
+        )
+
+    @classmethod
+    def execute(cls, pose, filename_prefix) -> io.NodeOutput:
+        import folder_paths
+
+        frames = to_pose_keypoint(from_pose_keypoint(pose, input_name="pose"))
+        out_dir = folder_paths.get_output_directory()
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
+        filename = f"{name}_{counter:05}_.json"
+        write_pose_file(os.path.join(folder, filename), frames)
+        rel = os.path.join(subfolder, filename) if subfolder else filename
+        return io.NodeOutput(rel, ui={"text": [rel], "pose_files": [{"filename": filename, "subfolder": subfolder,
+                                                                      "type": "output"}]})

@@ -133,6 +133,7 @@ def render_pose(
     hands: bool = True,
     threshold: float = 0.3,
     dtype: type = np.float32,
+    progress=None,
 ) -> np.ndarray:
     """Render a :class:`PoseSequence` -> ``[T, H, W, 3]`` in 0..1 of ``dtype`` (a ComfyUI IMAGE batch as numpy).
 
@@ -140,6 +141,7 @@ def render_pose(
     confidence at or below ``threshold`` are not drawn, nor are limbs or edges that touch them.
     ``dtype`` float16 halves the memory of long videos (every value k/255 is rounded once, so
     ``frame * 255`` gives back the drawn uint8 values, in float16 or float32 arithmetic).
+    ``progress(done, total)`` is called after each frame.
     """
     width = int(width or seq.width)
     height = int(height or seq.height)
@@ -159,4 +161,6 @@ def render_pose(
             out[t] *= np.float32(1.0 / 255.0)
         else:
             np.take(lut, img, out=out[t])
+        if progress is not None:
+            progress(t + 1, len(seq))
     return out

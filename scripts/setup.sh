@@ -32,8 +32,8 @@ if [ "$(cat "$IASA_HOME/.pip-stamp" 2>/dev/null)" != "$stamp" ]; then
   COMFY="$("$PY" "$REPO/scripts/comfy_path.py")"
   echo "[setup] installing ComfyUI requirements and the pack's dependencies"
   pip_quiet install -q -c "$REPO/scripts/pins.txt" -r "$COMFY/requirements.txt" -r "$REPO/requirements.txt" \
-      requests scikit-image pytest
-  "$PY" -c "import torch, torchvision, torchaudio, mediapipe, librosa, xformers, einops, safetensors, soundfile, skimage, pytest"
+      requests scikit-image pytest playwright
+  "$PY" -c "import torch, torchvision, torchaudio, mediapipe, librosa, xformers, einops, safetensors, soundfile, skimage, pytest, playwright.sync_api"
   echo "$stamp" > "$IASA_HOME/.pip-stamp"
 fi
 
@@ -45,7 +45,7 @@ fi
 
 mkdir -p "$BASE/custom_nodes" "$BASE/input" "$BASE/output" "$BASE/user" "$BASE/models"
 ln -sfn "$REPO" "$BASE/custom_nodes/comfyui-iasa"
-cp -n "$REPO"/assets/demo/*.wav "$REPO"/assets/demo/*.jpg "$BASE/input/"
+cp -n "$REPO"/assets/demo/*.wav "$REPO"/assets/demo/*.jpg "$REPO"/assets/demo/*.mp4 "$BASE/input/"
 
 if [ ! -f "$IASA_HOME/.librosa-warm" ]; then
   # The first librosa call in a fresh venv spends ~20 s filling numba's cache; pay it here, once.

@@ -183,17 +183,18 @@ def test_talking_workflow_runs_end_to_end_with_random_weights(client, random_min
 
 def test_v2_talking_workflow_runs_long_sparse_with_reference_tokens(client, random_mini):
     """The v2 workflow (Wan22FunControlToVideo ref_image -> ref_conv tokens, IASA Sparse Attention, IASA Long
-    Video), shrunk: 2.2 s of speech = 55 frames -> 14 latent frames, more than the 13-frame window, 32x32."""
+    Video), shrunk: 2.2 s of speech = 55 frames -> 14 latent frames, more than the 13-frame window, 128x128
+    (8 x 8 tokens a frame: smaller grids are refused by IASA Sparse Attention, dense would be cheaper)."""
     from iasa.harness.demo import MINI_V2_WORKFLOW
 
-    wf = shrunk_talking_workflow(*random_mini, seconds=2.2, size=32, steps=2, workflow=MINI_V2_WORKFLOW)
+    wf = shrunk_talking_workflow(*random_mini, seconds=2.2, size=128, steps=2, workflow=MINI_V2_WORKFLOW)
     assert _by_type(wf, "IASALongVideo") and _by_type(wf, "IASASparseAttention")
     result = client.run(wf, timeout=900)
     assert result.status == "success", result.error
     mp4 = next(f for f in saved_files(result.outputs) if f["filename"].endswith(".mp4"))
     with av.open(io.BytesIO(client.view(mp4["filename"], mp4.get("subfolder", "")))) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    assert len(frames) == wan_length(55) == 53 and frames[0].shape == (32, 32, 3)
+    assert len(frames) == wan_length(55) == 53 and frames[0].shape == (128, 128, 3)
     assert np.abs(np.diff(np.stack(frames).astype(np.float32), axis=0)).mean() > 0.01   # not one frame repeated
 
 

@@ -1,4 +1,4 @@
-"""IASA Long Video through the real server: a clip 3x the window on a tiny random IASA-mini-format teacher
+"""IASA Long Video through the real server: a clip 2x the window (3 windows) on a tiny random IASA-mini-format teacher
 (Fun-Control concat + ref_conv reference, conditioned by stock Wan22FunControlToVideo), sampled by stock
 KSampler and SamplerCustom, alone and with IASA Sparse Attention in both node orders. The patches'
 own counters (read by the testing pack's IASATestPatchStats) show the windowed calls happened."""
@@ -9,14 +9,20 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from iasa.harness.demo import saved_files
+from iasa.sampling.long_video import LongVideoConfig, LongVideoPatch
 
 from .test_bad_input import assert_server_still_serves
 from .test_iasa_mini import write_random_mini
 
 TEACHER, VAE = "iasa_test_long_teacher.safetensors", "iasa_test_long_vae.safetensors"
-PIXEL_FRAMES = 33          # 9 latent frames = 3 windows of 3 (9 pixel frames) ...
-WINDOW, OVERLAP = 9, 4     # ... overlapping by 1 latent frame: windows 0-2, 2-4, 4-6, 6-8
-WINDOWS, STEPS = 4, 2
+# 65 frames (17 latent frames of 8 x 8 tokens at 128 x 128) in windows of 33 frames (9 latent frames) overlapping
+# by 8 (2 latent frames): big enough that IASA Sparse Attention's kernel is cheaper than dense (it refuses
+# grids where it is not).
+PIXEL_FRAMES, SIZE = 65, 128
+WINDOW, OVERLAP = 33, 8
+LATENT_SHAPE = (1, 16, (PIXEL_FRAMES - 1) // 4 + 1, SIZE // 8, SIZE // 8)
+WINDOWS = len(LongVideoPatch(LongVideoConfig.from_pixel_frames(WINDOW, OVERLAP)).plan(LATENT_SHAPE[2]).windows)
+STEPS = 2
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +35,8 @@ def long_models(server):
 
 
 def base_graph() -> dict:
-    """Audio-driven pose (1.32 s, 33 frames) of the bundled speaker -> skeleton video -> Fun-Control conditioning
-    with the speaker as ref_image, a 64 x 64 x 33 latent; the tiny teacher."""
+    """Audio-driven pose (2.6 s, 65 frames) of the bundled speaker -> skeleton video -> Fun-Control conditioning
+    with the speaker as ref_image, a 128 x 128 x 65 latent; the tiny teacher."""
     return {
         "1": {"class_type": "IASALoadAudio", "inputs": {"audio": "speech.wav", "sample_rate": 0, "mono": True,
                                                         "start": 0.0, "duration": PIXEL_FRAMES / 25}},
@@ -41,12 +47,12 @@ def base_graph() -> dict:
                                                           "seed": 3, "mouth": 1.0, "head": 1.0, "gestures": 1.0,
                                                           "blinks": True, "driving_mode": "loop"}},
         "5": {"class_type": "LoadImage", "inputs": {"image": "synth_speaker.png"}},
-        "6": {"class_type": "IASARenderPose", "inputs": {"pose": ["4", 0], "width": 64, "height": 64, "body": True,
+        "6": {"class_type": "IASARenderPose", "inputs": {"pose": ["4", 0], "width": SIZE, "height": SIZE, "body": True,
                                                          "face": True, "hands": True}},
         "7": {"class_type": "IASAEmptyConditioning", "inputs": {"tokens": 8, "width": 4096}},
         "8": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}},
         "9": {"class_type": "Wan22FunControlToVideo",
-              "inputs": {"positive": ["7", 0], "negative": ["7", 0], "vae": ["8", 0], "width": 64, "height": 64,
+              "inputs": {"positive": ["7", 0], "negative": ["7", 0], "vae": ["8", 0], "width": SIZE, "height": SIZE,
                          "length": PIXEL_FRAMES, "batch_size": 1, "ref_image": ["5", 0], "control_video": ["6", 0]}},
         "10": {"class_type": "UNETLoader", "inputs": {"unet_name": TEACHER, "weight_dtype": "default"}},
     }
@@ -103,7 +109,7 @@ def graph_with(chain: str, seed: int = 21, tag: str = "") -> dict:
 
 def test_ksampler_runs_a_clip_three_windows_long_window_by_window(client, long_models):
     latent, stats = run(client, graph_with("long"))
-    assert latent.shape == (1, 16, 9, 8, 8) and torch.isfinite(latent).all()
+    assert latent.shape == LATENT_SHAPE and torch.isfinite(latent).all()
     assert stats["LongVideoPatch"] == {"calls": STEPS, "windowed_calls": STEPS, "window_calls": STEPS * WINDOWS}
 
 
@@ -132,7 +138,7 @@ def test_sampler_custom_runs_the_windows_too(client, long_models):
                                                          "sampler": ["12", 0], "sigmas": ["13", 0],
                                                          "latent_image": ["9", 2]}}
     latent, stats = run(client, finish(g, ("11", 0), ("20", 0), "iasa_test/long_custom"))
-    assert latent.shape == (1, 16, 9, 8, 8) and torch.isfinite(latent).all()
+    assert latent.shape == LATENT_SHAPE and torch.isfinite(latent).all()
     assert stats["LongVideoPatch"]["window_calls"] == STEPS * WINDOWS
 
 

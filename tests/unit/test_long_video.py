@@ -237,7 +237,7 @@ def test_sparse_attention_fits_its_pose_to_the_whole_clip_in_a_window():
     from iasa.attention.patch import CALL_KEY, SparseAttentionPatch
     from iasa.attention.pose_layout import SparseAttentionConfig
 
-    from .attention_poses import talking_pose
+    from iasa.pose.synthetic import talking_pose
 
     sparse = SparseAttentionPatch(talking_pose(33, 64, 64), SparseAttentionConfig(block_size=16), kernel="sdpa")
     seen = []
@@ -297,9 +297,13 @@ def _sample_once(m, x, sigma, concat, ref):
     to = dict(m.model_options.get("transformer_options", {}))
     to["wrappers"] = comfy.patcher_extension.copy_nested_dicts(m.wrappers)
     to["sigmas"], to["sample_sigmas"] = sigma, torch.tensor([1.0, float(sigma[0]), 0.0])
-    with torch.no_grad():
-        return m.model.apply_model(x, sigma, c_concat=concat, c_crossattn=torch.zeros(1, 8, 4096),
-                                   transformer_options=to, reference_latent=ref)
+    m.patch_model()   # object patches (IASA Sparse Attention's self-attention call sites) as sampling applies them
+    try:
+        with torch.no_grad():
+            return m.model.apply_model(x, sigma, c_concat=concat, c_crossattn=torch.zeros(1, 8, 4096),
+                                       transformer_options=to, reference_latent=ref)
+    finally:
+        m.unpatch_model()
 
 
 def test_long_video_and_sparse_attention_compose_in_either_order(tiny_wan):
@@ -307,17 +311,19 @@ def test_long_video_and_sparse_attention_compose_in_either_order(tiny_wan):
     from iasa.attention.pose_layout import SparseAttentionConfig
     from iasa.sampling.long_video import apply_long_video
 
-    from .attention_poses import talking_pose
+    from iasa.pose.synthetic import talking_pose
 
-    pose = talking_pose(33, 64, 64, seed=3)                        # 33 pixel frames = 9 latent frames
+    # 65 pixel frames = 17 latent frames of 8 x 8 tokens, windows of 9 latent frames: large enough that the
+    # sparse kernel is cheaper than dense (IASA Sparse Attention refuses block sizes that are not)
+    pose = talking_pose(65, 128, 128, seed=3)
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(1, 16, 9, 8, 8, generator=g)
-    concat = torch.randn(1, 32, 9, 8, 8, generator=g)
-    ref = torch.randn(1, 16, 8, 8, generator=g)
+    x = torch.randn(1, 16, 17, 16, 16, generator=g)
+    concat = torch.randn(1, 32, 17, 16, 16, generator=g)
+    ref = torch.randn(1, 16, 16, 16, generator=g)
     sigma = torch.tensor([0.8])
 
     def patches():
-        return (LongVideoPatch(LongVideoConfig.from_pixel_frames(9, 4)),
+        return (LongVideoPatch(LongVideoConfig.from_pixel_frames(33, 8)),
                 SparseAttentionPatch(pose, SparseAttentionConfig(top_k=1, block_size=16), kernel="sdpa"))
 
     outs, stats = {}, {}
@@ -335,13 +341,15 @@ def test_long_video_and_sparse_attention_compose_in_either_order(tiny_wan):
         stats[order] = (dict(long_p.stats), dict(sparse_p.stats))
     assert torch.equal(outs["sparse_then_long"], outs["long_then_sparse"])
     long_stats, sparse_stats = stats["long_then_sparse"]
-    assert long_stats == {"calls": 1, "windowed_calls": 1, "window_calls": 4}   # 9 latent frames, windows of 3
-    assert sparse_stats["sparse"] == 4 * 2                     # every window's self-attention, both layers
-    assert sparse_stats["layouts_built"] == 4                  # one layout per window
-    assert sparse_stats.get("dense_cross_or_other", 0) == 4 * 2   # cross-attention only
+    n = len(patches()[0].plan(17).windows)
+    assert n >= 2
+    assert long_stats == {"calls": 1, "windowed_calls": 1, "window_calls": n}
+    assert sparse_stats["sparse"] == n * 2                     # every window's self-attention, both layers
+    assert sparse_stats["layouts_built"] == n                  # one layout per window
+    assert sparse_stats.get("dense_cross_attention", 0) == n * 2   # cross-attention only
     # The windows really are sparse and windowed: different from the whole clip, dense or sparse.
     dense_whole = _sample_once(tiny_wan, x, sigma, concat, ref)
-    assert dense_whole.shape == outs["long_then_sparse"].shape == (1, 16, 9, 8, 8)
+    assert dense_whole.shape == outs["long_then_sparse"].shape == (1, 16, 17, 16, 16)
     assert (dense_whole - outs["long_then_sparse"]).abs().mean() > 1e-4
     long_only = _sample_once(apply_long_video(tiny_wan, patches()[0]), x, sigma, concat, ref)
     assert (long_only - outs["long_then_sparse"]).abs().mean() > 1e-5

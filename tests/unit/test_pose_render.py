@@ -178,3 +178,10 @@ def test_sizes_scale_with_the_canvas(size):
     # Even on a tiny canvas the limb keeps its colour (red dominant) where it is drawn.
     mid = img[int(0.38 * H), int(0.41 * W)]
     assert mid[0] > 0.3 and mid[0] > 2 * max(mid[1], mid[2]), mid
+
+
+def test_progress_is_reported_once_per_frame():
+    seq = PoseSequence(np.stack([person(64, 48)] * 3), 64, 48)
+    calls = []
+    render_pose(seq, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]

@@ -13,6 +13,9 @@
 - ``IASATestCaptureLayout`` / ``IASATestReadCapture``: record, in the sampled model call, the region labels
   of the IASA layout that was used and the control latent the model received (token grid), to check that
   the regions sit on the body the model sees;
+- ``IASATestReinstallingOverride``: a stand-in for newer ComfyUI's core "Model Sparse Attention" (on top,
+  chained, re-installed every step), to check the pack with both on;
+- ``IASATestDWPoseOutput``: comfyui_controlnet_aux's DWPose output (a fixture, untouched), for interop;
 - ``IASATestCountingOverride`` / ``IASATestReadCounter``: a stand-in for another pack's attention patch
   (counts self- and cross-attention calls and runs ComfyUI's own backend), to check that the pack
   chains an override that was set before it;
@@ -276,12 +279,91 @@ class IASATestReadCapture(io.ComfyNode):
         return io.NodeOutput(ui={"capture": [dict(CAPTURE)]})
 
 
+class _ReinstallingOverride:
+    """Behaves like newer ComfyUI's "Model Sparse Attention" (comfy_extras/nodes_sparse_attention.py): its override
+    goes on top of whatever override is there and chains to it, and an ON_PREPARE_STATE callback puts it back on top
+    every step (idempotent once on top). It declines every call, as that node does off CUDA, passing it to the
+    earlier override; with ``take_self`` it computes self-attention itself (dense SDPA), as that node's kernel
+    takes the eligible self-attention calls on a GPU."""
+
+    def __init__(self, take_self: bool):
+        self.take_self = take_self
+        self.installed = set()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def make(self, previous):
+        def override(func, q, k, v, heads, mask=None, **kwargs):
+            COUNTS["standin_seen"] += 1
+            if self.take_self and mask is None and q.shape == k.shape:
+                COUNTS["standin_took"] += 1
+                b, L, hd = q.shape
+                qh, kh, vh = (t.view(b, L, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
+                return F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, L, hd)
+            if previous is None:
+                return func(q, k, v, heads, mask=mask, **kwargs)
+            return previous(func, q, k, v, heads, mask=mask, **kwargs)
+        return override
+
+    def install(self, transformer_options):
+        current = transformer_options.get("optimized_attention_override")
+        if current in self.installed:
+            return
+        override = self.make(current)
+        self.installed.add(override)
+        COUNTS["standin_installs"] += 1
+        transformer_options["optimized_attention_override"] = override
+
+
+class IASATestReinstallingOverride(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestReinstallingOverride", category="IASA/testing",
+                         inputs=[io.Model.Input("model"), io.Boolean.Input("take_self", default=False)],
+                         outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, model, take_self):
+        import comfy.patcher_extension
+
+        COUNTS.clear()
+        patch = _ReinstallingOverride(take_self)
+        m = model.clone()
+        patch.install(m.model_options.setdefault("transformer_options", {}))
+
+        def reinstall(model_patcher, timestep, model_options=None):   # newer ComfyUI also passes model_options
+            patch.install((model_options or model_patcher.model_options).setdefault("transformer_options", {}))
+
+        m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PREPARE_STATE, "iasa_test_reinstall", reinstall)
+        return io.NodeOutput(m)
+
+
+DWPOSE_FIXTURES = REPO / "tests" / "fixtures" / "dwpose"
+
+
+class IASATestDWPoseOutput(io.ComfyNode):
+    """Stand-in for comfyui_controlnet_aux's DWPose Estimator: emits a fixture's POSE_KEYPOINT untouched."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="IASATestDWPoseOutput", category="IASA/testing",
+                         inputs=[io.Combo.Input("fixture", options=sorted(p.stem for p in DWPOSE_FIXTURES.glob("*.json")))],
+                         outputs=[PoseKeypoint.Output(display_name="POSE_KEYPOINT")])
+
+    @classmethod
+    def execute(cls, fixture):
+        import json
+
+        return io.NodeOutput(json.loads((DWPOSE_FIXTURES / f"{fixture}.json").read_text()))
+
+
 class TestingExtension(ComfyExtension):
     @override
     async def get_node_list(self):
         return [IASATestMaskedReference, IASATestCountingOverride, IASATestReadCounter, IASATestPatchStats,
                 IASATestNotWanModel, IASATestRandomConditioning, IASATestPixelVAE, IASATestCaptureLayout,
-                IASATestReadCapture]
+                IASATestReadCapture, IASATestDWPoseOutput, IASATestReinstallingOverride]
 
 
 async def comfy_entrypoint():
