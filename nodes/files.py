@@ -75,22 +75,22 @@ def _input_path_problem(name: str, input_name: str, folder: bool) -> str | None:
     return None
 
 
-def resolve_input_file(name: str, input_name: str) -> str:
-    """Absolute path of ``name`` inside the input folder; raises ValueError naming the input otherwise."""
-    problem = input_file_problem(name, input_name)
+def _resolve_input_path(name: str, input_name: str, folder: bool) -> str:
+    problem = _input_path_problem(name, input_name, folder)
     if problem:
         raise ValueError(problem)
     rel, _ = folder_paths.annotated_filepath(name)
     return os.path.realpath(os.path.join(folder_paths.get_input_directory(), rel))
+
+
+def resolve_input_file(name: str, input_name: str) -> str:
+    """Absolute path of ``name`` inside the input folder; raises ValueError naming the input otherwise."""
+    return _resolve_input_path(name, input_name, folder=False)
 
 
 def resolve_input_folder(name: str, input_name: str) -> str:
     """Absolute path of folder ``name`` inside the input folder; raises ValueError naming the input otherwise."""
-    problem = input_folder_problem(name, input_name)
-    if problem:
-        raise ValueError(problem)
-    rel, _ = folder_paths.annotated_filepath(name)
-    return os.path.realpath(os.path.join(folder_paths.get_input_directory(), rel))
+    return _resolve_input_path(name, input_name, folder=True)
 
 
 def file_fingerprint(name: str, input_name: str) -> str:

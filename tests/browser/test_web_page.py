@@ -32,12 +32,7 @@ OFFLINE_REGISTRY_LOOKUP = re.compile(r"^Connecting to 'https://api\.comfy\.org/[
                                      r"Content Security Policy directive")
 # Owned by the IASA-mini talking work: regenerating its UI file (python iasa_cli.py harness.workflow_ui) fixes
 # both faults below; strict, so the marker must go once it is regenerated.
-STALE_TEMPLATES = {"iasa_mini_talking": "workflows/iasa_mini_talking.json predates the generator fixes (non-UUID "
-                                        "id -> 'Invalid workflow against zod schema' alert; IASA Load Audio's "
-                                        "upload widgets out of place) and is owned by the talking-model work: "
-                                        "regenerate it with python iasa_cli.py harness.workflow_ui"}
-TEMPLATE_PARAMS = [pytest.param(w, marks=pytest.mark.xfail(strict=True, reason=STALE_TEMPLATES[w.stem]))
-                   if w.stem in STALE_TEMPLATES else w for w in UI_WORKFLOWS]
+TEMPLATE_PARAMS = UI_WORKFLOWS
 
 
 def _pack_errors(errors: list[str]) -> list[str]:

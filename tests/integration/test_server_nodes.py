@@ -44,14 +44,10 @@ PACK_NODES = {
 # runs them shrunk (short audio, low resolution, few steps) with random weights of the same format.
 HEAVY_WORKFLOWS = {"iasa_mini_talking": "full size takes ~500 s of this 2-core CPU (bench/results/demo.json); "
                                         "it runs shrunk with random weights and for 33 frames with the bundled "
-                                        "weights in test_iasa_mini.py"}
-# UI files that predate harness.workflow_ui's fixes (UUID id, upload widgets after the declared inputs) and are
-# owned by other work; strict: once regenerated the marker must go.
-STALE_UI_FILES = {"iasa_mini_talking": "workflows/iasa_mini_talking.json is owned by the talking-model work and "
-                                       "predates the generator's UUID id and upload-widget order: regenerate it "
-                                       "with python iasa_cli.py harness.workflow_ui"}
-UI_CHECKED_WORKFLOWS = [pytest.param(w, marks=pytest.mark.xfail(strict=True, reason=STALE_UI_FILES[w.stem]))
-                        if w.stem in STALE_UI_FILES else w for w in API_WORKFLOWS]
+                                        "weights in test_iasa_mini.py",
+                   "iasa_mini_talking_v2": "full size (169 frames in 49-frame windows, 20 steps, cfg 3) takes minutes "
+                                           "of this 2-core CPU; it runs shrunk with random v2 weights in "
+                                           "test_iasa_mini.py"}
 RUNNABLE_WORKFLOWS = [pytest.param(w, marks=pytest.mark.skip(reason=HEAVY_WORKFLOWS[w.stem]))
                       if w.stem in HEAVY_WORKFLOWS else w for w in API_WORKFLOWS]
 
@@ -81,7 +77,7 @@ def test_template_browser_lists_the_example_workflows(client):
     assert sorted(names) == ui_files and ui_files
 
 
-@pytest.mark.parametrize("workflow", UI_CHECKED_WORKFLOWS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_workflow_is_the_api_workflow(object_info, workflow):
     """The UI copy (template browser) holds the same graph as the API copy the demo and tests post."""
     ui_file = REPO / "workflows" / workflow.name
