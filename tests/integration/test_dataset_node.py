@@ -68,6 +68,8 @@ def test_build_dataset_makes_shards_the_distiller_trains_on(client, server, vide
     prompt["10"]["inputs"]["dataset"] = ["20", 0]
     result = client.run(prompt)
     assert result.status == "success", result.error
+    progress = result.progress("20")                                        # ComfyUI progress, ends complete
+    assert progress and progress[-1]["value"] == progress[-1]["max"] >= 1
     folder = server.base / "input" / "iasa_test_built"
     (clip,) = read_shard(folder / "shard-0000.safetensors")
     assert clip["frames"].shape == (15, 32, 32, 3) and clip["split"] == "train" and clip["sample_rate"] == 16000
