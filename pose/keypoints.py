@@ -55,7 +55,8 @@ FACE_L_BROW = tuple(range(22, 27))
 FACE_NOSE = tuple(range(27, 36))
 FACE_R_EYE = tuple(range(36, 42))
 FACE_L_EYE = tuple(range(42, 48))
-FACE_OUTER_LIP = tuple(range(48, 60))       # 60..67: inner lip
+FACE_OUTER_LIP = tuple(range(48, 60))
+FACE_INNER_LIP = tuple(range(60, 68))
 FACE_R_PUPIL, FACE_L_PUPIL = 68, 69
 
 # Hand: 0 wrist, then thumb, index, middle, ring, pinky (4 points each, base to tip).
