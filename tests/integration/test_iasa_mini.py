@@ -41,13 +41,18 @@ def write_random_mini(teacher_path, vae_path) -> None:
                dtype=torch.float32)
 
 
-@pytest.fixture(scope="module")
-def random_mini(server):
+def install_random_mini(server, teacher: str, vae: str) -> tuple[str, str]:
+    """Random IASA-mini-format files under these names in the server's model folders."""
     models = server.base / "models"
     (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
     (models / "vae").mkdir(parents=True, exist_ok=True)
-    write_random_mini(models / "diffusion_models" / TEST_TEACHER, models / "vae" / TEST_VAE)
-    return TEST_TEACHER, TEST_VAE
+    write_random_mini(models / "diffusion_models" / teacher, models / "vae" / vae)
+    return teacher, vae
+
+
+@pytest.fixture(scope="module")
+def random_mini(server):
+    return install_random_mini(server, TEST_TEACHER, TEST_VAE)
 
 
 def _by_type(prompt: dict, class_type: str) -> list[dict]:

@@ -12,7 +12,7 @@ from iasa.harness.demo import saved_files
 from iasa.sampling.long_video import LongVideoConfig, LongVideoPatch
 
 from .test_bad_input import assert_server_still_serves
-from .test_iasa_mini import write_random_mini
+from .test_iasa_mini import install_random_mini
 
 TEACHER, VAE = "iasa_test_long_teacher.safetensors", "iasa_test_long_vae.safetensors"
 # 65 frames (17 latent frames of 8 x 8 tokens at 128 x 128) in windows of 33 frames (9 latent frames) overlapping
@@ -27,11 +27,7 @@ STEPS = 2
 
 @pytest.fixture(scope="module")
 def long_models(server):
-    models = server.base / "models"
-    (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
-    (models / "vae").mkdir(parents=True, exist_ok=True)
-    write_random_mini(models / "diffusion_models" / TEACHER, models / "vae" / VAE)
-    return TEACHER, VAE
+    return install_random_mini(server, TEACHER, VAE)
 
 
 def base_graph() -> dict:
