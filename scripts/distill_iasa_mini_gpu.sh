@@ -7,7 +7,9 @@
 #
 # Stages (a stage whose output exists is skipped, and a killed distillation resumes from its checkpoint):
 #   teacher  scripts/train_iasa_mini_gpu.sh run-bg: renders the shards and trains the v2 VAE + teacher unless their
-#            weights are already in $W (carried in .dev/v2 from an earlier machine); TEACHER_STAGE=0 skips it.
+#            weights are already in $W (carried in .dev/v2 from an earlier machine); TEACHER_STAGE=0 skips it
+#            and only renders the shards (e.g. TEACHER=models/diffusion_models/iasa_mini_teacher.safetensors
+#            VAE=models/vae/iasa_mini_vae.safetensors: the shipped pair).
 #   distill  training.distill.train on $TEACHER / $VAE / $SHARDS, reusing the teacher's latent cache
 #            ($SHARDS.latents.safetensors, same window length and mask settings), then the held-out evaluation
 #            (student vs teacher vs reference copy) into the card and eval.json.
@@ -59,6 +61,9 @@ run_stages() {
   if [ "$TEACHER_STAGE" = 1 ]; then
     echo "[distill] teacher stage (scripts/train_iasa_mini_gpu.sh; it skips what is done) $(date +%T)"
     IASA_V2_WORK="$W" SHARDS="$SHARDS" bash scripts/train_iasa_mini_gpu.sh run-bg
+  elif [ "${SHARDS#procedural:}" = "$SHARDS" ] && ! ls "$SHARDS"/train-*.safetensors > /dev/null 2>&1; then
+    # shipped teacher + VAE: only the shards are needed here
+    IASA_V2_WORK="$W" SHARDS="$SHARDS" bash scripts/train_iasa_mini_gpu.sh render
   fi
   for f in "$TEACHER" "$VAE"; do [ -f "$f" ] || { echo "[distill] missing $f" >&2; exit 3; }; done
   if [ -f "$S/$NAME.safetensors" ]; then echo "[distill] done already ($S/$NAME.safetensors)"; else

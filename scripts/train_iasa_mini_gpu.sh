@@ -19,16 +19,22 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 W=${IASA_V2_WORK:-.dev/v2}
 MOTION=${MOTION:-.dev/synth/motion}
 SHARDS=${SHARDS:-/tmp/iasa_v2_shards}
-VAE_MIN=${VAE_MIN:-5}
+# The VAE learns in three stages: short windows for most of its optimizer steps (run 1 gave 49-frame windows
+# all 5 minutes and got 207 steps and 19 dB), then 49-frame windows (all weights), then 97 (decoder only).
+VAE_SHORT_MIN=${VAE_SHORT_MIN:-6}
+VAE_MIN=${VAE_MIN:-2}
 VAE_LONG_MIN=${VAE_LONG_MIN:-1.5}
 TEACHER_MIN=${TEACHER_MIN:-8.5}
-TINY_VAE_MIN=${TINY_VAE_MIN:-4}   # 0 skips the tiny-autoencoder stage (training/tiny_vae_train.py)
+TINY_VAE_MIN=${TINY_VAE_MIN:-0}   # 0 (default) skips the tiny-autoencoder stage (training/tiny_vae_train.py)
 # Shapes (the defaults are the v2 recipe). CPU dry run of every stage at tiny shapes (~6 min on 2 cores):
 #   IASA_V2_WORK=.dev/v2dry SHARDS=/tmp/dry_shards VAE_DIM=8 VAE_FRAMES=5 VAE_CROP=32 VAE_BATCH=2 LONG_FRAMES=9 \
+#   SHORT_FRAMES=1 SHORT_CROP=32 SHORT_BATCH=2 VAE_SHORT_MIN=0.2 VAE_CLIPS=4 \
 #   LONG_CROP=32 LONG_BATCH=2 T_LAYERS=1 T_FFN=256 T_FRAMES=5 T_BATCH=2 EVAL=1 WORKERS=2 DEVICE=cpu VAE_MIN=0.3 \
 #   VAE_LONG_MIN=0.2 TEACHER_MIN=0.3 TINY_VAE_MIN=0.3 TINY_FRAMES=5 TINY_CROP=32 TINY_BATCH=2 \
 #   PYTHON=.iasa/venv/bin/python OUT=/tmp/dry_out bash scripts/train_iasa_mini_gpu.sh run
-VAE_DIM=${VAE_DIM:-32}; VAE_FRAMES=${VAE_FRAMES:-49}; VAE_CROP=${VAE_CROP:-128}; VAE_BATCH=${VAE_BATCH:-16}
+VAE_DIM=${VAE_DIM:-32}; VAE_FRAMES=${VAE_FRAMES:-49}; VAE_CROP=${VAE_CROP:-96}; VAE_BATCH=${VAE_BATCH:-8}
+SHORT_FRAMES=${SHORT_FRAMES:-5}; SHORT_CROP=${SHORT_CROP:-64}; SHORT_BATCH=${SHORT_BATCH:-32}
+VAE_CLIPS=${VAE_CLIPS:-500}   # clips each VAE stage loads (loading all 1000 took 30-37 s per stage)
 LONG_FRAMES=${LONG_FRAMES:-97}; LONG_CROP=${LONG_CROP:-64}; LONG_BATCH=${LONG_BATCH:-8}
 T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH=${T_BATCH:-32}
 TINY_FRAMES=${TINY_FRAMES:-17}; TINY_CROP=${TINY_CROP:-128}; TINY_BATCH=${TINY_BATCH:-16}
@@ -54,22 +60,36 @@ stage() {  # stage NAME DONE_FILE command...
   echo "[v2] $name: finished in $((SECONDS - t0)) s $(date +%T)"
 }
 
+render_shards() {  # the training and held-out shards on this machine's disk (32 GB for the 1000-clip bundle)
+  stage render "$SHARDS/.done" bash -c "$PY iasa_cli.py training.synth.build render --motion $MOTION --out $SHARDS \
+      --workers $WORKERS > $W/render.json && touch $SHARDS/.done"
+}
+
 run_stages() {
   setup_comfy
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-  stage render "$SHARDS/.done" bash -c "$PY iasa_cli.py training.synth.build render --motion $MOTION --out $SHARDS \
-      --workers $WORKERS > $W/render.json && touch $SHARDS/.done"
-  stage vae "$W/vae/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" --out "$W/vae" \
-      --dim "$VAE_DIM" --frames "$VAE_FRAMES" --crop "$VAE_CROP" --batch "$VAE_BATCH" --steps 0 \
-      --max-minutes "$VAE_MIN" --lr 1e-3 --eval-frames "$VAE_FRAMES" --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+  render_shards
+  if [ -f "$W/vae_long/iasa_mini_vae.safetensors" ]; then   # the final VAE is there: its earlier stages are not needed
+    echo "[v2] vae_short, vae: skipped (the final VAE $W/vae_long/iasa_mini_vae.safetensors exists)"
+  else
+    stage vae_short "$W/vae_short/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" \
+        --out "$W/vae_short" --dim "$VAE_DIM" --frames "$SHORT_FRAMES" --crop "$SHORT_CROP" --batch "$SHORT_BATCH" \
+        --steps 0 --max-minutes "$VAE_SHORT_MIN" --lr 1e-3 --warmup 50 --max-clips "$VAE_CLIPS" --eval-frames 17 \
+        --eval-clips "$EVAL" --log-every 50 --device "$DEVICE"
+    stage vae "$W/vae/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" --out "$W/vae" \
+        --init "$W/vae_short/iasa_mini_vae.safetensors" --dim "$VAE_DIM" --frames "$VAE_FRAMES" --crop "$VAE_CROP" \
+        --batch "$VAE_BATCH" --steps 0 --max-minutes "$VAE_MIN" --lr 4e-4 --warmup 10 --max-clips "$VAE_CLIPS" \
+        --eval-frames "$VAE_FRAMES" --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+  fi
   stage vae_long "$W/vae_long/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" \
       --out "$W/vae_long" --init "$W/vae/iasa_mini_vae.safetensors" --train-part decoder --dim "$VAE_DIM" \
       --frames "$LONG_FRAMES" --crop "$LONG_CROP" --batch "$LONG_BATCH" --steps 0 --max-minutes "$VAE_LONG_MIN" \
-      --lr 3e-4 --warmup 20 --eval-frames "$LONG_FRAMES" --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+      --lr 3e-4 --warmup 10 --max-clips "$VAE_CLIPS" --eval-frames "$LONG_FRAMES" --eval-clips "$EVAL" \
+      --log-every 25 --device "$DEVICE"
   stage teacher "$W/teacher/iasa_mini_teacher.safetensors" $PY iasa_cli.py training.teacher_train --data "$SHARDS" \
       --vae "$W/vae_long/iasa_mini_vae.safetensors" --latents-cache "$SHARDS.latents.safetensors" \
       --out "$W/teacher" --dim 256 --layers "$T_LAYERS" --ffn "$T_FFN" --frames "$T_FRAMES" --batch "$T_BATCH" \
-      --steps 0 --max-minutes "$TEACHER_MIN" --shift 3 --lr 4e-4 --render-workers "$((WORKERS - 1))" \
+      --steps 0 --max-minutes "$TEACHER_MIN" --shift 3 --lr 4e-4 --render-workers "$((WORKERS - 1))" --encode-batch 32 \
       --eval-windows "$EVAL" --log-every 50 --device "$DEVICE"
   if [ "$TINY_VAE_MIN" != "0" ]; then   # last: it must distil the VAE that ships, and never delays the teacher
     local final_vae="$W/vae_long/iasa_mini_vae.safetensors"
@@ -124,6 +144,7 @@ case "${1:-run}" in
     setsid nohup bash "$0" run-bg >> "$LOG" 2>&1 < /dev/null &
     echo "[v2] started in the background, log $LOG" ;;
   run-bg) run_stages ;;
+  render) setup_comfy; render_shards ;;   # shards only (the distillation on shipped weights needs them)
   wait)
     limit=${2:-560}; t0=$SECONDS
     while [ $((SECONDS - t0)) -lt "$limit" ]; do
@@ -132,5 +153,5 @@ case "${1:-run}" in
       sleep 10
     done
     tail -n 40 "$LOG"; collect ;;
-  *) echo "usage: $0 run|start|wait [seconds]" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare|run|start|wait [seconds]|render" >&2; exit 2 ;;
 esac

@@ -70,6 +70,7 @@ class RunConfig:
 
 
 AUTO_WARM, AUTO_TIMED, AUTO_FILL = 5, 20, 0.97
+WARMUP_MAX_FRAC = 0.1  # a measured run caps its warm-up at this share of its steps
 
 
 def configure_cuda(device: torch.device) -> None:
@@ -134,6 +135,7 @@ class Runner:
         self.step = int(state["step"])
         if self.cfg.steps <= 0 and int(state.get("total_steps", 0)) > 0:
             self.cfg.steps = int(state["total_steps"])
+        self.cfg.warmup = int(state.get("warmup", self.cfg.warmup))
         self.loop_seconds = float(state.get("loop_seconds", 0.0))
         self.losslog.truncate_after(self.step)
         log.info("%s: resumed from %s (step %d)", self.name, path, self.step)
@@ -148,7 +150,8 @@ class Runner:
                 files[f"optim_{name}"], extra_meta[name] = optimizer_to_tensors(opt)
             self.ckpt.save(self.step, files,
                            {"optimizer": opt_meta, "loop_seconds": self.loop_seconds, "name": self.name,
-                            "total_steps": self.cfg.steps, **({"extra_optimizers": extra_meta} if extra_meta else {}),
+                            "total_steps": self.cfg.steps, "warmup": self.cfg.warmup,
+                            **({"extra_optimizers": extra_meta} if extra_meta else {}),
                             **self.meta})
         D.barrier(self.info)
 
@@ -208,6 +211,11 @@ class Runner:
         self.cfg.steps = D.broadcast_int(total, self.info)
         log.info("%s: %.3f s/step measured -> %d steps for a %.1f min budget", self.name, per_step,
                  self.cfg.steps, self.cfg.max_minutes)
+        cap = max(self.step, int(WARMUP_MAX_FRAC * self.cfg.steps))
+        if self.cfg.warmup > cap:  # the v2 VAE run spent 200 of its 207 steps warming up
+            log.warning("%s: warm-up of %d steps is more than %d%% of the %d measured steps; shortened to %d",
+                        self.name, self.cfg.warmup, round(WARMUP_MAX_FRAC * 100), self.cfg.steps, cap)
+            self.cfg.warmup = cap
         if self.cfg.warmup < self.step:
             log.warning("%s: warm-up (%d) is shorter than the step measurement (%d steps); the LR stayed "
                         "constant until now", self.name, self.cfg.warmup, self.step)

@@ -234,3 +234,33 @@ def test_measured_step_count_fills_the_time_budget(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="max-minutes"):
         Runner(RunConfig(out=str(tmp_path / "x"), steps=0), D.DistInfo(), model, model,
                make_optimizer(model.parameters(), cfg, torch.device("cpu")), {}, "m").run(step_fn)
+
+
+def test_measured_run_caps_a_warm_up_longer_than_a_tenth_of_its_steps(tmp_path, monkeypatch, caplog):
+    """The v2 VAE run asked for 200 warm-up steps and got 207 steps in its budget: the LR never left the ramp.
+    A measured run now shortens the warm-up to 10 % of the measured steps (logged), and a resumed run keeps it."""
+    from iasa.training import runner as runner_mod
+    from iasa.training.runner import AUTO_TIMED, AUTO_WARM, WARMUP_MAX_FRAC, lr_at
+
+    clock = [0.0]
+    monkeypatch.setattr(runner_mod, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    model = torch.nn.Linear(4, 1)
+    cfg = RunConfig(out=str(tmp_path), steps=0, max_minutes=0.05, lr=1e-2, warmup=10 ** 4, min_lr_frac=0.1,
+                    checkpoint_every=100, log_every=10 ** 6, resume=False)
+    x = torch.randn(8, 4)
+
+    def step_fn(step):
+        clock[0] += 0.01
+        loss = model(x).pow(2).mean()
+        return loss, {"loss": loss.detach()}
+
+    runner = Runner(cfg, D.DistInfo(), model, model, make_optimizer(model.parameters(), cfg, torch.device("cpu")), {}, "m")
+    with caplog.at_level("WARNING", logger="iasa.training.runner"):
+        runner.run(step_fn)
+    assert cfg.warmup == max(AUTO_WARM + AUTO_TIMED, int(WARMUP_MAX_FRAC * cfg.steps)) < cfg.steps // 5
+    assert "shortened" in caplog.text
+    assert lr_at(cfg.warmup, cfg) == pytest.approx(1e-2, rel=1e-3)  # full LR right after the ramp
+    resumed = RunConfig(out=str(tmp_path), steps=0, max_minutes=0.05, lr=1e-2, warmup=10 ** 4, resume=True)
+    Runner(resumed, D.DistInfo(), model, model, make_optimizer(model.parameters(), resumed, torch.device("cpu")),
+           {}, "m").resume()
+    assert resumed.warmup == cfg.warmup and resumed.steps == cfg.steps
