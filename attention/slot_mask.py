@@ -41,7 +41,9 @@ class RegionSlotMask:
             raise ValueError(f"RegionSlotMask: slot_frame {tuple(S)} and slot_label {tuple(self.slot_label.shape)} "
                              "must be the same 1-D shape")
         T = self.frame_select.shape
-        if len(T) != 2 or T[0] != T[1] or (self.slot_frame.numel() and int(self.slot_frame.max()) >= T[0]):
+        # The frame range is checked on host tensors only (no device sync when moved with .to()).
+        on_host = self.slot_frame.device.type == "cpu" and self.slot_frame.numel()
+        if len(T) != 2 or T[0] != T[1] or (on_host and int(self.slot_frame.max()) >= T[0]):
             raise ValueError(f"RegionSlotMask: frame_select {tuple(T)} must be [T, T] covering every slot frame")
 
     @classmethod
