@@ -1,7 +1,9 @@
 """FlexAttention kernel for a ``BlockLayout`` (slot order, ``BlockMask.from_kv_blocks``).
 
 Selected key blocks without padding are passed as *full* blocks (no ``mask_mod`` runs there); blocks
-that contain padding slots are *partial* blocks whose ``mask_mod`` keeps real key slots only.
+that contain padding slots are *partial* blocks whose ``mask_mod`` keeps real key slots only. A packed
+layout (``layout.slot_mask``, several groups per block) also makes partial every pair its rule does not
+allow whole (``RegionSlotMask.full_block_pairs``), and its ``mask_mod`` is that rule.
 
 Eager (uncompiled) FlexAttention ignores the block lists and evaluates ``mask_mod`` on the dense score
 matrix, so the eager path gets a ``mask_mod`` that encodes the whole pattern (block table lookup and
@@ -54,8 +56,9 @@ def _compact(selected: torch.Tensor, idx: torch.Tensor, width: int) -> tuple[tor
 def split_full_partial(layout: BlockLayout, device: torch.device) -> tuple[torch.Tensor, ...]:
     """(partial_cnt, partial_idx, full_cnt, full_idx), shapes ``[1, Hl, nb]`` / ``[1, Hl, nb, nb]``.
 
-    A selected block is *partial* when it holds a padding slot. Index rows are padded to ``nb``
-    columns (older FlexAttention releases size the dense mask from that width).
+    A selected block is *partial* when it holds a padding slot, or (packed layouts) when the slot rule
+    forbids some of its pairs. Index rows are padded to ``nb`` columns (older FlexAttention releases size
+    the dense mask from that width).
     """
     nb, bs = layout.num_blocks, layout.block_size
     tables = slot_tables(layout, device)
@@ -63,13 +66,27 @@ def split_full_partial(layout: BlockLayout, device: torch.device) -> tuple[torch
     cnt = layout.kv_num_blocks.to(device=device, dtype=torch.int64)
     idx = layout.kv_indices.to(device=device, dtype=torch.int64)
     valid = torch.arange(idx.shape[-1], device=device) < cnt[..., None]
-    pad_sel = has_pad[idx] & valid
+    if layout.slot_mask is None:
+        pad_sel = has_pad[idx] & valid
+    else:
+        full = torch.from_numpy(layout.slot_mask.full_block_pairs(bs)).to(device)
+        pad_sel = ~full[torch.arange(nb, device=device)[None, :, None], idx] & valid
     p_cnt, p_idx = _compact(pad_sel, idx, nb)
     f_cnt, f_idx = _compact(valid & ~pad_sel, idx, nb)
     return p_cnt[None], p_idx[None], f_cnt[None], f_idx[None]
 
 
-def _key_is_real_mask_mod(slot_valid: torch.Tensor) -> Callable:
+def _partial_block_mask_mod(layout: BlockLayout, device: torch.device) -> Callable:
+    """What partial blocks apply: real keys only, and the slot rule of a packed layout."""
+    if layout.slot_mask is not None:
+        rule = layout.slot_mask.to(device)
+
+        def slot_rule(b, h, q_idx, kv_idx):
+            return rule.allowed(q_idx, kv_idx)
+
+        return slot_rule
+    slot_valid = slot_tables(layout, device).slot_valid
+
     def key_is_real(b, h, q_idx, kv_idx):
         return slot_valid[kv_idx]
 
@@ -77,19 +94,19 @@ def _key_is_real_mask_mod(slot_valid: torch.Tensor) -> Callable:
 
 
 def _whole_pattern_mask_mod(layout: BlockLayout, device: torch.device) -> Callable:
-    slot_valid = slot_tables(layout, device).slot_valid
+    in_block = _partial_block_mask_mod(layout, device)
     dense = layout.to_dense(device)
     bs = layout.block_size
     if dense.shape[0] == 1:
         dense0 = dense[0]
 
         def shared_pattern(b, h, q_idx, kv_idx):
-            return dense0[q_idx // bs, kv_idx // bs] & slot_valid[kv_idx]
+            return dense0[q_idx // bs, kv_idx // bs] & in_block(b, h, q_idx, kv_idx)
 
         return shared_pattern
 
     def per_head_pattern(b, h, q_idx, kv_idx):
-        return dense[h, q_idx // bs, kv_idx // bs] & slot_valid[kv_idx]
+        return dense[h, q_idx // bs, kv_idx // bs] & in_block(b, h, q_idx, kv_idx)
 
     return per_head_pattern
 
@@ -104,7 +121,7 @@ def build_block_mask(layout: BlockLayout, device: torch.device, whole_pattern_ma
         if whole_pattern_mask_mod:
             mask_mod = _whole_pattern_mask_mod(layout, device)
         else:
-            mask_mod = _key_is_real_mask_mod(slot_tables(layout, device).slot_valid)
+            mask_mod = _partial_block_mask_mod(layout, device)
         slots = layout.num_blocks * layout.block_size
         return BlockMask.from_kv_blocks(
             p_cnt,

@@ -14,6 +14,9 @@ Kernels:
 - ``sdpa``: ``F.scaled_dot_product_attention`` with the token-level boolean mask (reference and CPU
   path; the ``[Hl, L, L]`` mask is cached per layout, so keep L small).
 - ``auto``: xformers on CUDA when it works, else flex on CUDA, else sdpa; the fallback is logged once.
+  A packed layout (``layout.slot_mask``: several region groups per block, masked inside) goes to flex
+  on CUDA: xformers' paged mask cannot mask inside a block, so xformers runs the layout's group-padded
+  twin ``layout.padded`` (more work; logged once, also when xformers is asked for by name).
 
 Per-layout work (validation, index tables, biases, block masks) is cached with the layout object and
 reused by every layer and step.
@@ -72,6 +75,24 @@ def sdpa_block_sparse_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale)
 
 
+def xformers_layout(layout: BlockLayout) -> BlockLayout:
+    """The layout the xformers kernel runs: ``layout`` itself, or for a packed layout its group-padded
+    twin (``PagedBlockDiagonalPaddedKeysMask`` reads whole pages per query block, no in-block mask)."""
+    if layout.slot_mask is None:
+        return layout
+    if layout.padded is None:
+        raise ValueError("layout has a slot_mask but no padded twin; xformers cannot run it (use flex or sdpa)")
+
+    def note() -> BlockLayout:
+        _log_once(
+            "block-sparse attention: xformers cannot mask inside a block, so it runs the group-padded layout "
+            f"({100 * layout.padded.density().block_density:.1f} % of dense work instead of the packed layout's "
+            f"{100 * layout.density().block_density:.1f} %); the flex kernel runs the packed one")
+        return layout.padded
+
+    return cached(layout, "xformers_layout", note)
+
+
 def xformers_unsupported_reasons(q: torch.Tensor, layout: BlockLayout) -> list[str]:
     """Why the xformers paged kernel cannot take these inputs (empty list: it can)."""
     from .xformers_compat import xformers_status
@@ -102,6 +123,7 @@ def xformers_block_sparse_attention(
     from .xformers_compat import paged_splitk_op
     from .xformers_paged import build_paged_plan, paged_attention, xformers_attend
 
+    layout = xformers_layout(layout)
     reasons = xformers_unsupported_reasons(q, layout)
     if reasons:
         raise RuntimeError("xformers block-sparse kernel cannot run: " + "; ".join(reasons))
@@ -118,6 +140,10 @@ def resolve_kernel(kernel: str, q: torch.Tensor, layout: BlockLayout) -> str:
     if q.device.type != "cuda":
         _log_once(f"block-sparse attention: using sdpa (masked reference), inputs are on {q.device.type}, not CUDA")
         return "sdpa"
+    if layout.slot_mask is not None:
+        _log_once("block-sparse attention: using flex, not xformers: the layout packs several region groups per "
+                  "block and xformers could only run its group-padded twin (more work)")
+        return "flex"
     reasons = xformers_unsupported_reasons(q, layout)
     if reasons:
         _log_once("block-sparse attention: using flex instead of xformers: " + "; ".join(reasons))

@@ -20,7 +20,7 @@ from ..pose.keypoints import PoseSequence
 from ..pose.regions import REGIONS
 from .global_mask import FRAME_POSE_MODES, global_frame_mask
 from .grid import TokenGrid
-from .layout import BlockGroups, BlockLayout, DensityReport, build_region_layout
+from .layout import PACKINGS, BlockGroups, BlockLayout, DensityReport, build_region_layout
 from .alignment import VideoAlignment, align_pose
 from .token_regions import check_regions, region_token_counts, token_labels
 
@@ -38,6 +38,7 @@ class SparseAttentionConfig:
     allow_scale: bool = False               # rigid alignment with uniform scale
     frame_pose: str = "mean"                # pose of a latent frame: "mean" or "last" of its pixel frames
     min_shared_points: int = 3              # upper-body points visible in both frames to score a pair
+    packing: str = "frame"                  # "frame": groups of a frame share blocks (masked inside), "group": padded
 
     def __post_init__(self):
         if self.top_k < 0:
@@ -46,6 +47,8 @@ class SparseAttentionConfig:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.frame_pose not in FRAME_POSE_MODES:
             raise ValueError(f"frame_pose: unknown mode {self.frame_pose!r}; choose from {FRAME_POSE_MODES}")
+        if self.packing not in PACKINGS:
+            raise ValueError(f"packing: unknown {self.packing!r}; choose from {PACKINGS}")
         object.__setattr__(self, "regions", check_regions(self.regions))
 
 
@@ -107,7 +110,8 @@ def build_pose_layout(
     if config.regions and not out.labels.any():
         return _fallback(out, f"no token of the {grid.hp}x{grid.wp} grid falls in a chosen region "
                               f"({', '.join(config.regions)}); is the pose on the video's canvas?")
-    out.layout, out.groups = build_region_layout(out.labels, out.frame_select, grid, config.block_size)
+    out.layout, out.groups = build_region_layout(out.labels, out.frame_select, grid, config.block_size,
+                                                 config.packing)
     counts = region_token_counts(out.labels)
     if grid.global_tokens:
         counts["global"] = grid.global_tokens
@@ -132,15 +136,17 @@ def block_size_problem(plan: PoseLayout) -> str:
     better = []
     for bs in BLOCK_SIZE_CHOICES:
         if bs < cfg.block_size:
-            layout, _ = build_region_layout(plan.labels, plan.frame_select, grid, bs)
+            layout, _ = build_region_layout(plan.labels, plan.frame_select, grid, bs, cfg.packing)
             d = layout.density().block_density
             if d < 1.0:
                 better.append(f"{bs} ({100 * d:.0f} %)")
     fix = (f"use block_size {' or '.join(better)} of dense work" if better else
            "no block size of 16 or more is cheaper than dense attention here: make the video larger, or run it "
            "without IASA Sparse Attention")
+    split = ("are split into region groups padded to whole blocks" if cfg.packing == "group" else
+             "are padded to whole blocks (its region groups share blocks)")
     return (f"block_size: {cfg.block_size} is too large for this video ({grid.describe()}): each frame's "
-            f"{grid.tokens_per_frame} tokens are split into region groups padded to whole blocks, so the sparse "
+            f"{grid.tokens_per_frame} tokens {split}, so the sparse "
             f"kernel would do {100 * plan.density.block_density:.0f} % of the work of dense attention; {fix}")
 
 

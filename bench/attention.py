@@ -2,6 +2,8 @@
 
     python iasa_cli.py bench.attention --out bench/results/attention.json     # H200: < 5 minutes
     python iasa_cli.py bench.attention --dry-run                              # tiny shapes, CPU-safe
+    python iasa_cli.py bench.attention --layout-density --out bench/results/attention_layout_density.json
+                                                        # CPU: kernel vs exact density of the pose layouts
 
 Full run: heads 12 and 40, head_dim 128, L = 32,760 and 75,600 (Wan 480p / 720p x 81 frames), block
 128, bf16, B=1. Layouts: random per-head patterns at ~5/10/25/50 % (identity token order, as in
@@ -12,6 +14,10 @@ included; ``ms``) and the kernel alone on slot-ordered inputs (``core_ms``), wit
 calls, then repetitions filling ~0.3 s (at least 3), median. ``dense_ms`` is cuDNN SDPA on the same
 q/k/v; speedup = dense_ms / ms; efficiency = speedup x density, where density = the work the kernel does
 (selected block pairs x block^2 / L^2, padding slots included; ``token_density`` is the exact mask's).
+The pose layout packs the region groups of a frame into shared blocks (``packing="frame"``); xformers
+runs its group-padded twin, so xformers records carry that layout's density (``kernel_layout``).
+``--layout-density`` only builds the pose layouts (480p and 720p x 81, with and without ``ref_conv``
+reference tokens, both packings) and reports their densities: CPU work, no GPU needed.
 
 Correctness, per record: fp32 attention of 512 sampled query rows under the exact token mask
 (``max_abs_err``, ``rel_l2``); plus checks on layouts whose blocks end in padding (frames padded to
@@ -85,19 +91,50 @@ def struct_layout(seq_len: int, block_size: int) -> BlockLayout:
     return layout_module().struct_layout(frames, hp * wp, block_size)
 
 
-def builtin_pose_layout(num_heads: int, seq_len: int, block_size: int) -> BlockLayout:
-    """Synthetic talking upper body (pose/synthetic.py) through ``build_pose_layout``."""
+def builtin_pose_plan(video_seq_len: int, block_size: int, ref_conv: bool = False, packing: str = "frame"):
+    """Synthetic talking upper body (pose/synthetic.py) through ``build_pose_layout`` (a ``PoseLayout``) on the
+    grid of ``GRIDS[video_seq_len]``; ``ref_conv`` adds one frame of reference tokens before the video."""
     from ..attention.grid import TokenGrid
     from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
     from ..pose.synthetic import talking_pose
 
-    frames, hp, wp, height, width = GRIDS[seq_len]
-    grid = TokenGrid(video_frames=frames, hp=hp, wp=wp)
+    frames, hp, wp, height, width = GRIDS[video_seq_len]
+    grid = TokenGrid(video_frames=frames, hp=hp, wp=wp, ref_tokens_before=hp * wp if ref_conv else 0)
     pose = talking_pose(n_frames=(frames - 1) * 4 + 1, width=width, height=height)
-    built = build_pose_layout(pose, grid, SparseAttentionConfig(block_size=block_size))
+    built = build_pose_layout(pose, grid, SparseAttentionConfig(block_size=block_size, packing=packing))
     if built.layout is None:
         raise RuntimeError(f"pose layout fell back to dense: {built.fallback_reason}")
-    return built.layout
+    return built
+
+
+def builtin_pose_layout(num_heads: int, seq_len: int, block_size: int) -> BlockLayout:
+    """The bench's pose layout (``builtin_pose_plan``, no reference tokens)."""
+    return builtin_pose_plan(seq_len, block_size).layout
+
+
+def layout_density_records(seq_lens: list[int], block_size: int) -> list[dict]:
+    """Kernel (work, padding included) and exact density of the pose layouts, per grid, ``ref_conv`` and
+    packing; ``ratio`` = kernel / exact. Layout construction only: runs on CPU."""
+    records = []
+    for seq_len in seq_lens:
+        for ref_conv in (False, True):
+            for packing in ("frame", "group"):
+                t0 = time.perf_counter()
+                plan = builtin_pose_plan(seq_len, block_size, ref_conv, packing)
+                d = plan.density
+                records.append({
+                    "video_seq_len": seq_len, "seq_len": d.seq_len, "ref_conv": ref_conv, "packing": packing,
+                    "block_size": block_size, "num_blocks": d.num_blocks, "padding_slots": d.padding_slots,
+                    "in_block_mask": plan.layout.slot_mask is not None,
+                    "kernel_density": round(d.block_density, 5), "exact_density": round(d.token_density, 5),
+                    "ratio": round(d.block_density / d.token_density, 4),
+                    "build_s": round(time.perf_counter() - t0, 3)})
+                r = records[-1]
+                print(f"L={r['seq_len']:<6d} ref_conv={str(ref_conv):5s} packing={packing:5s} kernel "
+                      f"{100 * r['kernel_density']:.2f} % exact {100 * r['exact_density']:.2f} % "
+                      f"ratio {r['ratio']:.3f} ({r['num_blocks']} blocks, {r['padding_slots']} padding slots)",
+                      flush=True)
+    return records
 
 
 def load_pose_builder(spec: str) -> Callable[[int, int, int], BlockLayout]:
@@ -111,15 +148,21 @@ def load_pose_builder(spec: str) -> Callable[[int, int, int], BlockLayout]:
 
 def block_density(layout: BlockLayout) -> float:
     """Work the kernel does, padding slots included, as a fraction of dense L x L attention."""
-    kept_pairs = float(layout.kv_num_blocks.double().mean()) * layout.num_blocks
-    return kept_pairs * layout.block_size ** 2 / layout.seq_len ** 2
+    return layout.density().block_density
 
 
 def token_density(layout: BlockLayout) -> float:
     """Allowed real (query, key) token pairs / L^2, mean over head patterns: the exact mask's density."""
-    dense = layout.to_dense("cpu").double()
-    real = (layout.perm.cpu() >= 0).view(layout.num_blocks, layout.block_size).sum(1).double()
-    return float(torch.einsum("hij,i,j->h", dense, real, real).mean()) / layout.seq_len ** 2
+    return layout.density().token_density
+
+
+def kernel_layout(kernel: str, layout: BlockLayout) -> BlockLayout:
+    """The layout ``kernel`` runs (xformers: the group-padded twin of a packed layout)."""
+    if kernel == "xformers":
+        from ..attention.kernels import xformers_layout
+
+        return xformers_layout(layout)
+    return layout
 
 
 # ---- timing and references ---------------------------------------------------------------------
@@ -169,12 +212,11 @@ def reference_rows(q, k, v, layout: BlockLayout, rows: torch.Tensor) -> torch.Te
     """fp32 masked attention of the query tokens ``rows`` (original order), ``[H, n, D]``, batch 0."""
     device = q.device
     rows = rows.to(device)
-    dense = layout.to_dense(device)
-    blk = slot_tables(layout, device).token_to_slot // layout.block_size
+    mask = layout.token_mask(device, rows=rows)                      # [Hl, n, L], slot rule included
     scale = 1.0 / math.sqrt(q.shape[-1])
     out = []
     for h in range(q.shape[1]):
-        allowed = dense[h if dense.shape[0] > 1 else 0][blk[rows]][:, blk]
+        allowed = mask[h if mask.shape[0] > 1 else 0]
         s = (q[0, h, rows].float() @ k[0, h].float().T) * scale
         s = s.masked_fill(~allowed, float("-inf"))
         out.append(torch.softmax(s, -1) @ v[0, h].float())
@@ -201,6 +243,7 @@ def core_fn(kernel: str, q, k, v, layout: BlockLayout) -> Callable[[], object] |
         from ..attention.xformers_paged import build_paged_plan, xformers_attend
 
         H, D = q.shape[1], q.shape[-1]
+        layout = kernel_layout(kernel, layout)
         plan = build_paged_plan(layout, H, q.device)
         tables = slot_tables(layout, q.device)
         qs = to_slots(q[0], tables)
@@ -220,6 +263,7 @@ def core_fn(kernel: str, q, k, v, layout: BlockLayout) -> Callable[[], object] |
 
 def setup_ms(kernel: str, layout: BlockLayout, heads: int, device: torch.device) -> float | None:
     """Plan / BlockMask construction time (paid once per layout)."""
+    layout = kernel_layout(kernel, layout)
     t0 = time.perf_counter()
     if kernel == "xformers":
         from ..attention.xformers_paged import build_paged_plan
@@ -245,12 +289,15 @@ def make_qkv(heads: int, seq_len: int, dim: int, dtype: torch.dtype, device: tor
 
 def run_layout(kernels: list[str], q, k, v, layout: BlockLayout, kind: str, target: float | None,
                dense_ms: float, rows, ref, device, records: list, time_target: float) -> None:
-    density, tok_density = block_density(layout), token_density(layout)
+    tok_density = token_density(layout)
     heads, seq_len = q.shape[1], q.shape[2]
     for kernel in kernels:
+        ran = kernel_layout(kernel, layout)
+        density = block_density(ran)
         rec = {"kernel": kernel, "heads": heads, "seq_len": seq_len, "density": round(density, 4),
                "token_density": round(tok_density, 4), "target_density": target, "layout": kind,
-               "block_size": layout.block_size, "slots": layout.num_blocks * layout.block_size}
+               "kernel_layout": "packed" if ran.slot_mask is not None else "padded",
+               "block_size": layout.block_size, "slots": ran.num_blocks * ran.block_size}
         try:
             rec["setup_ms"] = setup_ms(kernel, layout, heads, device)
             t0 = time.perf_counter()
@@ -376,12 +423,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pose-builder", default="builtin", help="'builtin' or module:function(num_heads, seq_len, block_size)")
     p.add_argument("--no-checks", action="store_true", help="skip the smoke and padded-block correctness checks")
     p.add_argument("--time-target", type=float, default=0.3, help="seconds of repetitions per timing")
+    p.add_argument("--layout-density", action="store_true",
+                   help="CPU only: build the pose layouts and report kernel vs exact density, no attention run")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.layout_density:
+        return write_layout_density(args, argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.dry_run:
         heads, seq_lens, dim, bs, dtype = [2], [240], 32, 16, torch.float32 if device.type == "cpu" else torch.bfloat16
@@ -453,6 +504,24 @@ def main(argv: list[str] | None = None) -> dict:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1))
     print(f"wrote {out_path} ({len(records)} records, {result['wall_s']} s)", flush=True)
+    return result
+
+
+def write_layout_density(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    seq_lens = [int(s) for s in args.seq_lens.split(",")] if args.seq_lens else [32760, 75600]
+    started = time.perf_counter()
+    result = {
+        "command": "python iasa_cli.py bench.attention " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": f"CPU {platform.machine()} (layout construction only)",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "pose": "pose.synthetic.talking_pose, SparseAttentionConfig defaults (causal, top_k 2, all regions)",
+        "records": layout_density_records(seq_lens, 128),
+    }
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    out_path = args.out or Path(tempfile.gettempdir()) / "iasa_attention_layout_density.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out_path}", flush=True)
     return result
 
 
