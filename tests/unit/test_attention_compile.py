@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import math
 import types
 
@@ -17,7 +18,7 @@ from iasa.attention.grid import TokenGrid
 from iasa.attention.kernels import block_sparse_attention, prepare_kernel
 from iasa.attention.layout import random_layout
 from iasa.attention.paged_op import paged_block_sparse_attention, register_paged_plan, registered_plans
-from iasa.attention.patch import CALL_KEY, SELF_ATTN_KEY, CallInfo, SparseAttentionPatch
+from iasa.attention.patch import CALL_KEY, FALLBACK_HELP, SELF_ATTN_KEY, CallInfo, SparseAttentionPatch
 from iasa.attention.pose_layout import SparseAttentionConfig
 from iasa.attention.xformers_paged import build_paged_plan
 from iasa.pose.synthetic import talking_pose
@@ -86,6 +87,45 @@ def test_patched_attention_traces_fullgraph_equals_eager_and_compiles_once(kerne
     first = [compiled(patch, x, ctx, {CALL_KEY: prepared_call(patch, step=0)}) for _ in range(2)]
     assert backend.graphs == 2
     torch.testing.assert_close(first[0], dense_out, atol=1e-5, rtol=1e-5)
+
+
+class Executor:
+    """Stands in for ComfyUI's APPLY_MODEL WrapperExecutor over a tiny Wan-like model; ``fn(transformer_options)``
+    is the model call."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        dm = types.SimpleNamespace(patch_size=(1, 2, 2), ref_conv=None, num_heads=HEADS, dim=HEADS * HEAD_DIM)
+        self.class_obj = types.SimpleNamespace(diffusion_model=dm, manual_cast_dtype=torch.float32,
+                                               latent_format=types.SimpleNamespace(latent_channels=16))
+
+    def __call__(self, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        return self.fn(transformer_options)
+
+
+def test_a_fallback_inside_a_compiled_model_is_counted_and_logged_by_the_wrapper(caplog):
+    """The compiled call only records the fallback; the wrapper (outside the graph) counts and logs it."""
+    torch._dynamo.reset()
+    patch = SparseAttentionPatch(talking_pose(9, 64, 64), SparseAttentionConfig(top_k=1, block_size=4), kernel="sdpa")
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(1, GRID.seq_len, HEADS * HEAD_DIM, generator=g)
+    mask = torch.ones(1, GRID.seq_len, GRID.seq_len, dtype=torch.bool)
+
+    def masked_self_attention(to):
+        return patch.attention(dense, h, h, h, heads=HEADS, mask=mask, transformer_options={**to, SELF_ATTN_KEY: 0})
+
+    ex = Executor(torch.compile(masked_self_attention, backend="eager", fullgraph=True))
+    x = torch.zeros(1, 16, 3, 8, 8)                       # the latent of GRID
+    with caplog.at_level(logging.WARNING, logger="iasa.attention"):
+        patch.start_run()
+        for _ in range(2):
+            out = patch.apply_model_wrapper(ex, x, torch.ones(1), None, None, None, {})
+        patch.end_run()
+    torch.testing.assert_close(out, dense(h, h, h, heads=HEADS))
+    assert patch.stats["dense_masked"] == 2 and patch.stats["sparse"] == 0
+    warnings = [r.getMessage() for r in caplog.records if "falls back to dense" in r.getMessage()]
+    assert len(warnings) == 1 and FALLBACK_HELP["masked"] in warnings[0]
+    assert any("fully dense" in r.getMessage() for r in caplog.records)
 
 
 def test_prepared_kernel_is_validated_once_and_traces_with_aot_eager():
