@@ -150,6 +150,30 @@ def flex_kernel_options(block_size: int, device: torch.device) -> dict | None:
     return {"BLOCK_M": min(pow2, 128), "BLOCK_N": min(pow2, 64)}
 
 
+def prepare_flex(layout: BlockLayout, device: torch.device, compiled: bool):
+    """(slot tables, BlockMask, kernel options) of a layout on ``device``: the host work, cached with the layout."""
+    tables = slot_tables(layout, device)
+    block_mask = build_block_mask(layout, device, whole_pattern_mask_mod=not compiled)
+    options = flex_kernel_options(layout.block_size, device) if compiled else None
+    return tables, block_mask, options
+
+
+def flex_attend(q, k, v, tables, block_mask, scale: float, compiled: bool, options: dict | None) -> torch.Tensor:
+    """FlexAttention over the slot sequence, device work only (traceable). Inside a compiled region the
+    enclosing compile compiles ``flex_attention`` itself; outside, ``compiled`` picks the process-wide
+    compiled function or eager flex (dense scores)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    qs, ks, vs = to_slots(q, tables), to_slots(k, tables), to_slots(v, tables)
+    if torch.compiler.is_compiling():
+        out = flex_attention(qs, ks, vs, block_mask=block_mask, scale=scale, kernel_options=options)
+    elif compiled:
+        out = compiled_flex_attention()(qs, ks, vs, block_mask=block_mask, scale=scale, kernel_options=options)
+    else:
+        out = flex_attention(qs, ks, vs, block_mask=block_mask, scale=scale)
+    return from_slots(out, tables)
+
+
 def flex_block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -159,15 +183,5 @@ def flex_block_sparse_attention(
     compiled: bool = True,
 ) -> torch.Tensor:
     """``[B, H, L, D]`` in, ``[B, H, L, D]`` out (original token order)."""
-    device = q.device
-    tables = slot_tables(layout, device)
-    block_mask = build_block_mask(layout, device, whole_pattern_mask_mod=not compiled)
-    qs, ks, vs = to_slots(q, tables), to_slots(k, tables), to_slots(v, tables)
-    if compiled:
-        options = flex_kernel_options(layout.block_size, device)
-        out = compiled_flex_attention()(qs, ks, vs, block_mask=block_mask, scale=scale, kernel_options=options)
-    else:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        out = flex_attention(qs, ks, vs, block_mask=block_mask, scale=scale)
-    return from_slots(out, tables)
+    tables, block_mask, options = prepare_flex(layout, q.device, compiled)
+    return flex_attend(q, k, v, tables, block_mask, scale, compiled, options)

@@ -75,7 +75,8 @@ def take_corrected(
 
 
 class _MaybeCompiled:
-    """Eager on CPU; ``torch.compile(fn, dynamic=False)`` on CUDA, eager for good after a failure."""
+    """Eager on CPU; ``torch.compile(fn, dynamic=False)`` on CUDA, eager for good after a failure; plain ``fn``
+    while dynamo traces an enclosing function."""
 
     def __init__(self, fn: Callable) -> None:
         self.fn = fn
@@ -84,7 +85,8 @@ class _MaybeCompiled:
         self.lock = threading.Lock()
 
     def __call__(self, *args):
-        if self.failed or not args[0].is_cuda:
+        # Inside a compiled region (torch.compile of the model) the enclosing compile fuses the gather.
+        if self.failed or not args[0].is_cuda or torch.compiler.is_compiling():
             return self.fn(*args)
         with self.lock:
             if self.compiled is None:

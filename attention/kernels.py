@@ -7,7 +7,8 @@ block holding t (padding slots never act as keys).
 Kernels:
 - ``xformers``: zero-gather paged attention (``xformers_paged``), Triton split-k op, CUDA only; padding
   keys inside a block are zeroed and removed with the LSE, and rows where that correction would lose
-  precision are recomputed exactly (see ``xformers_paged``).
+  precision are recomputed exactly (see ``xformers_paged``). Called through the custom op of
+  ``paged_op``, so compiled graphs keep it as one opaque node.
 - ``flex``: compiled FlexAttention with a ``BlockMask`` (``flex_kernel``); compiles once per shape.
 - ``flex_eager``: uncompiled FlexAttention; computes *dense* scores with a whole-pattern mask_mod
   (CPU/test path, O(L^2) memory).
@@ -18,20 +19,25 @@ Kernels:
   on CUDA: xformers' paged mask cannot mask inside a block, so xformers runs the layout's group-padded
   twin ``layout.padded`` (more work; logged once, also when xformers is asked for by name).
 
-Per-layout work (validation, index tables, biases, block masks) is cached with the layout object and
-reused by every layer and step.
+Two steps: :func:`prepare_kernel` does all host work of a layout for one kind of q (validation, kernel
+choice, index tables, biases, block masks; cached with the layout object) and returns a
+:class:`SparseKernel`, whose call is device work only: it traces under ``torch.compile(fullgraph=True)``.
+The ComfyUI patch prepares outside the compiled model (in its APPLY_MODEL wrapper);
+:func:`block_sparse_attention` does both steps per call (eager use, tests, benchmarks).
 """
 from __future__ import annotations
 
 import logging
 import math
 import threading
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .flex_kernel import flex_block_sparse_attention
+from .flex_kernel import flex_attend, flex_block_sparse_attention, prepare_flex
 from .layout import BlockLayout
+from .paged_op import paged_block_sparse_attention, register_paged_plan
 from .slots import cached, check_layout_fits, validate_layout
 
 logger = logging.getLogger(__name__)
@@ -52,7 +58,29 @@ def _log_once(message: str) -> None:
     logger.warning(message)
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, kernel: str) -> None:
+@dataclass(frozen=True)
+class QuerySpec:
+    """What a prepared kernel is prepared for: q/k/v ``[B, H, L, D]`` of this device, dtype, H, L, D."""
+
+    device: torch.device
+    dtype: torch.dtype
+    num_heads: int
+    seq_len: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, q: torch.Tensor) -> "QuerySpec":
+        return cls(q.device, q.dtype, int(q.shape[1]), int(q.shape[2]), int(q.shape[3]))
+
+    def describe(self) -> str:
+        return f"{self.num_heads} heads x {self.seq_len} tokens x {self.head_dim}, {self.dtype} on {self.device}"
+
+
+def _spec(q: "torch.Tensor | QuerySpec") -> QuerySpec:
+    return q if isinstance(q, QuerySpec) else QuerySpec.of(q)
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str) -> None:
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r} is not one of {KERNELS}")
     if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
@@ -64,15 +92,6 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Blo
         raise ValueError(
             f"q, k, v must share dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} on {q.device}/{k.device}/{v.device}"
         )
-    cached(layout, "validated", lambda: validate_layout(layout) or True)
-    check_layout_fits(layout, q.shape[1], q.shape[2])
-
-
-def sdpa_block_sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, scale: float
-) -> torch.Tensor:
-    mask = cached(layout, ("token_mask", str(q.device)), lambda: layout.token_mask(q.device))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale)
 
 
 def xformers_layout(layout: BlockLayout) -> BlockLayout:
@@ -93,23 +112,24 @@ def xformers_layout(layout: BlockLayout) -> BlockLayout:
     return cached(layout, "xformers_layout", note)
 
 
-def xformers_unsupported_reasons(q: torch.Tensor, layout: BlockLayout) -> list[str]:
+def xformers_unsupported_reasons(q: "torch.Tensor | QuerySpec", layout: BlockLayout) -> list[str]:
     """Why the xformers paged kernel cannot take these inputs (empty list: it can)."""
     from .xformers_compat import xformers_status
     from .xformers_paged import MAX_SEQUENCES_PER_CALL
 
+    spec = _spec(q)
     reasons = []
     status = xformers_status()
     if not status.available:
         reasons.append(f"xformers unavailable: {status.reason}")
     if _xformers_runtime_error is not None:
         reasons.append(f"xformers failed earlier in this process: {_xformers_runtime_error}")
-    if q.device.type != "cuda":
-        reasons.append(f"inputs are on {q.device}, the xformers kernel needs CUDA")
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        reasons.append(f"dtype {q.dtype} (triton_splitk takes float16/bfloat16)")
-    if q.shape[-1] not in XFORMERS_HEAD_DIMS:
-        reasons.append(f"head_dim {q.shape[-1]} (triton_splitk takes {XFORMERS_HEAD_DIMS})")
+    if spec.device.type != "cuda":
+        reasons.append(f"inputs are on {spec.device}, the xformers kernel needs CUDA")
+    if spec.dtype not in (torch.float16, torch.bfloat16):
+        reasons.append(f"dtype {spec.dtype} (triton_splitk takes float16/bfloat16)")
+    if spec.head_dim not in XFORMERS_HEAD_DIMS:
+        reasons.append(f"head_dim {spec.head_dim} (triton_splitk takes {XFORMERS_HEAD_DIMS})")
     if layout.block_size % 16:
         reasons.append(f"block_size {layout.block_size} is not a multiple of 16")
     if layout.num_blocks > MAX_SEQUENCES_PER_CALL:
@@ -117,38 +137,119 @@ def xformers_unsupported_reasons(q: torch.Tensor, layout: BlockLayout) -> list[s
     return reasons
 
 
-def xformers_block_sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, scale: float
-) -> torch.Tensor:
-    from .xformers_compat import paged_splitk_op
-    from .xformers_paged import build_paged_plan, paged_attention, xformers_attend
-
-    layout = xformers_layout(layout)
-    reasons = xformers_unsupported_reasons(q, layout)
-    if reasons:
-        raise RuntimeError("xformers block-sparse kernel cannot run: " + "; ".join(reasons))
-    num_heads = q.shape[1]
-    plan = cached(layout, ("xformers_plan", str(q.device), num_heads), lambda: build_paged_plan(layout, num_heads, q.device))
-    attend = xformers_attend(paged_splitk_op(layout.block_size))
-    return paged_attention(q, k, v, layout, plan, scale, attend)
-
-
-def resolve_kernel(kernel: str, q: torch.Tensor, layout: BlockLayout) -> str:
+def resolve_kernel(kernel: str, q: "torch.Tensor | QuerySpec", layout: BlockLayout) -> str:
     """The concrete kernel ``auto`` stands for with these inputs (logs the reason of a fallback once)."""
     if kernel != "auto":
         return kernel
-    if q.device.type != "cuda":
-        _log_once(f"block-sparse attention: using sdpa (masked reference), inputs are on {q.device.type}, not CUDA")
+    spec = _spec(q)
+    if spec.device.type != "cuda":
+        _log_once(f"block-sparse attention: using sdpa (masked reference), inputs are on {spec.device.type}, not CUDA")
         return "sdpa"
     if layout.slot_mask is not None:
         _log_once("block-sparse attention: using flex, not xformers: the layout packs several region groups per "
                   "block and xformers could only run its group-padded twin (more work)")
         return "flex"
-    reasons = xformers_unsupported_reasons(q, layout)
+    reasons = xformers_unsupported_reasons(spec, layout)
     if reasons:
         _log_once("block-sparse attention: using flex instead of xformers: " + "; ".join(reasons))
         return "flex"
     return "xformers"
+
+
+class SparseKernel:
+    """A layout prepared for one :class:`QuerySpec`; ``kernel(q, k, v, scale)`` runs device work only."""
+
+    name = ""
+
+    def __init__(self, layout: BlockLayout, spec: QuerySpec):
+        self.layout = layout
+        self.spec = spec
+
+    def fits(self, q: torch.Tensor) -> bool:
+        """Whether ``q`` is of the kind this kernel was prepared for (checked on metadata: traceable)."""
+        return (q.device == self.spec.device and q.dtype == self.spec.dtype and tuple(q.shape[1:]) ==
+                (self.spec.num_heads, self.spec.seq_len, self.spec.head_dim))
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        return self.run(q, k, v, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale))
+
+    def run(self, q, k, v, scale: float) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SdpaKernel(SparseKernel):
+    name = "sdpa"
+
+    def __init__(self, layout, spec):
+        super().__init__(layout, spec)
+        self.mask = cached(layout, ("token_mask", str(spec.device)), lambda: layout.token_mask(spec.device))[None]
+
+    def run(self, q, k, v, scale):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, scale=scale)
+
+
+class FlexKernel(SparseKernel):
+    def __init__(self, layout, spec, compiled: bool):
+        super().__init__(layout, spec)
+        self.name = "flex" if compiled else "flex_eager"
+        self.compiled = compiled
+        self.tables, self.block_mask, self.options = prepare_flex(layout, spec.device, compiled)
+
+    def run(self, q, k, v, scale):
+        return flex_attend(q, k, v, self.tables, self.block_mask, scale, self.compiled, self.options)
+
+
+class XformersKernel(SparseKernel):
+    """The paged split-k kernel through ``torch.ops.iasa.paged_block_sparse_attention``."""
+
+    name = "xformers"
+
+    def __init__(self, layout, spec, fall_back_to_flex: bool):
+        from .xformers_compat import paged_splitk_op
+        from .xformers_paged import build_paged_plan, xformers_attend
+
+        super().__init__(layout, spec)
+        layout = xformers_layout(layout)  # a packed layout runs as its group-padded twin (same result)
+        reasons = xformers_unsupported_reasons(spec, layout)
+        if reasons:
+            raise RuntimeError("xformers block-sparse kernel cannot run: " + "; ".join(reasons))
+        plan = build_paged_plan(layout, spec.num_heads, spec.device)
+        self.plan_id = register_paged_plan(layout, plan, xformers_attend(paged_splitk_op(layout.block_size)),
+                                           on_failure=_xformers_failed_use_flex if fall_back_to_flex else None)
+
+    def run(self, q, k, v, scale):
+        return paged_block_sparse_attention(q, k, v, self.plan_id, scale)
+
+
+def _xformers_failed_use_flex(q, k, v, layout, scale, exc: Exception) -> torch.Tensor:
+    """kernel="auto": a runtime failure of xformers switches to flex for the rest of the process (logged)."""
+    global _xformers_runtime_error
+    with _state_lock:
+        _xformers_runtime_error = f"{type(exc).__name__}: {exc}"
+    _log_once(f"block-sparse attention: xformers failed, using flex from now on: {_xformers_runtime_error}")
+    return flex_block_sparse_attention(q, k, v, layout, scale, compiled=True)
+
+
+def prepare_kernel(layout: BlockLayout, kernel: str, q: "torch.Tensor | QuerySpec") -> SparseKernel:
+    """Validate ``layout`` (once per layout object), check it fits ``q``, choose the kernel and do its host
+    work; cached with the layout. Raises ``LayoutError`` / ``ValueError`` / ``RuntimeError`` (xformers
+    asked for where it cannot run)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r} is not one of {KERNELS}")
+    spec = _spec(q)
+    cached(layout, "validated", lambda: validate_layout(layout) or True)
+    check_layout_fits(layout, spec.num_heads, spec.seq_len)
+    chosen = resolve_kernel(kernel, spec, layout)
+    # auto only picks xformers while it has not failed: keyed by the choice, a failure re-prepares as flex
+    return cached(layout, ("kernel", kernel, chosen, spec), lambda: _build(layout, chosen, spec, kernel == "auto"))
+
+
+def _build(layout: BlockLayout, chosen: str, spec: QuerySpec, auto: bool) -> SparseKernel:
+    if chosen == "sdpa":
+        return SdpaKernel(layout, spec)
+    if chosen in ("flex", "flex_eager"):
+        return FlexKernel(layout, spec, compiled=chosen == "flex")
+    return XformersKernel(layout, spec, fall_back_to_flex=auto)
 
 
 def block_sparse_attention(
@@ -161,24 +262,8 @@ def block_sparse_attention(
 ) -> torch.Tensor:
     """Self-attention of ``[B, H, L, D]`` q/k/v restricted to ``layout``; returns ``[B, H, L, D]``.
 
-    ``kernel``: one of ``KERNELS``. ``scale`` defaults to ``1/sqrt(D)``.
+    ``kernel``: one of ``KERNELS``. ``scale`` defaults to ``1/sqrt(D)``. Host work runs on the first call
+    per (layout, kind of q); inside a compiled region use :func:`prepare_kernel` outside it instead.
     """
-    global _xformers_runtime_error
-    _check_inputs(q, k, v, layout, kernel)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    chosen = resolve_kernel(kernel, q, layout)
-    if chosen == "sdpa":
-        return sdpa_block_sparse_attention(q, k, v, layout, scale)
-    if chosen in ("flex", "flex_eager"):
-        return flex_block_sparse_attention(q, k, v, layout, scale, compiled=chosen == "flex")
-    if kernel == "xformers":
-        return xformers_block_sparse_attention(q, k, v, layout, scale)
-    try:  # auto chose xformers: a runtime failure falls back to flex for the rest of the process
-        return xformers_block_sparse_attention(q, k, v, layout, scale)
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as exc:  # Triton compile/launch errors, xformers refusing the inputs
-        with _state_lock:
-            _xformers_runtime_error = f"{type(exc).__name__}: {exc}"
-        _log_once(f"block-sparse attention: xformers failed, using flex from now on: {_xformers_runtime_error}")
-        return flex_block_sparse_attention(q, k, v, layout, scale, compiled=True)
+    _check_inputs(q, k, v, kernel)
+    return prepare_kernel(layout, kernel, q)(q, k, v, scale)

@@ -21,16 +21,24 @@ unexpected length, a ``grid_sizes`` that disagrees with the latent, no layout fr
 :class:`DenseFallbackError` when the node's ``strict`` is on; each run ends with a summary of its calls.
 
 The layout is built once per grid (once per sampling run in practice) and shared by cond and uncond,
-every layer and every step. Under IASA Long Video (``sampling/long_video.py``, which makes itself the
+every layer and every step.
+
+torch.compile (stock TorchCompileModel compiles the whole diffusion model): the APPLY_MODEL wrapper runs
+outside the compiled module, so all host work happens there: it builds the layout (numpy), prepares the
+kernel (``kernels.prepare_kernel``: validation, index tables, masks) and fixes the per-call routing facts
+in a :class:`CallState`. Inside the compiled blocks an attention call only reads those and appends its
+route to ``CallState.notes`` (dynamo replays that as a side effect); the wrapper counts and logs the notes
+after the call. So the sparse path traces without a graph break and compiles once per resolution. Under IASA Long Video (``sampling/long_video.py``, which makes itself the
 outer wrapper in either node order) every window's call carries ``context_window.index_list`` and
 ``total_frames``: one layout per window, from the pose fitted to the whole clip. This module imports ComfyUI only inside :func:`apply_sparse_attention`.
 """
 from __future__ import annotations
 
 import logging
+import dataclasses
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,7 +46,8 @@ from ..errors import public_name
 from ..pose.keypoints import PoseSequence
 from .alignment import VideoAlignment
 from .grid import TokenGrid
-from .kernels import block_sparse_attention
+from .gather import ensure_recompile_limit
+from .kernels import QuerySpec, SparseKernel, prepare_kernel
 from .pose_layout import PoseLayout, SparseAttentionConfig, build_pose_layout
 from .wan_grid import grid_from_call
 
@@ -49,6 +58,18 @@ CALL_KEY = "iasa_call"
 SELF_ATTN_KEY = "iasa_self_attention"   # set by SelfAttentionCallSite: the layer of this self-attention call
 
 
+@dataclass
+class CallState:
+    """What the APPLY_MODEL wrapper prepared for one model call (outside any compiled region), and what its
+    attention calls did: ``notes`` of (route, fallback detail), applied by the wrapper after the call."""
+
+    plan: PoseLayout
+    kernel: SparseKernel | None          # prepared for the model's q (None: prepared at the first call)
+    dense_step: bool                     # this step is one of the first ``dense_steps``
+    notes: list = field(default_factory=list)
+    sites_seen: bool = False             # a marked self-attention call ran in this model call
+
+
 @dataclass(frozen=True)
 class CallInfo:
     """What the APPLY_MODEL wrapper learnt about one model call."""
@@ -57,6 +78,7 @@ class CallInfo:
     step: int | None
     latent_frames: tuple[int, ...] | None = None   # context window: its latent video frames ...
     total_frames: int | None = None                # ... out of this many (None: the window's last + 1)
+    state: CallState | None = field(default=None, compare=False)   # None: a call not made by the wrapper
 
 
 def step_index(transformer_options: dict) -> int | None:
@@ -172,16 +194,38 @@ class SparseAttentionPatch:
 
     def fallback(self, reason: str, detail: str) -> None:
         """A video self-attention call goes dense for ``reason``: count it, log once per run, or raise."""
+        self._raise_if_strict(reason, detail)
         self._count(f"dense_{reason}")
         message = f"{detail}: {FALLBACK_HELP[reason]}"
-        if self.strict:
-            raise DenseFallbackError(f"IASA Sparse Attention (strict): {message}. Turn strict off to run such "
-                                     "calls with dense attention instead.")
         with self._lock:
             first = reason not in self._logged
             self._logged.add(reason)
         if first:
             log.warning("IASA sparse attention falls back to dense attention (logged once per run): %s", message)
+
+    def _raise_if_strict(self, reason: str, detail: str) -> None:
+        if self.strict:
+            raise DenseFallbackError(f"IASA Sparse Attention (strict): {detail}: {FALLBACK_HELP[reason]}. Turn "
+                                     "strict off to run such calls with dense attention instead.")
+
+    def _note(self, call: CallInfo | None, route: str, detail: str | None = None) -> None:
+        """Record the route of one attention call: into the wrapper's :class:`CallState` when there is one
+        (traceable; applied after the model call), else count / log it now."""
+        if route in FALLBACK_HELP:
+            self._raise_if_strict(route, detail)
+        if call is not None and call.state is not None:
+            call.state.notes.append((route, detail))
+        else:
+            self._apply_note(route, detail)
+
+    def _apply_note(self, route: str, detail: str | None) -> None:
+        if route in FALLBACK_HELP:
+            self.fallback(route, detail)
+        else:
+            self._count(route)
+
+    def is_dense_step(self, step: int | None) -> bool:
+        return bool(self.dense_steps) and step is not None and step < self.dense_steps
 
     # -- layout -----------------------------------------------------------------------------------
     def layout_for(self, call: CallInfo) -> PoseLayout:
@@ -205,9 +249,33 @@ class SparseAttentionPatch:
         # IASA Long Video's windows say how long the whole clip is, so the pose is fitted to the whole clip;
         # ComfyUI's own context windows don't (then the pose is fitted to frames 0 .. the window's last).
         total = getattr(window, "total_frames", None) if frames is not None else None
-        transformer_options = {**transformer_options,
-                               CALL_KEY: CallInfo(grid, step_index(transformer_options), frames, total)}
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        call = CallInfo(grid, step_index(transformer_options), frames, total)
+        state = self.prepare_call(call, executor.class_obj, x)
+        transformer_options = {**transformer_options, CALL_KEY: dataclasses.replace(call, state=state)}
+        try:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        finally:
+            for route, detail in state.notes:
+                self._apply_note(route, detail)
+
+    def prepare_call(self, call: CallInfo, model, x: torch.Tensor) -> CallState:
+        """Host work of one model call, outside the compiled model: layout, kernel, dense step.
+
+        Also raises dynamo's recompile limit (``gather.ensure_recompile_limit``): compiling each block
+        separately (``keys=["diffusion_model.blocks.N"]``) can compile a graph per block, as per-block values
+        (the layer, the routes recorded so far) are guarded; past the default limit of 8 dynamo would run the
+        remaining blocks eagerly. (The whole-model compile of stock TorchCompileModel is one graph: tested.)"""
+        ensure_recompile_limit()
+        plan = self.layout_for(call)
+        kernel = None
+        spec = query_spec(model, x, call.grid)
+        if plan.layout is not None and spec is not None:
+            kernel = prepare_kernel(plan.layout, self.kernel, spec)
+        elif plan.layout is not None:
+            log.info("IASA sparse attention: the model does not say its heads or dtype (%s); the kernel is "
+                     "prepared at the first attention call instead (a graph break under torch.compile)",
+                     type(getattr(model, "diffusion_model", model)).__name__)
+        return CallState(plan, kernel, self.is_dense_step(call.step))
 
     def attention(self, func, *args, **kwargs):
         """``optimized_attention_override``: sparse for video self-attention, dense for everything else."""
@@ -227,15 +295,20 @@ class SparseAttentionPatch:
         q, k = args[0], args[1]
         seq_q, seq_k = (q.shape[2], k.shape[2]) if kwargs.get("skip_reshape") else (q.shape[1], k.shape[1])
         call: CallInfo | None = to.get(CALL_KEY)
+        state = call.state if call is not None else None
         layer = to.get(SELF_ATTN_KEY)
         if layer is None:
-            if self._sites_seen or seq_q != seq_k or call is None or seq_q != call.grid.seq_len:
+            seen = state.sites_seen if state is not None else self._sites_seen
+            if seen or seq_q != seq_k or call is None or seq_q != call.grid.seq_len:
                 return "dense_cross_attention", None
             # Shaped like this video's self-attention, yet unmarked, before any marked call in this run:
             # the call-site patches are not active (another node replaced self_attn.forward?).
             return "no_call_site", (f"an attention call of {seq_q} x {seq_k} tokens (the video's self-attention "
                                     "size) came from no patched self-attention module")
-        self._sites_seen = True
+        if state is not None:
+            state.sites_seen = True
+        else:
+            self._sites_seen = True
         if call is None:
             return "no_grid", f"self-attention of {seq_q} tokens arrived without the latent's token grid"
         mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
@@ -251,23 +324,20 @@ class SparseAttentionPatch:
         block = to.get("block_index", layer)   # newer ComfyUI's native block index wins
         if block < self.dense_blocks:
             return "dense_block", None
-        if self.dense_steps and call.step is not None and call.step < self.dense_steps:
+        if state.dense_step if state is not None else self.is_dense_step(call.step):
             return "dense_step", None
         return "sparse", None
 
     def _sparse(self, args, kwargs) -> torch.Tensor | None:
         route, detail = self._route(args, kwargs)
-        if route in FALLBACK_HELP:
-            self.fallback(route, detail)
-            return None
+        call: CallInfo | None = (kwargs.get("transformer_options") or {}).get(CALL_KEY)
         if route != "sparse":
-            self._count(route)
+            self._note(call, route, detail)
             return None
-        call: CallInfo = kwargs["transformer_options"][CALL_KEY]
-        plan = self.layout_for(call)
+        plan = call.state.plan if call.state is not None else self.layout_for(call)
         if plan.layout is None:
-            self.fallback("no_layout", f"the pose gives no sparse layout for {call.grid.describe()} "
-                                       f"({plan.fallback_reason})")
+            self._note(call, "no_layout", f"the pose gives no sparse layout for {call.grid.describe()} "
+                                          f"({plan.fallback_reason})")
             return None
         q, k, v = args[:3]
         heads = kwargs.get("heads", args[3] if len(args) > 3 else None)
@@ -276,11 +346,34 @@ class SparseAttentionPatch:
         else:
             b, seq, hd = q.shape
             qh, kh, vh = (t.view(b, seq, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
-        out = block_sparse_attention(qh, kh, vh, plan.layout, kernel=self.kernel)
-        self._count("sparse")
+        kernel = call.state.kernel if call.state is not None else None
+        if kernel is None or not kernel.fits(qh):
+            if kernel is not None:
+                log.info("IASA sparse attention: the kernel was prepared for %s, the call has %s; preparing "
+                         "again (a graph break under torch.compile)", kernel.spec.describe(),
+                         QuerySpec.of(qh).describe())
+            kernel = prepare_kernel(plan.layout, self.kernel, qh)
+        out = kernel(qh, kh, vh)
+        self._note(call, "sparse")
         if kwargs.get("skip_output_reshape"):
             return out
         return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
+
+
+def query_spec(model, x: torch.Tensor, grid: TokenGrid) -> QuerySpec | None:
+    """The q of the self-attention of ComfyUI model ``model`` (a ``BaseModel``) for latent ``x``: heads, head
+    dim and compute dtype (``manual_cast_dtype`` or the weights' dtype, as ``BaseModel._apply_model``
+    casts); None when the model does not say."""
+    dm = getattr(model, "diffusion_model", None)
+    heads, dim = getattr(dm, "num_heads", None), getattr(dm, "dim", None)
+    if not isinstance(heads, int) or not isinstance(dim, int) or heads < 1 or dim % heads:
+        return None
+    dtype = getattr(model, "manual_cast_dtype", None)
+    if dtype is None and hasattr(model, "get_dtype"):
+        dtype = model.get_dtype()
+    if not isinstance(dtype, torch.dtype):
+        return None
+    return QuerySpec(x.device, dtype, heads, grid.seq_len, dim // heads)
 
 
 def check_wan_model(model_patcher) -> None:

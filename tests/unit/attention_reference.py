@@ -38,3 +38,19 @@ def reference_token_mask(labels: np.ndarray, frame_select: np.ndarray, grid: Tok
     same_region = (label[:, None] == label[None, :]) & (label[:, None] > 0)
     cross = same_region & sel[f[:, None], f[None, :]] & ~glob[:, None] & ~glob[None, :]
     return glob[:, None] | glob[None, :] | same_frame | cross
+
+
+def emulated_attend(q, k_pool, v_pool, bias, scale, need_lse):
+    """What triton_splitk computes for a paged bias, from ``bias.materialize``: (float32 out, lse) like
+    ``memory_efficient_attention_partial``, or (out in the input dtype, None) like the plain forward."""
+    mq, mk = q.shape[1], k_pool.shape[1]
+    rows = bias.block_tables.shape[0] * bias.block_tables.shape[1] * bias.page_size
+    mask = bias.materialize((mq, rows))
+    full = torch.full((mq, mk), float("-inf"))
+    full[:, : mask.shape[-1]] = mask
+    s = (q[0, :, 0].double() @ k_pool[0, :, 0].double().T) * scale + full.double()
+    lse = torch.logsumexp(s, -1)
+    out = (torch.softmax(s, -1) @ v_pool[0, :, 0].double())[None, :, None]
+    if need_lse:
+        return out.float(), lse.float()[None, None]
+    return out.to(q.dtype), None

@@ -16,6 +16,8 @@ from iasa.attention.slots import LayoutError, slot_tables, validate_layout
 from iasa.attention.gather import correct_padding_keys
 from iasa.attention.xformers_paged import build_paged_plan, paged_attention, sequence_tables
 
+from .attention_reference import emulated_attend
+
 
 # ---------------------------------------------------------------------------------------------
 # Test layouts (independent of the builders in attention/layout.py)
@@ -215,22 +217,6 @@ def test_flex_compiled_matches_sdpa():
 
 # ---------------------------------------------------------------------------------------------
 # xformers paged plan, emulated on CPU with the bias objects' materialize()
-
-def emulated_attend(q, k_pool, v_pool, bias, scale, need_lse):
-    """What triton_splitk computes for a paged bias, from ``bias.materialize``: (float32 out, lse) like
-    ``memory_efficient_attention_partial``, or (out in the input dtype, None) like the plain forward."""
-    mq, mk = q.shape[1], k_pool.shape[1]
-    rows = bias.block_tables.shape[0] * bias.block_tables.shape[1] * bias.page_size
-    mask = bias.materialize((mq, rows))
-    full = torch.full((mq, mk), float("-inf"))
-    full[:, : mask.shape[-1]] = mask
-    s = (q[0, :, 0].double() @ k_pool[0, :, 0].double().T) * scale + full.double()
-    lse = torch.logsumexp(s, -1)
-    out = (torch.softmax(s, -1) @ v_pool[0, :, 0].double())[None, :, None]
-    if need_lse:
-        return out.float(), lse.float()[None, None]
-    return out.to(q.dtype), None
-
 
 def _emulated_paged(q, k, v, layout, max_sequences_per_call=65535):
     plan = build_paged_plan(layout, q.shape[1], q.device, max_sequences_per_call=max_sequences_per_call)

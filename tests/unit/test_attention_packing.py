@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import types
 
 import numpy as np
 import pytest
@@ -141,7 +140,7 @@ def test_auto_sends_packed_layouts_to_flex_on_cuda(monkeypatch, caplog):
     grid, block = GRIDS[0]
     labels, sel = _case(grid, True, 2, seed=9)
     packed, _ = build_region_layout(labels, sel, grid, block)
-    fake_q = types.SimpleNamespace(device=torch.device("cuda"))
+    fake_q = kernels.QuerySpec(torch.device("cuda"), torch.bfloat16, 2, 1024, 64)  # what a CUDA q looks like
     with caplog.at_level(logging.WARNING, logger="iasa.attention.kernels"):
         assert kernels.resolve_kernel("auto", fake_q, packed) == "flex"
     assert any("packs several region groups" in r.getMessage() for r in caplog.records)

@@ -239,7 +239,7 @@ def test_sparse_attention_fits_its_pose_to_the_whole_clip_in_a_window():
 
     from iasa.pose.synthetic import talking_pose
 
-    sparse = SparseAttentionPatch(talking_pose(33, 64, 64), SparseAttentionConfig(block_size=16), kernel="sdpa")
+    sparse = SparseAttentionPatch(talking_pose(33, 64, 64), SparseAttentionConfig(top_k=1, block_size=4), kernel="sdpa")
     seen = []
     ex = FakeExecutor(lambda *a: None)
     ex.class_obj.diffusion_model = types.SimpleNamespace(patch_size=(1, 2, 2), ref_conv=None)
