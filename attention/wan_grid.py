@@ -109,12 +109,13 @@ def grid_from_conditioning(conditioning, base_model) -> TokenGrid | None:
 
 
 def preview_grid(base_model, pose, conditioning=None, width: int = 0, height: int = 0,
-                 length: int = 0) -> tuple[TokenGrid, str]:
-    """The grid the node describes and previews, and where it came from: the conditioning of the stock
-    node when it holds the video, else ``width x height x length`` (each 0 = the pose's canvas / length)."""
+                 length: int = 0) -> tuple[TokenGrid, str, bool]:
+    """The grid the node describes and previews, where it came from, and whether it is known (False: a
+    guess from the pose): the conditioning of the stock node when it holds the video, else
+    ``width x height x length`` (each 0 = the pose's canvas / length)."""
     grid = grid_from_conditioning(conditioning, base_model) if conditioning is not None else None
     if grid is not None:
-        return grid, "video from the conditioning"
+        return grid, "video from the conditioning", True
     token_px = wan_token_px(base_model)
     w, h = int(width or pose.width), int(height or pose.height)
     n = int(length or len(pose))
@@ -124,4 +125,5 @@ def preview_grid(base_model, pose, conditioning=None, width: int = 0, height: in
     if conditioning is not None:
         source = "the conditioning holds no video latent; " + source
     vae = token_px // 2
-    return TokenGrid.from_latent_shape(((n - 1) // 4 + 1, -(-h // vae), -(-w // vae)), WAN_PATCH, vae), source
+    known = bool(width or height or length)
+    return TokenGrid.from_latent_shape(((n - 1) // 4 + 1, -(-h // vae), -(-w // vae)), WAN_PATCH, vae), source, known

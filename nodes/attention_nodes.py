@@ -1,19 +1,21 @@
 """IASA Sparse Attention: the pose-driven block-sparse self-attention patched into a Wan MODEL."""
 from __future__ import annotations
 
+import logging
 
 from comfy_api.latest import io
 
 from ..attention.alignment import VideoAlignment
 from ..attention.kernels import KERNELS
 from ..attention.patch import DenseFallbackError, SparseAttentionPatch, apply_sparse_attention, check_wan_model
-from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
+from ..attention.pose_layout import BlockSizeError, PoseLayout, SparseAttentionConfig, build_pose_layout
 from ..attention.preview import layout_summary, render_layout_preview
 from ..attention.wan_grid import preview_grid
 from ..pose.keypoints import from_pose_keypoint
 from .convert import frames_to_image
 from .types import PoseKeypoint
 
+log = logging.getLogger(__name__)
 
 REGION_SWITCHES = (("face", ("face",)), ("hands", ("left_hand", "right_hand")), ("arms", ("arms",)),
                    ("torso", ("torso",)))
@@ -96,8 +98,18 @@ class IASASparseAttention(io.ComfyNode):
         patch = SparseAttentionPatch(seq, config, kernel=kernel, dense_blocks=dense_blocks, dense_steps=dense_steps,
                                      strict=strict, alignment=alignment)
         patched = apply_sparse_attention(model, patch)
-        grid, source = preview_grid(model.model, seq, conditioning, width, height, length)
-        plan = build_pose_layout(seq, grid, config, alignment=alignment)
+        grid, source, known = preview_grid(model.model, seq, conditioning, width, height, length)
+        try:
+            plan = build_pose_layout(seq, grid, config, alignment=alignment)
+        except BlockSizeError as exc:
+            if known:  # the video that will be sampled: a clear error now, before sampling starts
+                raise
+            # a guess from the pose's canvas and length: the sampled video decides (checked at sampling)
+            log.warning("IASA Sparse Attention: no preview on the guessed video size: %s", exc)
+            summary = (f"{grid.describe()} ({source}); no preview: {exc}. The layout is built from the "
+                       "sampled video; a video of this size stops sampling with this error")
+            return io.NodeOutput(patched, frames_to_image(render_layout_preview(PoseLayout(grid=grid, config=config))[None]),
+                                 summary)
         if plan.layout is None and strict:
             raise DenseFallbackError(f"pose: IASA Sparse Attention (strict) cannot build a sparse layout: "
                                      f"{plan.fallback_reason}. Connect a pose with a visible person, or turn "

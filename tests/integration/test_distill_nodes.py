@@ -104,7 +104,7 @@ def _distill(name: str, iterations: int, minutes: float = 0.0, teacher: list | N
 
 
 # ------------------------------------------------------------------------------------------ student sampling
-def test_student_sampler_equals_sampler_custom_with_student_sigmas(client, distill_env):
+def test_student_sampler_equals_sampler_custom_with_student_sigmas_and_runs_behind_sparse_attention(client, distill_env):
     prompt = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": STUDENT, "weight_dtype": "default"}},
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}},
@@ -116,14 +116,31 @@ def test_student_sampler_equals_sampler_custom_with_student_sigmas(client, disti
         "9": {"class_type": "SamplerCustom", "inputs": {"model": ["1", 0], "add_noise": True, "noise_seed": 7, "cfg": 1.0,
                                                         "positive": ["5", 0], "negative": ["5", 1], "sampler": ["8", 0],
                                                         "sigmas": ["7", 0], "latent_image": ["5", 2]}},
-        "20": _save("6", "student_sampler"), "21": _save("9", "sampler_custom"),
+        "12": {"class_type": "IASALoadPose", "inputs": {"pose_file": "synth_speaker_pose.json", "canvas_width": 0,
+                                                        "canvas_height": 0}},
+        "13": {"class_type": "IASASparseAttention",
+               "inputs": {"model": ["1", 0], "pose": ["12", 0], "top_k": 2, "direction": "causal", "face": True,
+                          "hands": True, "arms": True, "torso": True, "block_size": 16, "dense_blocks": 0,
+                          "dense_steps": 0, "kernel": "sdpa", "conditioning": ["15", 0]}},
+        # sparse attention needs a grid where blocks of 16 tokens are cheaper than dense: 8x8 tokens per frame
+        "15": {**_conditioning()["5"], "inputs": {**_conditioning()["5"]["inputs"], "width": 128, "height": 128,
+                                                   "length": 9}},
+        "14": {"class_type": "IASAStudentSampler", "inputs": {"model": ["13", 0], "positive": ["15", 0],
+                                                              "latent": ["15", 2], "seed": 7, "steps": 1}},
+        "16": {"class_type": "IASAStudentSampler", "inputs": {"model": ["1", 0], "positive": ["15", 0],
+                                                              "latent": ["15", 2], "seed": 7, "steps": 1}},
+        "20": _save("6", "student_sampler"), "21": _save("9", "sampler_custom"), "22": _save("14", "student_sparse"),
+        "23": _save("16", "student_dense"),
     }
     result = client.run(prompt)
-    assert result.status == "success", result.error
+    assert result.status == "success", result.error.get("exception_message", result.error)
     own, stock = _saved_latent(distill_env, result.outputs, "20"), _saved_latent(distill_env, result.outputs, "21")
     assert own.shape == (1, 16, 2, 4, 4) and torch.isfinite(own).all() and float(own.abs().mean()) > 0
     assert torch.equal(own, stock)
-    assert {d["max"] for d in result.progress("6")} == {2}
+    sparse, dense = _saved_latent(distill_env, result.outputs, "22"), _saved_latent(distill_env, result.outputs, "23")
+    assert sparse.shape == dense.shape == (1, 16, 3, 16, 16) and torch.isfinite(sparse).all()
+    assert not torch.allclose(sparse, dense, atol=1e-4)  # the pose mask changed the student's attention
+    assert {d["max"] for d in result.progress("6")} == {2} and {d["max"] for d in result.progress("14")} == {1}
 
 
 def test_student_nodes_refuse_a_model_that_is_not_a_student(client, distill_env):

@@ -146,6 +146,15 @@ def test_a_block_size_costlier_than_dense_is_a_clear_error(client):
     assert_server_still_serves(client)
 
 
+def test_a_costly_block_size_on_a_guessed_video_size_is_checked_at_sampling(client):
+    """Without the conditioning or a size the node previews on the pose's canvas, a guess: it does not refuse
+    the block size there; the sampled video (the same 128 x 128 x 25 here) stops sampling with the error."""
+    err = client.run(graph(sparse_node(block_size=128), prefix="iasa_test/big_blocks_guess"), timeout=900).error
+    assert err is not None and err["node_id"] != "13", err
+    assert err["exception_message"].startswith("block_size: 128 is too large"), err["exception_message"]
+    assert_server_still_serves(client)
+
+
 def _standin(model, take_self=False) -> dict:
     return {"class_type": "IASATestReinstallingOverride", "inputs": {"model": list(model), "take_self": take_self}}
 
