@@ -2,9 +2,12 @@
 
     python iasa_cli.py harness.demo [--workflow workflows/api/<name>.json] [--base DIR] [--weights DIR]
 
-Default workflow: the IASA-mini talking video (``workflows/api/iasa_mini_talking.json``: bundled synthetic
-speaker + speech -> pose -> IASA-mini teacher through stock Wan Fun-Control nodes -> mp4 with sound) when
-both bundled weights are in ``models/``; otherwise the pose-video workflow, with a printed note.
+Default workflow: the IASA-mini talking video (bundled synthetic speaker + speech -> pose -> IASA-mini
+through stock Wan Fun-Control nodes -> mp4 with sound) when the bundled teacher and VAE are in ``models/``:
+the workflow the teacher was trained for (``iasa_mini_talking.json`` for v1, ``iasa_mini_talking_v2.json``
+for v2), or, when a v2 pair has its distilled student beside it (``models/diffusion_models/
+iasa_mini_student.safetensors``), the student workflow ``iasa_mini_student.json`` (few steps, no CFG; a
+printed line says so). Otherwise the pose-video workflow, with a printed note.
 Inputs are the bundled demo files (assets/demo); the output lands in the base directory's output folder.
 ``--weights DIR`` uses ``DIR/iasa_mini_teacher.safetensors`` and ``DIR/iasa_mini_vae.safetensors`` instead of
 the bundled ones (linked into the base directory's model folders for this run only).
@@ -26,6 +29,7 @@ from .server import REPO, ComfyServer, prepare_base
 
 MINI_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"        # v1 teacher: reference as start image
 MINI_V2_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking_v2.json"  # v2: ref_conv tokens, sparse, long video
+STUDENT_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_student.json"     # the v2 teacher's few-step student
 POSE_WORKFLOW = REPO / "workflows" / "api" / "iasa_pose_video.json"
 ASSETS = REPO / "assets" / "demo"
 DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "driving.mp4", ASSETS / "synth_speaker.png",
@@ -33,6 +37,7 @@ DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "drivin
 # Bundled IASA-mini weights: file name -> ComfyUI model folder key (pack folder models/<key>/).
 TEACHER_FILE, VAE_FILE = "iasa_mini_teacher.safetensors", "iasa_mini_vae.safetensors"
 MINI_WEIGHTS = {TEACHER_FILE: "diffusion_models", VAE_FILE: "vae"}
+STUDENT_FILE = "iasa_mini_student.safetensors"   # written by scripts/distill_iasa_mini_gpu.sh (not shipped yet)
 
 
 def bundled_weights(models_dir: pathlib.Path = REPO / "models") -> dict[str, pathlib.Path]:
@@ -58,12 +63,41 @@ def talking_workflow_for(teacher: pathlib.Path) -> pathlib.Path:
     return MINI_V2_WORKFLOW if v2 else MINI_WORKFLOW
 
 
+def is_v2_student(path: pathlib.Path) -> bool:
+    """Whether a file is a student (a card with ``student`` in its header) of a v2 teacher (``ref_conv``
+    weights); a file that is neither raises, naming it and the fix."""
+    from safetensors import safe_open
+
+    from ..training.tiny_wan import CARD_KEY
+
+    fix = "remove it, or replace it with the student scripts/distill_iasa_mini_gpu.sh writes (models/README.md)"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            ref_conv, card = "ref_conv.weight" in f.keys(), json.loads((f.metadata() or {}).get(CARD_KEY) or "{}")
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"student weights {path} are not a readable safetensors file ({e}); {fix}") from e
+    if not isinstance(card, dict) or "student" not in card:
+        raise ValueError(f"student weights {path} have no student card (no 'student' timesteps in the header key "
+                         f"{CARD_KEY!r}), so IASA Student Sampler cannot sample them; {fix}")
+    return ref_conv
+
+
 def choose_workflow(models_dir: pathlib.Path = REPO / "models") -> pathlib.Path:
-    """The talking-video workflow of the bundled teacher when the bundled weights exist, else the pose
-    video (with a note)."""
+    """The talking-video workflow of the bundled weights when the teacher and VAE exist: the student's when a
+    v2 pair has its student beside it, else the teacher's; without them the pose video (with a note)."""
     missing = missing_weights(models_dir)
     if not missing:
-        return talking_workflow_for(bundled_weights(models_dir)[TEACHER_FILE])
+        teacher_workflow = talking_workflow_for(bundled_weights(models_dir)[TEACHER_FILE])
+        student = models_dir / "diffusion_models" / STUDENT_FILE
+        if not student.is_file():
+            return teacher_workflow
+        if teacher_workflow == MINI_V2_WORKFLOW and is_v2_student(student):
+            print(f"[demo] the distilled student {student} is there: running {STUDENT_WORKFLOW.name} (few steps, no "
+                  f"CFG, sparse, long video); the teacher's {MINI_V2_WORKFLOW.name} stays a template")
+            return STUDENT_WORKFLOW
+        print(f"[demo] NOTE: {student} is not used: the student workflow needs a v2 student (ref_conv weights) next "
+              f"to the v2 teacher and VAE it was distilled from; running {teacher_workflow.name} instead")
+        return teacher_workflow
     print("[demo] NOTE: the bundled IASA-mini model is missing ("
           + ", ".join(str(p) for p in missing)
           + "); running the pose-video workflow instead (speech -> pose -> skeleton video with sound). "

@@ -16,6 +16,7 @@ import torch
 
 from .conftest import TINY_WAN, rejection_text
 from .test_bad_input import assert_server_still_serves
+from .test_iasa_mini import random_wan
 
 TEACHER, VAE, STUDENT = "iasa_test_distill_teacher.safetensors", "iasa_test_distill_vae.safetensors", \
     "iasa_test_student.safetensors"
@@ -23,14 +24,7 @@ SHARDS, EMPTY = "iasa_test_shards", "iasa_test_empty_shards"
 
 
 def _perturbed_teacher(seed: int):
-    from iasa.training.tiny_wan import TeacherConfig, build_teacher
-
-    model = build_teacher(TeacherConfig(dim=128, num_layers=1, ffn_dim=128), seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
+    return random_wan(seed, ffn_dim=128)
 
 
 def write_shards(folder, n_clips: int = 2, frames: int = 9, size: int = 32) -> None:

@@ -24,19 +24,29 @@ TEST_TEACHER = "iasa_test_mini_teacher.safetensors"
 TEST_VAE = "iasa_test_mini_vae.safetensors"
 
 
+def random_wan(seed: int = 0, ffn_dim: int = 256):
+    """A 1-layer IASA-mini v2-format DiT (Fun-Control concat, in_dim 48, ``ref_conv`` reference tokens) with
+    random weights, made by the training code's own builder."""
+    import torch
+
+    from iasa.training.tiny_wan import TeacherConfig, build_teacher
+
+    model = build_teacher(TeacherConfig(dim=128, num_layers=1, ffn_dim=ffn_dim), seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():  # the zero-initialised head would make every sample the same
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model
+
+
 def write_random_mini(teacher_path, vae_path) -> None:
     """IASA-mini-format files with random weights: a 1-layer Fun-Control teacher (in_dim 48) and a
     width-8 Wan 2.1 VAE, made by the training code's own builders and writer."""
     import torch
 
-    from iasa.training.tiny_wan import TeacherConfig, VAEConfig, build_teacher, build_vae, save_model
+    from iasa.training.tiny_wan import VAEConfig, build_vae, save_model
 
-    teacher = build_teacher(TeacherConfig(dim=128, num_layers=1, ffn_dim=256), seed=0)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in teacher.parameters():  # the zero-initialised head would make every sample the same
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    save_model(teacher, teacher_path, {"purpose": "integration tests (random)"}, dtype=torch.float32)
+    save_model(random_wan(0), teacher_path, {"purpose": "integration tests (random)"}, dtype=torch.float32)
     save_model(build_vae(VAEConfig(dim=8), seed=0), vae_path, {"purpose": "integration tests (random)"},
                dtype=torch.float32)
 
@@ -50,6 +60,23 @@ def install_random_mini(server, teacher: str, vae: str) -> tuple[str, str]:
     return teacher, vae
 
 
+def install_random_student(server, name: str, timesteps=(1000.0, 500.0), shift: float = 3.0, seed: int = 11) -> str:
+    """A random student in the IASA-mini v2 format (what scripts/distill_iasa_mini_gpu.sh writes: the teacher's
+    architecture with a student card, timesteps and shift) in the server's diffusion_models folder. Its seed
+    gives it weights unlike every other test model, so IASA Student Sampler finds its card by its weights."""
+    import torch
+
+    from iasa.training.distill.schedule import StudentSchedule
+    from iasa.training.tiny_wan import save_model
+
+    folder = server.base / "models" / "diffusion_models"
+    folder.mkdir(parents=True, exist_ok=True)
+    card = {"name": "random test student", "purpose": "integration tests (random)",
+            "student": {**StudentSchedule(tuple(timesteps), shift).to_card(), "sampler": "lcm", "cfg": 1.0}}
+    save_model(random_wan(seed), folder / name, card, dtype=torch.float32)
+    return name
+
+
 @pytest.fixture(scope="module")
 def random_mini(server):
     return install_random_mini(server, TEST_TEACHER, TEST_VAE)
@@ -61,14 +88,17 @@ def _by_type(prompt: dict, class_type: str) -> list[dict]:
 
 def shrunk_talking_workflow(teacher: str, vae: str, seconds: float, size: int, steps: int,
                             workflow=WORKFLOW) -> dict:
-    """A talking workflow as shipped, with other model files, less audio, a smaller video and fewer steps."""
+    """A talking workflow as shipped, with other model files (``teacher``: the UNETLoader's, a student in the
+    student workflow), less audio, a smaller video and fewer steps (a student's 0 = its card's)."""
     wf = json.loads(workflow.read_text())
     _by_type(wf, "UNETLoader")[0]["inputs"]["unet_name"] = teacher
     _by_type(wf, "VAELoader")[0]["inputs"]["vae_name"] = vae
     _by_type(wf, "IASALoadAudio")[0]["inputs"]["duration"] = seconds
     for node in _by_type(wf, "WanFunControlToVideo") + _by_type(wf, "Wan22FunControlToVideo"):
         node["inputs"]["width"] = node["inputs"]["height"] = size
-    _by_type(wf, "KSampler")[0]["inputs"]["steps"] = steps
+    samplers = _by_type(wf, "KSampler") + _by_type(wf, "IASAStudentSampler")
+    assert len(samplers) == 1, f"{workflow.name}: expected one KSampler or IASA Student Sampler"
+    samplers[0]["inputs"]["steps"] = steps
     return wf
 
 

@@ -1,7 +1,8 @@
 """IASA Long Video through the real server: a clip 2x the window (3 windows) on a tiny random IASA-mini-format teacher
 (Fun-Control concat + ref_conv reference, conditioned by stock Wan22FunControlToVideo), sampled by stock
-KSampler and SamplerCustom, alone and with IASA Sparse Attention in both node orders. The patches'
-own counters (read by the testing pack's IASATestPatchStats) show the windowed calls happened."""
+KSampler and SamplerCustom, alone and with IASA Sparse Attention in both node orders, and a random student of the
+same format under IASA Student Sampler. The patches' own counters (read by the testing pack's IASATestPatchStats)
+show the windowed calls happened."""
 from __future__ import annotations
 
 import pytest
@@ -12,9 +13,10 @@ from iasa.harness.demo import saved_files
 from iasa.sampling.long_video import LongVideoConfig, LongVideoPatch
 
 from .test_bad_input import assert_server_still_serves
-from .test_iasa_mini import install_random_mini
+from .test_iasa_mini import install_random_mini, install_random_student
 
 TEACHER, VAE = "iasa_test_long_teacher.safetensors", "iasa_test_long_vae.safetensors"
+STUDENT = "iasa_test_long_student.safetensors"   # 2 steps (its card), like STEPS
 # 65 frames (17 latent frames of 8 x 8 tokens at 128 x 128) in windows of 33 frames (9 latent frames) overlapping
 # by 8 (2 latent frames): big enough that IASA Sparse Attention's kernel is cheaper than dense (it refuses
 # grids where it is not).
@@ -136,6 +138,45 @@ def test_sampler_custom_runs_the_windows_too(client, long_models):
     latent, stats = run(client, finish(g, ("11", 0), ("20", 0), "iasa_test/long_custom"))
     assert latent.shape == LATENT_SHAPE and torch.isfinite(latent).all()
     assert stats["LongVideoPatch"]["window_calls"] == STEPS * WINDOWS
+
+
+@pytest.fixture(scope="module")
+def long_student(server, long_models):
+    return install_random_student(server, STUDENT, timesteps=(1000.0, 500.0))
+
+
+def student_graph(model_node: str, sampler: str, seed: int = 9) -> dict:
+    """The base graph with the student loaded; ``sampler``: "student" (IASA Student Sampler, the card's steps) or
+    "custom" (SamplerCustom + IASA Student Sigmas + lcm, cfg 1) on ``model_node``'s model."""
+    g = base_graph()
+    g["10"]["inputs"]["unet_name"] = STUDENT
+    g["11"] = long_node(("10", 0))
+    if sampler == "student":
+        g["20"] = {"class_type": "IASAStudentSampler", "inputs": {"model": [model_node, 0], "positive": ["9", 0],
+                                                                  "latent": ["9", 2], "seed": seed, "steps": 0}}
+    else:
+        g["12"] = {"class_type": "IASAStudentSigmas", "inputs": {"model": [model_node, 0], "steps": 0}}
+        g["13"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "lcm"}}
+        g["20"] = {"class_type": "SamplerCustom", "inputs": {"model": [model_node, 0], "add_noise": True,
+                                                             "noise_seed": seed, "cfg": 1.0, "positive": ["9", 0],
+                                                             "negative": ["9", 1], "sampler": ["13", 0],
+                                                             "sigmas": ["12", 0], "latent_image": ["9", 2]}}
+    return finish(g, (model_node, 0), ("20", 0), f"iasa_test/long_student_{model_node}_{sampler}")
+
+
+def test_student_sampler_behind_long_video_runs_every_window_like_sampler_custom(client, long_student):
+    """IASA Student Sampler on a clip three windows long: one windowed call per step, each window once, a latent
+    of the clip's shape; it equals stock SamplerCustom + IASA Student Sigmas + lcm through the same windows, and
+    differs from the student on the whole clip in one call (the windows were really used)."""
+    latent, stats = run(client, student_graph("11", "student"))
+    assert latent.shape == LATENT_SHAPE and torch.isfinite(latent).all() and latent.abs().mean() > 0
+    assert stats["LongVideoPatch"] == {"calls": STEPS, "windowed_calls": STEPS, "window_calls": STEPS * WINDOWS}
+    stock, stock_stats = run(client, student_graph("11", "custom"))
+    assert stock_stats["LongVideoPatch"]["window_calls"] == STEPS * WINDOWS
+    assert torch.equal(latent, stock)
+    whole, whole_stats = run(client, student_graph("10", "student"))
+    assert "LongVideoPatch" not in whole_stats and whole.shape == LATENT_SHAPE
+    assert (whole - latent).abs().mean() > 1e-4 * whole.abs().mean()
 
 
 def test_a_window_that_is_not_1_plus_4k_is_a_clear_node_error(client, long_models):

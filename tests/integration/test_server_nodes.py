@@ -47,7 +47,10 @@ HEAVY_WORKFLOWS = {"iasa_mini_talking": "full size takes ~500 s of this 2-core C
                                         "weights in test_iasa_mini.py",
                    "iasa_mini_talking_v2": "full size (169 frames in 49-frame windows, 20 steps, cfg 3) takes minutes "
                                            "of this 2-core CPU; it runs shrunk with random v2 weights in "
-                                           "test_iasa_mini.py"}
+                                           "test_iasa_mini.py",
+                   "iasa_mini_student": "needs models/diffusion_models/iasa_mini_student.safetensors, which the "
+                                        "distillation run (scripts/distill_iasa_mini_gpu.sh) has not made yet; it "
+                                        "runs shrunk with a random v2-format student in test_student_workflow.py"}
 RUNNABLE_WORKFLOWS = [pytest.param(w, marks=pytest.mark.skip(reason=HEAVY_WORKFLOWS[w.stem]))
                       if w.stem in HEAVY_WORKFLOWS else w for w in API_WORKFLOWS]
 

@@ -1,4 +1,5 @@
-"""The demo picks the IASA-mini talking workflow only when both bundled weight files exist."""
+"""The demo picks the IASA-mini talking workflow only when both bundled weight files exist, and the student
+workflow only when a v2 student sits beside a v2 teacher and VAE (temporary folders: no student ships yet)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from iasa.harness.demo import (DEMO_INPUTS, MINI_V2_WORKFLOW, MINI_WEIGHTS, MINI_WORKFLOW, POSE_WORKFLOW,
-                               choose_workflow)
+from iasa.harness.demo import (DEMO_INPUTS, MINI_V2_WORKFLOW, MINI_WEIGHTS, MINI_WORKFLOW, POSE_WORKFLOW, STUDENT_FILE,
+                               STUDENT_WORKFLOW, TEACHER_FILE, VAE_FILE, choose_workflow)
+from iasa.training.tiny_wan import CARD_KEY
+
+V1_KEYS = {"head.modulation": torch.zeros(1, 2, 4)}
+V2_KEYS = {**V1_KEYS, "ref_conv.weight": torch.zeros(4, 16, 2, 2)}
+STUDENT_CARD = {"student": {"timesteps": [1000.0, 750.0, 500.0, 250.0], "shift": 3.0}}
 
 
 def test_talking_workflow_needs_both_files_and_follows_the_teachers_reference_path(tmp_path, capsys):
@@ -31,13 +37,88 @@ def test_talking_workflow_needs_both_files_and_follows_the_teachers_reference_pa
         choose_workflow(tmp_path)
 
 
-@pytest.mark.parametrize("workflow", [MINI_WORKFLOW, MINI_V2_WORKFLOW], ids=["v1", "v2"])
-def test_talking_workflow_reads_bundled_inputs_and_models(workflow):
+def _models(tmp_path, teacher: dict | None = V2_KEYS, vae: bool = True, student: dict | None = V2_KEYS,
+            card: dict | None = STUDENT_CARD):
+    """A models folder: teacher / VAE / student files (tensors; the student with ``card`` in its header)."""
+    (tmp_path / "diffusion_models").mkdir(exist_ok=True)
+    (tmp_path / "vae").mkdir(exist_ok=True)
+    if teacher is not None:
+        save_file(teacher, str(tmp_path / "diffusion_models" / TEACHER_FILE))
+    if vae:
+        (tmp_path / "vae" / VAE_FILE).write_bytes(b"x")
+    student_path = tmp_path / "diffusion_models" / STUDENT_FILE
+    if student is not None:
+        save_file(student, str(student_path), metadata={CARD_KEY: json.dumps(card)} if card else None)
+    return student_path
+
+
+def test_a_v2_student_beside_the_v2_pair_runs_the_student_workflow_and_says_so(tmp_path, capsys):
+    _models(tmp_path)
+    assert choose_workflow(tmp_path) == STUDENT_WORKFLOW
+    out = capsys.readouterr().out
+    assert STUDENT_FILE in out and STUDENT_WORKFLOW.name in out and "NOTE" not in out
+
+
+def test_without_a_student_the_teacher_workflow_is_unchanged(tmp_path, capsys):
+    _models(tmp_path, student=None)
+    assert choose_workflow(tmp_path) == MINI_V2_WORKFLOW and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("teacher, vae, student, expected", [
+    (V1_KEYS, True, V2_KEYS, MINI_WORKFLOW),          # a v1 pair: its VAE is not the student's
+    (V2_KEYS, True, V1_KEYS, MINI_V2_WORKFLOW),       # a student without ref_conv: not of the v2 teacher
+    (V2_KEYS, False, V2_KEYS, POSE_WORKFLOW),         # no VAE: nothing can decode
+    (None, True, V2_KEYS, POSE_WORKFLOW),             # no teacher: the bundled pair is incomplete
+], ids=["v1_pair", "v1_student", "no_vae", "no_teacher"])
+def test_a_student_is_used_only_with_the_v2_teacher_and_vae(tmp_path, capsys, teacher, vae, student, expected):
+    _models(tmp_path, teacher=teacher, vae=vae, student=student)
+    assert choose_workflow(tmp_path) == expected
+    out = capsys.readouterr().out
+    assert "NOTE" in out
+    if expected != POSE_WORKFLOW:
+        assert STUDENT_FILE in out and "is not used" in out
+
+
+@pytest.mark.parametrize("card, bytes_, words", [
+    (None, None, ["no student card", "iasa_model_card", "distill_iasa_mini_gpu.sh"]),
+    ({"name": "a teacher"}, None, ["no student card", "IASA Student Sampler"]),
+    (STUDENT_CARD, b"not safetensors", ["not a readable safetensors file", "remove it"]),
+], ids=["no_card", "not_a_student_card", "corrupt"])
+def test_a_broken_student_file_is_a_clear_error(tmp_path, card, bytes_, words):
+    path = _models(tmp_path, card=card)
+    if bytes_:
+        path.write_bytes(bytes_)
+    with pytest.raises(ValueError) as e:
+        choose_workflow(tmp_path)
+    for w in words + [STUDENT_FILE]:
+        assert w in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("workflow, models", [(MINI_WORKFLOW, set(MINI_WEIGHTS)), (MINI_V2_WORKFLOW, set(MINI_WEIGHTS)),
+                                              (STUDENT_WORKFLOW, {STUDENT_FILE, VAE_FILE})],
+                         ids=["v1", "v2", "student"])
+def test_talking_workflow_reads_bundled_inputs_and_models(workflow, models):
     wf = json.loads(workflow.read_text())
     names = {p.name for p in DEMO_INPUTS}
     files = {v for n in wf.values() for k, v in n["inputs"].items()
              if k in ("audio", "image", "pose_file") and isinstance(v, str)}
     assert len(files) == 3
     assert files <= names and all(p.is_file() for p in DEMO_INPUTS)
-    models = {v for n in wf.values() for k, v in n["inputs"].items() if k in ("unet_name", "vae_name")}
-    assert models == set(MINI_WEIGHTS)
+    assert {v for n in wf.values() for k, v in n["inputs"].items() if k in ("unet_name", "vae_name")} == models
+
+
+def test_the_student_workflow_is_the_v2_graph_with_the_student_sampler_in_place_of_cfg():
+    """Same speech, pose, conditioning, sparse attention and windows as the v2 teacher workflow; the student
+    sampler (the card's steps) instead of KSampler with a negative and a flow shift."""
+    student, teacher = (json.loads(w.read_text()) for w in (STUDENT_WORKFLOW, MINI_V2_WORKFLOW))
+    shared = ("IASALoadAudio", "IASAAudioFeatures", "IASAAudioToPose", "IASARenderPose", "IASASparseAttention",
+              "IASALongVideo", "VAEDecode", "CreateVideo")
+    def settings(wf: dict, t: str) -> list[dict]:  # the model input links to a different chain (no flow shift)
+        return [{k: v for k, v in n["inputs"].items() if k != "model"} for n in wf.values() if n["class_type"] == t]
+
+    for t in shared:
+        assert settings(student, t) == settings(teacher, t) and settings(student, t), t
+    types = [n["class_type"] for n in student.values()]
+    assert types.count("Wan22FunControlToVideo") == 1 and "KSampler" not in types and "ModelSamplingSD3" not in types
+    sampler = next(n["inputs"] for n in student.values() if n["class_type"] == "IASAStudentSampler")
+    assert sampler["steps"] == 0 and student[sampler["model"][0]]["class_type"] == "IASALongVideo"
