@@ -205,17 +205,14 @@ def test_two_process_gloo_ddp_equals_one_process_on_the_global_batch(tmp_path, v
         assert torch.allclose(single[k], ddp[k], atol=2e-6, rtol=1e-5), k
 
 
-def test_measured_step_count_fills_the_time_budget(tmp_path, monkeypatch):
-    """--steps 0: the runner measures the step time, fixes the step count, ends the schedule with the budget.
-    A fake clock that advances 10 ms per training step makes this deterministic."""
+def _timed_linear_run(monkeypatch, cfg: RunConfig):
+    """A Linear model, a fake clock that advances 10 ms per training step (deterministic --steps 0
+    measurement), and its Runner; returns (runner, step_fn, clock, model)."""
     from iasa.training import runner as runner_mod
-    from iasa.training.runner import AUTO_FILL, AUTO_TIMED, AUTO_WARM, lr_at
 
     clock = [0.0]
     monkeypatch.setattr(runner_mod, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     model = torch.nn.Linear(4, 1)
-    cfg = RunConfig(out=str(tmp_path), steps=0, max_minutes=0.02, lr=1e-2, warmup=AUTO_WARM + AUTO_TIMED + 5,
-                    min_lr_frac=0.1, checkpoint_every=0, log_every=10 ** 6, resume=False)
     x = torch.randn(8, 4)
 
     def step_fn(step):
@@ -223,7 +220,17 @@ def test_measured_step_count_fills_the_time_budget(tmp_path, monkeypatch):
         loss = model(x).pow(2).mean()
         return loss, {"loss": loss.detach()}
 
-    runner = Runner(cfg, D.DistInfo(), model, model, make_optimizer(model.parameters(), cfg, torch.device("cpu")), {}, "m")
+    opt = make_optimizer(model.parameters(), cfg, torch.device("cpu"))
+    return Runner(cfg, D.DistInfo(), model, model, opt, {}, "m"), step_fn, clock, model
+
+
+def test_measured_step_count_fills_the_time_budget(tmp_path, monkeypatch):
+    """--steps 0: the runner measures the step time, fixes the step count, ends the schedule with the budget."""
+    from iasa.training.runner import AUTO_FILL, AUTO_TIMED, AUTO_WARM, lr_at
+
+    cfg = RunConfig(out=str(tmp_path), steps=0, max_minutes=0.02, lr=1e-2, warmup=AUTO_WARM + AUTO_TIMED + 5,
+                    min_lr_frac=0.1, checkpoint_every=0, log_every=10 ** 6, resume=False)
+    runner, step_fn, clock, model = _timed_linear_run(monkeypatch, cfg)
     assert runner.run(step_fn) == "steps"
     expected = AUTO_WARM + AUTO_TIMED + int((0.02 * 60 * AUTO_FILL - 0.01 * (AUTO_WARM + AUTO_TIMED)) / 0.01)
     assert abs(cfg.steps - expected) <= 1 and runner.step == cfg.steps
@@ -239,22 +246,11 @@ def test_measured_step_count_fills_the_time_budget(tmp_path, monkeypatch):
 def test_measured_run_caps_a_warm_up_longer_than_a_tenth_of_its_steps(tmp_path, monkeypatch, caplog):
     """The v2 VAE run asked for 200 warm-up steps and got 207 steps in its budget: the LR never left the ramp.
     A measured run now shortens the warm-up to 10 % of the measured steps (logged), and a resumed run keeps it."""
-    from iasa.training import runner as runner_mod
     from iasa.training.runner import AUTO_TIMED, AUTO_WARM, WARMUP_MAX_FRAC, lr_at
 
-    clock = [0.0]
-    monkeypatch.setattr(runner_mod, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    model = torch.nn.Linear(4, 1)
     cfg = RunConfig(out=str(tmp_path), steps=0, max_minutes=0.05, lr=1e-2, warmup=10 ** 4, min_lr_frac=0.1,
                     checkpoint_every=100, log_every=10 ** 6, resume=False)
-    x = torch.randn(8, 4)
-
-    def step_fn(step):
-        clock[0] += 0.01
-        loss = model(x).pow(2).mean()
-        return loss, {"loss": loss.detach()}
-
-    runner = Runner(cfg, D.DistInfo(), model, model, make_optimizer(model.parameters(), cfg, torch.device("cpu")), {}, "m")
+    runner, step_fn, _, model = _timed_linear_run(monkeypatch, cfg)
     with caplog.at_level("WARNING", logger="iasa.training.runner"):
         runner.run(step_fn)
     assert cfg.warmup == max(AUTO_WARM + AUTO_TIMED, int(WARMUP_MAX_FRAC * cfg.steps)) < cfg.steps // 5
