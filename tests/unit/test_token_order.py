@@ -145,3 +145,39 @@ def test_slot_order_round_trip_and_dense_on_real_slots():
     out = order.dense(dense, (s, s, s), {"heads": 2})
     torch.testing.assert_close(order.to_tokens(out), dense(x, x, x, heads=2))
     assert (out[:, ~order.slot_valid] == 0).all()
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "flex_eager", "xformers_emulated"])
+@pytest.mark.parametrize("packing", ["frame", "group"])
+def test_kernels_on_slot_ordered_inputs_equal_their_token_order_result(kernel, packing):
+    import math
+
+    from iasa.attention.kernels import prepare_kernel, xformers_layout
+    from iasa.attention.xformers_paged import build_paged_plan, paged_attention
+
+    from .attention_reference import emulated_attend
+
+    grid = TokenGrid.from_latent_shape((3, 8, 8))
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 4, (3, 4, 4), generator=g).numpy().astype("uint8")
+    select = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1]], dtype=torch.bool).numpy()
+    layout, _ = build_region_layout(labels, select, grid, 4, packing=packing)
+    q, k, v = (torch.randn(1, 2, grid.seq_len, 8, generator=g) for _ in range(3))
+    if kernel == "xformers_emulated":
+        slot_layout = xformers_layout(layout)
+        plan = build_paged_plan(slot_layout, 2, torch.device("cpu"))
+
+        def run(*t, slot_order=False):
+            return paged_attention(*t, slot_layout, plan, 1 / math.sqrt(8), emulated_attend, slot_order=slot_order)
+
+        tokens, slots_fn = run(q, k, v), (lambda *t: run(*t, slot_order=True))
+    else:
+        prepared = prepare_kernel(layout, kernel, q)
+        prepared.prepare_slots()
+        slot_layout, tokens, slots_fn = prepared.slot_layout, prepared(q, k, v), prepared.slots
+    order = SlotOrder.of(slot_layout, torch.device("cpu"))
+    qs, ks, vs = (order.to_slots(t, dim=2) for t in (q, k, v))
+    ks[:, :, ~order.slot_valid] = 1e3                       # padding keys must stay masked whatever they hold
+    out = slots_fn(qs, ks, vs)
+    assert out.shape[2] == order.num_slots and torch.isfinite(out).all()
+    torch.testing.assert_close(order.to_tokens(out, dim=2), tokens, atol=1e-5, rtol=1e-5)
