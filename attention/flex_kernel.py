@@ -158,20 +158,23 @@ def prepare_flex(layout: BlockLayout, device: torch.device, compiled: bool):
     return tables, block_mask, options
 
 
-def flex_attend(q, k, v, tables, block_mask, scale: float, compiled: bool, options: dict | None) -> torch.Tensor:
-    """FlexAttention over the slot sequence, device work only (traceable). Inside a compiled region the
-    enclosing compile compiles ``flex_attention`` itself; outside, ``compiled`` picks the process-wide
+def flex_attend_slots(qs, ks, vs, block_mask, scale: float, compiled: bool, options: dict | None) -> torch.Tensor:
+    """FlexAttention over slot-ordered ``[B, H, S, D]``, device work only (traceable). Inside a compiled region
+    the enclosing compile compiles ``flex_attention`` itself; outside, ``compiled`` picks the process-wide
     compiled function or eager flex (dense scores)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    qs, ks, vs = to_slots(q, tables), to_slots(k, tables), to_slots(v, tables)
     if torch.compiler.is_compiling():
-        out = flex_attention(qs, ks, vs, block_mask=block_mask, scale=scale, kernel_options=options)
-    elif compiled:
-        out = compiled_flex_attention()(qs, ks, vs, block_mask=block_mask, scale=scale, kernel_options=options)
-    else:
-        out = flex_attention(qs, ks, vs, block_mask=block_mask, scale=scale)
-    return from_slots(out, tables)
+        return flex_attention(qs, ks, vs, block_mask=block_mask, scale=scale, kernel_options=options)
+    if compiled:
+        return compiled_flex_attention()(qs, ks, vs, block_mask=block_mask, scale=scale, kernel_options=options)
+    return flex_attention(qs, ks, vs, block_mask=block_mask, scale=scale)
+
+
+def flex_attend(q, k, v, tables, block_mask, scale: float, compiled: bool, options: dict | None) -> torch.Tensor:
+    """:func:`flex_attend_slots` on ``[B, H, L, D]`` tokens: gathered into slot order and back."""
+    qs, ks, vs = to_slots(q, tables), to_slots(k, tables), to_slots(v, tables)
+    return from_slots(flex_attend_slots(qs, ks, vs, block_mask, scale, compiled, options), tables)
 
 
 def flex_block_sparse_attention(
@@ -181,7 +184,10 @@ def flex_block_sparse_attention(
     layout: BlockLayout,
     scale: float,
     compiled: bool = True,
+    slot_order: bool = False,
 ) -> torch.Tensor:
-    """``[B, H, L, D]`` in, ``[B, H, L, D]`` out (original token order)."""
+    """``[B, H, L, D]`` in, ``[B, H, L, D]`` out (original token order; ``slot_order``: ``[B, H, S, D]``)."""
     tables, block_mask, options = prepare_flex(layout, q.device, compiled)
+    if slot_order:
+        return flex_attend_slots(q, k, v, block_mask, scale, compiled, options)
     return flex_attend(q, k, v, tables, block_mask, scale, compiled, options)

@@ -41,9 +41,16 @@ def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.index_select(-2, index)
 
 
-def take_into_pool(x: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, extra_rows: int) -> torch.Tensor:
-    """``[H, L, D]`` -> page pool ``[H*S + extra_rows, D]``: slot order, padding slots and extra rows zero."""
-    slots = torch.where(valid[:, None], x.index_select(-2, index), 0)
+def take_slots(x: torch.Tensor, index: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+    """Slot-ordered ``[H, S, D]`` out of a kernel -> ``x[..., index, :]`` (tokens), or with ``index`` None
+    (the caller works in slot order) ``x`` itself with its padding rows zeroed."""
+    return torch.where(valid[:, None], x, 0) if index is None else x.index_select(-2, index)
+
+
+def take_into_pool(x: torch.Tensor, index: torch.Tensor | None, valid: torch.Tensor, extra_rows: int) -> torch.Tensor:
+    """``[H, L, D]`` -> page pool ``[H*S + extra_rows, D]``: slot order, padding slots and extra rows zero
+    (``index`` None: ``x`` is ``[H, S, D]`` in slot order already)."""
+    slots = torch.where(valid[:, None], x if index is None else x.index_select(-2, index), 0)
     return F.pad(slots.reshape(-1, x.shape[-1]), (0, 0, 0, extra_rows))
 
 
@@ -66,12 +73,13 @@ def correct_padding_keys(out: torch.Tensor, lse: torch.Tensor, pad_keys: torch.T
 
 
 def take_corrected(
-    out: torch.Tensor, lse: torch.Tensor, pad_keys: torch.Tensor, index: torch.Tensor, heads: int, dtype: torch.dtype
+    out: torch.Tensor, lse: torch.Tensor, pad_keys: torch.Tensor, index: torch.Tensor | None, valid: torch.Tensor,
+    heads: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """``correct_padding_keys`` on ``out`` ``[n_seq, bs, D]`` (any float dtype), rounded once to
-    ``dtype``, then gathered to tokens: ``[heads, L, D]``."""
+    ``dtype``, then :func:`take_slots`: ``[heads, L, D]`` tokens (or ``[heads, S, D]`` slots)."""
     fixed = correct_padding_keys(out, lse, pad_keys).to(dtype)
-    return fixed.reshape(heads, -1, out.shape[-1]).index_select(-2, index)
+    return take_slots(fixed.reshape(heads, -1, out.shape[-1]), index, valid)
 
 
 class _MaybeCompiled:
@@ -103,4 +111,5 @@ class _MaybeCompiled:
 
 fast_take = _MaybeCompiled(take)
 fast_take_into_pool = _MaybeCompiled(take_into_pool)
+fast_take_slots = _MaybeCompiled(take_slots)
 fast_take_corrected = _MaybeCompiled(take_corrected)

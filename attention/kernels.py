@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .flex_kernel import flex_attend, flex_block_sparse_attention, prepare_flex
+from .flex_kernel import flex_attend, flex_attend_slots, flex_block_sparse_attention, prepare_flex
 from .layout import BlockLayout
 from .paged_op import paged_block_sparse_attention, register_paged_plan
 from .slots import cached, check_layout_fits, validate_layout
@@ -157,7 +157,11 @@ def resolve_kernel(kernel: str, q: "torch.Tensor | QuerySpec", layout: BlockLayo
 
 
 class SparseKernel:
-    """A layout prepared for one :class:`QuerySpec`; ``kernel(q, k, v, scale)`` runs device work only."""
+    """A layout prepared for one :class:`QuerySpec`; ``kernel(q, k, v, scale)`` runs device work only.
+
+    ``slot_layout``: the layout whose slot order (``perm``) the kernel attends in; ``kernel.slots(q, k, v)``
+    takes and returns ``[B, H, S, D]`` already in that order (no gathers; padding keys masked, padding rows
+    of the output finite), for a model that keeps its tokens grouped (``token_order``)."""
 
     name = ""
 
@@ -165,16 +169,45 @@ class SparseKernel:
         self.layout = layout
         self.spec = spec
 
-    def fits(self, q: torch.Tensor) -> bool:
+    @property
+    def slot_layout(self) -> BlockLayout:
+        return self.layout
+
+    def fits(self, q: torch.Tensor, slot_order: bool = False) -> bool:
         """Whether ``q`` is of the kind this kernel was prepared for (checked on metadata: traceable)."""
+        seq = self.slot_layout.num_blocks * self.slot_layout.block_size if slot_order else self.spec.seq_len
         return (q.device == self.spec.device and q.dtype == self.spec.dtype and tuple(q.shape[1:]) ==
-                (self.spec.num_heads, self.spec.seq_len, self.spec.head_dim))
+                (self.spec.num_heads, seq, self.spec.head_dim))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-        return self.run(q, k, v, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale))
+        return self.run(q, k, v, _scale(q, scale))
+
+    def slots(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        return self.run_slots(q, k, v, _scale(q, scale))
+
+    def prepare_slots(self) -> None:
+        """Host work of :meth:`slots` not done at preparation (call it outside a compiled region)."""
 
     def run(self, q, k, v, scale: float) -> torch.Tensor:
         raise NotImplementedError
+
+    def run_slots(self, q, k, v, scale: float) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
+def slot_order_mask(layout: BlockLayout, device: torch.device) -> torch.Tensor:
+    """bool ``[Hl, S, S]`` over slots: the selected block pairs, real keys only, and the in-block rule of a
+    packed layout (the token mask in slot order; padding query rows see their blocks' real keys)."""
+    bs = layout.block_size
+    mask = layout.to_dense(device).repeat_interleave(bs, 1).repeat_interleave(bs, 2)
+    mask &= (layout.perm.to(device) >= 0)[None, None, :]
+    if layout.slot_mask is not None:
+        mask &= layout.slot_mask.materialize(device)[None]
+    return mask
 
 
 class SdpaKernel(SparseKernel):
@@ -183,9 +216,19 @@ class SdpaKernel(SparseKernel):
     def __init__(self, layout, spec):
         super().__init__(layout, spec)
         self.mask = cached(layout, ("token_mask", str(spec.device)), lambda: layout.token_mask(spec.device))[None]
+        self._slot_mask = None
 
     def run(self, q, k, v, scale):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, scale=scale)
+
+    def prepare_slots(self) -> None:
+        if self._slot_mask is None:
+            dev = self.spec.device
+            self._slot_mask = cached(self.layout, ("slot_mask", str(dev)), lambda: slot_order_mask(self.layout, dev))[None]
+
+    def run_slots(self, q, k, v, scale):
+        self.prepare_slots()
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self._slot_mask, scale=scale)
 
 
 class FlexKernel(SparseKernel):
@@ -198,6 +241,9 @@ class FlexKernel(SparseKernel):
     def run(self, q, k, v, scale):
         return flex_attend(q, k, v, self.tables, self.block_mask, scale, self.compiled, self.options)
 
+    def run_slots(self, q, k, v, scale):
+        return flex_attend_slots(q, k, v, self.block_mask, scale, self.compiled, self.options)
+
 
 class XformersKernel(SparseKernel):
     """The paged split-k kernel through ``torch.ops.iasa.paged_block_sparse_attention``."""
@@ -209,7 +255,7 @@ class XformersKernel(SparseKernel):
         from .xformers_paged import build_paged_plan, xformers_attend
 
         super().__init__(layout, spec)
-        layout = xformers_layout(layout)  # a packed layout runs as its group-padded twin (same result)
+        self.paged_layout = layout = xformers_layout(layout)  # a packed layout runs as its group-padded twin
         reasons = xformers_unsupported_reasons(spec, layout)
         if reasons:
             raise RuntimeError("xformers block-sparse kernel cannot run: " + "; ".join(reasons))
@@ -217,17 +263,25 @@ class XformersKernel(SparseKernel):
         self.plan_id = register_paged_plan(layout, plan, xformers_attend(paged_splitk_op(layout.block_size)),
                                            on_failure=_xformers_failed_use_flex if fall_back_to_flex else None)
 
+    @property
+    def slot_layout(self) -> BlockLayout:
+        return self.paged_layout
+
     def run(self, q, k, v, scale):
         return paged_block_sparse_attention(q, k, v, self.plan_id, scale)
 
+    def run_slots(self, q, k, v, scale):
+        return paged_block_sparse_attention(q, k, v, self.plan_id, scale, True)
 
-def _xformers_failed_use_flex(q, k, v, layout, scale, exc: Exception) -> torch.Tensor:
-    """kernel="auto": a runtime failure of xformers switches to flex for the rest of the process (logged)."""
+
+def _xformers_failed_use_flex(q, k, v, layout, scale, exc: Exception, slot_order: bool = False) -> torch.Tensor:
+    """kernel="auto": a runtime failure of xformers switches to flex for the rest of the process (logged);
+    flex runs the same (paged) layout, so a slot-ordered call stays in its slot order."""
     global _xformers_runtime_error
     with _state_lock:
         _xformers_runtime_error = f"{type(exc).__name__}: {exc}"
     _log_once(f"block-sparse attention: xformers failed, using flex from now on: {_xformers_runtime_error}")
-    return flex_block_sparse_attention(q, k, v, layout, scale, compiled=True)
+    return flex_block_sparse_attention(q, k, v, layout, scale, compiled=True, slot_order=slot_order)
 
 
 def prepare_kernel(layout: BlockLayout, kernel: str, q: "torch.Tensor | QuerySpec") -> SparseKernel:

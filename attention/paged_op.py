@@ -33,7 +33,8 @@ class PagedEntry:
     plan: PagedPlan
     attend: AttendFn
     # Called instead of the paged kernel when it fails (kernel="auto": flex); None: the failure propagates.
-    on_failure: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, BlockLayout, float, Exception], torch.Tensor] | None
+    on_failure: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, BlockLayout, float, Exception, bool],
+                          torch.Tensor] | None
 
 
 _lock = threading.Lock()
@@ -72,20 +73,21 @@ def _entry(plan_id: int) -> tuple[PagedEntry, BlockLayout]:
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def paged_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan_id: int,
-                                 scale: float) -> torch.Tensor:
-    """``[B, H, L, D]`` block-sparse self-attention with the registered paged plan ``plan_id``."""
+                                 scale: float, slot_order: bool = False) -> torch.Tensor:
+    """``[B, H, L, D]`` block-sparse self-attention with the registered paged plan ``plan_id``
+    (``slot_order``: ``[B, H, S, D]`` in the layout's slot order, in and out)."""
     entry, layout = _entry(plan_id)
     try:
-        out = paged_attention(q, k, v, layout, entry.plan, scale, entry.attend)
+        out = paged_attention(q, k, v, layout, entry.plan, scale, entry.attend, slot_order=slot_order)
     except torch.OutOfMemoryError:
         raise
     except Exception as exc:  # Triton compile/launch errors, xformers refusing the inputs
         if entry.on_failure is None:
             raise
-        out = entry.on_failure(q, k, v, layout, scale, exc)
+        out = entry.on_failure(q, k, v, layout, scale, exc, slot_order)
     return out.contiguous()
 
 
 @paged_block_sparse_attention.register_fake
-def _(q, k, v, plan_id, scale):
+def _(q, k, v, plan_id, scale, slot_order=False):
     return q.new_empty(q.shape)

@@ -49,6 +49,7 @@ from .grid import TokenGrid
 from .gather import ensure_recompile_limit
 from .kernels import QuerySpec, SparseKernel, prepare_kernel
 from .pose_layout import PoseLayout, SparseAttentionConfig, build_pose_layout
+from .token_order import GROUPED_KEY, SlotOrder, install_grouping, plan_slot_order
 from .wan_grid import grid_from_call
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class CallState:
     dense_step: bool                     # this step is one of the first ``dense_steps``
     notes: list = field(default_factory=list)
     sites_seen: bool = False             # a marked self-attention call ran in this model call
+    slot_order: SlotOrder | None = None  # the model runs its tokens grouped in this order (token_order)
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,9 @@ class SparseAttentionPatch:
 
     def __init__(self, pose: PoseSequence, config: SparseAttentionConfig, kernel: str = "auto",
                  dense_blocks: int = 0, dense_steps: int = 0, strict: bool = False,
-                 alignment: VideoAlignment = VideoAlignment()):
+                 alignment: VideoAlignment = VideoAlignment(), group_tokens: bool = True):
         self.pose = pose
+        self.group_tokens = bool(group_tokens)   # keep the DiT's tokens in slot order (token_order)
         self.config = config
         self.alignment = alignment
         self.kernel = kernel
@@ -182,6 +185,8 @@ class SparseAttentionPatch:
             return
         routes = ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()))
         fallbacks = {k: v for k, v in stats.items() if k.removeprefix("dense_") in FALLBACK_HELP}
+        if stats.get("sparse") and not stats.get("grouped_forwards") and self.group_tokens:
+            routes += " (per-layer token gathers: the tokens were not grouped, reason logged above)"
         if fallbacks and not stats.get("sparse"):
             log.warning("IASA sparse attention: this sampling run was fully dense (%s)", routes)
         else:
@@ -221,8 +226,26 @@ class SparseAttentionPatch:
     def _apply_note(self, route: str, detail: str | None) -> None:
         if route in FALLBACK_HELP:
             self.fallback(route, detail)
+        elif route == "grouped":
+            self._count("grouped_forwards")
+        elif route == "ungrouped":
+            self._count("ungrouped_forwards")
+            self.log_once_per_run(f"ungrouped:{detail}", logging.WARNING, "IASA sparse attention: tokens not grouped "
+                                  "once per forward, every sparse layer gathers them instead (slower, same result): %s",
+                                  detail)
         else:
             self._count(route)
+
+    def log_once_per_run(self, key: str, level: int, message: str, *args) -> None:
+        with self._lock:
+            first = key not in self._logged
+            self._logged.add(key)
+        if first:
+            log.log(level, message, *args)
+
+    def note_from_model(self, transformer_options: dict, route: str, detail: str | None) -> None:
+        """What ``token_order.GroupedForward`` did in this model call (recorded, applied after the call)."""
+        self._note(transformer_options.get(CALL_KEY), route, detail)
 
     def is_dense_step(self, step: int | None) -> bool:
         return bool(self.dense_steps) and step is not None and step < self.dense_steps
@@ -255,6 +278,9 @@ class SparseAttentionPatch:
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
+            routes = [route for route, _ in state.notes]
+            if state.slot_order is not None and "grouped" not in routes and "ungrouped" not in routes:
+                state.notes.append(("ungrouped", "IASA's forward_orig patch did not run in this model call"))
             for route, detail in state.notes:
                 self._apply_note(route, detail)
 
@@ -275,16 +301,24 @@ class SparseAttentionPatch:
             log.info("IASA sparse attention: the model does not say its heads or dtype (%s); the kernel is "
                      "prepared at the first attention call instead (a graph break under torch.compile)",
                      type(getattr(model, "diffusion_model", model)).__name__)
-        return CallState(plan, kernel, self.is_dense_step(call.step))
+        dense_step = self.is_dense_step(call.step)
+        order, why = plan_slot_order(self.group_tokens and plan.layout is not None, model, kernel, dense_step)
+        if why is not None:
+            self.log_once_per_run(f"ungrouped:{why}", logging.INFO, "IASA sparse attention: tokens not grouped once "
+                                  "per forward, every sparse layer gathers them instead: %s", why)
+        return CallState(plan, kernel, dense_step, slot_order=order)
 
     def attention(self, func, *args, **kwargs):
         """``optimized_attention_override``: sparse for video self-attention, dense for everything else."""
         out = self._sparse(args, kwargs)
         if out is not None:
             return out
-        if self.previous_override is not None:
-            return self.previous_override(func, *args, **kwargs)
-        return func(*args, **kwargs)
+        dense = func if self.previous_override is None else (lambda *a, **kw: self.previous_override(func, *a, **kw))
+        to = kwargs.get("transformer_options") or {}
+        order: SlotOrder | None = to.get(GROUPED_KEY)
+        if order is not None and to.get(SELF_ATTN_KEY) is not None:   # dense self-attention in slot order
+            return order.dense(dense, args, kwargs)
+        return dense(*args, **kwargs)
 
     def _route(self, args, kwargs) -> tuple[str, str | None]:
         """(route, fallback detail): route "sparse", a by-design dense route, or a fallback reason.
@@ -296,10 +330,12 @@ class SparseAttentionPatch:
         seq_q, seq_k = (q.shape[2], k.shape[2]) if kwargs.get("skip_reshape") else (q.shape[1], k.shape[1])
         call: CallInfo | None = to.get(CALL_KEY)
         state = call.state if call is not None else None
+        order: SlotOrder | None = to.get(GROUPED_KEY)
+        expected = order.num_slots if order is not None else call.grid.seq_len if call is not None else None
         layer = to.get(SELF_ATTN_KEY)
         if layer is None:
             seen = state.sites_seen if state is not None else self._sites_seen
-            if seen or seq_q != seq_k or call is None or seq_q != call.grid.seq_len:
+            if seen or seq_q != seq_k or call is None or seq_q != expected:
                 return "dense_cross_attention", None
             # Shaped like this video's self-attention, yet unmarked, before any marked call in this run:
             # the call-site patches are not active (another node replaced self_attn.forward?).
@@ -314,9 +350,10 @@ class SparseAttentionPatch:
         mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
         if mask is not None:
             return "masked", f"self-attention of {seq_q} tokens came with a mask of shape {tuple(mask.shape)}"
-        if seq_q != call.grid.seq_len or seq_k != seq_q:
+        if seq_q != expected or seq_k != seq_q:
             return "unexpected_length", (f"self-attention has {seq_q} tokens, the latent's grid "
-                                         f"({call.grid.describe()}) has {call.grid.seq_len}")
+                                         f"({call.grid.describe()}) has {call.grid.seq_len}"
+                                         + (f" ({expected} in slot order)" if order is not None else ""))
         native = to.get("grid_sizes")   # newer ComfyUI: (F, Hp, Wp) of the patchified video
         if native is not None and tuple(int(v) for v in native) != call.grid.patch_grid:
             return "grid_mismatch", (f"ComfyUI reports grid_sizes {tuple(int(v) for v in native)}, the latent "
@@ -347,13 +384,20 @@ class SparseAttentionPatch:
             b, seq, hd = q.shape
             qh, kh, vh = (t.view(b, seq, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
         kernel = call.state.kernel if call.state is not None else None
-        if kernel is None or not kernel.fits(qh):
+        order: SlotOrder | None = kwargs["transformer_options"].get(GROUPED_KEY)
+        if kernel is not None and kernel.fits(qh, slot_order=order is not None):
+            out = kernel.slots(qh, kh, vh) if order is not None else kernel(qh, kh, vh)
+        else:
             if kernel is not None:
                 log.info("IASA sparse attention: the kernel was prepared for %s, the call has %s; preparing "
                          "again (a graph break under torch.compile)", kernel.spec.describe(),
                          QuerySpec.of(qh).describe())
+            if order is not None:   # a kernel of another slot order: through token order (gathers)
+                qh, kh, vh = (order.to_tokens(t, dim=2) for t in (qh, kh, vh))
             kernel = prepare_kernel(plan.layout, self.kernel, qh)
-        out = kernel(qh, kh, vh)
+            out = kernel(qh, kh, vh)
+            if order is not None:
+                out = order.to_slots(out, dim=2)
         self._note(call, "sparse")
         if kwargs.get("skip_output_reshape"):
             return out
@@ -407,4 +451,11 @@ def apply_sparse_attention(model_patcher, patch: SparseAttentionPatch):
     for path, layer in self_attention_sites(m.model.diffusion_model):
         name = f"diffusion_model.{path}"
         m.add_object_patch(name, SelfAttentionCallSite(m.get_model_object(name), layer))
+    if patch.group_tokens:
+        install_grouping(m, _call_state, patch.note_from_model)
     return m
+
+
+def _call_state(transformer_options: dict) -> CallState | None:
+    call = transformer_options.get(CALL_KEY)
+    return call.state if call is not None else None

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from .gather import correct_padding_keys, fast_take, fast_take_corrected, fast_take_into_pool
+from .gather import correct_padding_keys, fast_take, fast_take_corrected, fast_take_into_pool, fast_take_slots
 from .layout import BlockLayout
 from .slots import slot_tables
 
@@ -139,16 +139,22 @@ def paged_attention(
     plan: PagedPlan,
     scale: float,
     attend: AttendFn,
+    slot_order: bool = False,
 ) -> torch.Tensor:
-    """``[B, H, L, D]`` in and out; ``attend`` is the xformers call (or an emulation in tests)."""
+    """``[B, H, L, D]`` in and out; ``attend`` is the xformers call (or an emulation in tests).
+
+    ``slot_order``: q/k/v/out are ``[B, H, S, D]`` in the layout's slot order already (the model keeps its
+    tokens grouped, ``token_order``): no gathers; padding rows of the output are zero."""
     B, H, L, D = q.shape
     bs, S = plan.block_size, plan.num_blocks * plan.block_size
     tables = slot_tables(layout, q.device)
+    gather = None if slot_order else tables.gather_index    # None: already in slot order
+    back = None if slot_order else tables.token_to_slot
     outs = []
     for b in range(B):
-        k_pool = fast_take_into_pool(k[b], tables.gather_index, tables.slot_valid, bs)  # + filler page
-        v_pool = fast_take_into_pool(v[b], tables.gather_index, tables.slot_valid, bs)
-        q_slots = fast_take(q[b], tables.gather_index)
+        k_pool = fast_take_into_pool(k[b], gather, tables.slot_valid, bs)  # + filler page
+        v_pool = fast_take_into_pool(v[b], gather, tables.slot_valid, bs)
+        q_slots = q[b] if slot_order else fast_take(q[b], gather)
         parts = []
         for chunk in plan.chunks:
             h0, h1 = chunk.head_start, chunk.head_stop
@@ -161,13 +167,13 @@ def paged_attention(
                 o = o.reshape(-1, bs, D)
                 bad = rows_to_repair(lse, chunk.pad_keys, tables.slot_valid, h1 - h0)
                 if bad is None:
-                    part = fast_take_corrected(o, lse, chunk.pad_keys, tables.token_to_slot, h1 - h0, q.dtype)
+                    part = fast_take_corrected(o, lse, chunk.pad_keys, back, tables.slot_valid, h1 - h0, q.dtype)
                 else:
                     fixed = correct_padding_keys(o, lse, chunk.pad_keys)
                     fixed[bad] = exact_block_rows(q_slots, k_pool, v_pool, layout, bad, h0, scale)
-                    part = fast_take(fixed.to(q.dtype).reshape(h1 - h0, S, D), tables.token_to_slot)
+                    part = fast_take_slots(fixed.to(q.dtype).reshape(h1 - h0, S, D), back, tables.slot_valid)
             else:
-                part = fast_take(o.reshape(h1 - h0, S, D), tables.token_to_slot)
+                part = fast_take_slots(o.reshape(h1 - h0, S, D), back, tables.slot_valid)
             parts.append(part.to(q.dtype))  # no-op unless attend returned another dtype
         outs.append(parts[0] if len(parts) == 1 else torch.cat(parts))
     return outs[0].unsqueeze(0) if B == 1 else torch.stack(outs)

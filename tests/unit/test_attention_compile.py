@@ -221,7 +221,8 @@ def _pytorch_attention(func, *args, **kwargs):
     return attention.attention_pytorch.__wrapped__(*args, **kwargs)
 
 
-def test_stock_torch_compile_model_compiles_once_per_resolution_and_equals_eager(tiny_wan):
+@pytest.mark.parametrize("group_tokens", [True, False], ids=["grouped", "per_layer"])
+def test_stock_torch_compile_model_compiles_once_per_resolution_and_equals_eager(tiny_wan, group_tokens):
     import comfy.patcher_extension
     from comfy_api.torch_helpers import set_torch_compile_wrapper
     from torch._dynamo.utils import counters
@@ -231,7 +232,7 @@ def test_stock_torch_compile_model_compiles_once_per_resolution_and_equals_eager
     torch._dynamo.reset()
     counters.clear()
     patch = SparseAttentionPatch(talking_pose(33, 128, 128, seed=3), SparseAttentionConfig(top_k=1, block_size=16),
-                                 kernel="sdpa")
+                                 kernel="sdpa", group_tokens=group_tokens)
     eager_m = apply_sparse_attention(tiny_wan, patch)
     patch.previous_override = _pytorch_attention
     compiled_m = eager_m.clone()
@@ -262,6 +263,7 @@ def test_stock_torch_compile_model_compiles_once_per_resolution_and_equals_eager
     assert backend.graphs == 1, f"{backend.graphs} graphs for two calls at one resolution"
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert patch.stats["sparse"] == 2 * sparse_eager and patch.stats["layouts_built"] == 1
+    assert patch.stats["grouped_forwards"] == (4 if group_tokens else 0), "grouped once per forward, compiled too"
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert (eager[0] - sample(tiny_wan, torch.tensor([0.8]))).abs().max() > 1e-4   # sparse is not dense

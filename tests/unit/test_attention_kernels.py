@@ -417,7 +417,7 @@ def test_pool_and_corrected_gathers():
     out = torch.randn(3 * S // 16, 16, 8)
     lse = torch.rand(3 * S) + 3.0
     pad = torch.randint(0, 4, (3 * S // 16, 1, 1)).float()
-    got = take_corrected(out, lse, pad, t.token_to_slot, 3, torch.bfloat16)
+    got = take_corrected(out, lse, pad, t.token_to_slot, t.slot_valid, 3, torch.bfloat16)
     want = correct_padding_keys(out, lse, pad).view(3, S, 8)[:, t.token_to_slot]
     assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, rtol=1e-2, atol=1e-2)
 
