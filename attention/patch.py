@@ -302,7 +302,13 @@ class SparseAttentionPatch:
                      "prepared at the first attention call instead (a graph break under torch.compile)",
                      type(getattr(model, "diffusion_model", model)).__name__)
         dense_step = self.is_dense_step(call.step)
-        order, why = plan_slot_order(self.group_tokens and plan.layout is not None, model, kernel, dense_step)
+        enabled = self.group_tokens and plan.layout is not None
+        if enabled and not dense_step and self.previous_override is not None:
+            # the chained override gets dense calls; in slot order they would reach it with permuted tokens
+            order, why = None, ("another attention override is chained under IASA's (a core sparse-attention node or "
+                                "another pack); it sees the tokens in their own order")
+        else:
+            order, why = plan_slot_order(enabled, model, kernel, dense_step)
         if why is not None:
             self.log_once_per_run(f"ungrouped:{why}", logging.INFO, "IASA sparse attention: tokens not grouped once "
                                   "per forward, every sparse layer gathers them instead: %s", why)

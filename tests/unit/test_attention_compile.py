@@ -212,17 +212,23 @@ def tiny_wan():
     gc.collect()
 
 
-def _pytorch_attention(func, *args, **kwargs):
-    """Dense calls through ComfyUI's SDPA backend (its CUDA default). On CPU ComfyUI picks sub-quadratic
-    attention, which queries free memory with psutil: a graph break that is ComfyUI's, not the patch's."""
-    import comfy.ldm.modules.attention as attention
+@pytest.fixture
+def pytorch_attention(monkeypatch):
+    """The Wan model's attention is ComfyUI's SDPA backend (its CUDA default), still behind ComfyUI's override
+    hook. On CPU ComfyUI picks sub-quadratic attention, which queries free memory with psutil: a graph break
+    that is ComfyUI's, not the patch's."""
+    from iasa.training.comfy_env import ensure_comfy_on_path
 
-    kwargs.pop("_inside_attn_wrapper", None)
-    return attention.attention_pytorch.__wrapped__(*args, **kwargs)
+    ensure_comfy_on_path()
+    import comfy.ldm.modules.attention as attention
+    import comfy.ldm.wan.model as wan
+
+    monkeypatch.setattr(wan, "optimized_attention", attention.attention_pytorch)
 
 
 @pytest.mark.parametrize("group_tokens", [True, False], ids=["grouped", "per_layer"])
-def test_stock_torch_compile_model_compiles_once_per_resolution_and_equals_eager(tiny_wan, group_tokens):
+def test_stock_torch_compile_model_compiles_once_per_resolution_and_equals_eager(tiny_wan, group_tokens,
+                                                                                pytorch_attention):
     import comfy.patcher_extension
     from comfy_api.torch_helpers import set_torch_compile_wrapper
     from torch._dynamo.utils import counters
@@ -234,7 +240,6 @@ def test_stock_torch_compile_model_compiles_once_per_resolution_and_equals_eager
     patch = SparseAttentionPatch(talking_pose(33, 128, 128, seed=3), SparseAttentionConfig(top_k=1, block_size=16),
                                  kernel="sdpa", group_tokens=group_tokens)
     eager_m = apply_sparse_attention(tiny_wan, patch)
-    patch.previous_override = _pytorch_attention
     compiled_m = eager_m.clone()
     backend = CountingBackend()
     set_torch_compile_wrapper(compiled_m, backend=backend)     # what TorchCompileModel does (whole DiT)

@@ -16,10 +16,15 @@ from iasa.attention.pose_layout import SparseAttentionConfig
 from iasa.attention.token_order import SlotOrder
 from iasa.pose.synthetic import talking_pose
 
-from .test_attention_compile import _pytorch_attention, tiny_wan  # noqa: F401  (fixture)
+from .test_attention_compile import pytorch_attention, tiny_wan  # noqa: F401  (fixtures)
 from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
 SCHEDULE = torch.tensor([1.0, 0.8, 0.5, 0.0])
+
+
+@pytest.fixture(autouse=True)
+def _sdpa_backend(pytorch_attention):  # noqa: F811  (dense calls through ComfyUI's SDPA backend)
+    yield
 
 
 def sample(m, sigma: float, ref: bool, seed: int = 5) -> torch.Tensor:
@@ -46,9 +51,7 @@ def make(tiny_wan, group: bool, kernel="sdpa", block_size=24, **kw):  # noqa: F8
     patch = SparseAttentionPatch(talking_pose(33, 128, 128, seed=3),
                                  SparseAttentionConfig(top_k=1, block_size=block_size, **kw.pop("config", {})),
                                  kernel=kernel, group_tokens=group, **kw)
-    m = apply_sparse_attention(tiny_wan, patch)
-    patch.previous_override = _pytorch_attention    # dense calls through ComfyUI's SDPA backend
-    return patch, m
+    return patch, apply_sparse_attention(tiny_wan, patch)
 
 
 @pytest.mark.parametrize("ref", [True, False], ids=["ref_conv", "no_ref"])
@@ -181,3 +184,24 @@ def test_kernels_on_slot_ordered_inputs_equal_their_token_order_result(kernel, p
     out = slots_fn(qs, ks, vs)
     assert out.shape[2] == order.num_slots and torch.isfinite(out).all()
     torch.testing.assert_close(order.to_tokens(out, dim=2), tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_a_chained_attention_override_keeps_token_order_logged(tiny_wan, caplog):  # noqa: F811
+    """Another override chained under IASA's gets the dense calls; in slot order it would see permuted tokens
+    (wrong for a position-dependent one): that run is not grouped, and says why."""
+    seen = []
+
+    def previous(func, *args, **kwargs):
+        seen.append(args[0].shape[1])
+        return func(*args, **kwargs)
+
+    chained, cm = make(tiny_wan, True, dense_blocks=1)
+    chained.previous_override = previous
+    plain, pm = make(tiny_wan, True, dense_blocks=1)
+    with caplog.at_level(logging.INFO, logger="iasa.attention"):
+        chained.start_run()
+        a = sample(cm, 0.8, True)
+    assert chained.stats["grouped_forwards"] == 0 and chained.stats["dense_block"] == 1 and seen
+    assert any("not grouped" in r.getMessage() and "chained" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(a, sample(pm, 0.8, True), atol=2e-5, rtol=1e-4)
+    assert plain.stats["grouped_forwards"] == 1
