@@ -24,6 +24,7 @@ from iasa.attention.xformers_paged import build_paged_plan
 from iasa.pose.synthetic import talking_pose
 
 from .attention_reference import emulated_attend
+from .stock_wan import apply_model_once, pytorch_attention, tiny_wan  # noqa: F401  (fixtures)
 from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
 GRID = TokenGrid.from_latent_shape((3, 8, 8))       # 3 latent frames of 4x4 tokens -> L = 48
@@ -194,42 +195,9 @@ def test_paged_plan_is_unregistered_with_its_layout():
 
 
 # --------------------------------------------------------------------------- stock ComfyUI compile
-@pytest.fixture
-def tiny_wan():
-    """A tiny IASA-mini-format Wan (Fun-Control concat, ref_conv) loaded by stock ComfyUI code."""
-    from iasa.training.comfy_env import ensure_comfy_on_path
-    from iasa.training.tiny_wan import TeacherConfig, build_teacher
-
-    ensure_comfy_on_path()
-    import comfy.sd
-
-    model = build_teacher(TeacherConfig(dim=128, num_layers=2, ffn_dim=256), seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    yield comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in model.state_dict().items()})
-    gc.collect()
-
-
-@pytest.fixture
-def pytorch_attention(monkeypatch):
-    """The Wan model's attention is ComfyUI's SDPA backend (its CUDA default), still behind ComfyUI's override
-    hook. On CPU ComfyUI picks sub-quadratic attention, which queries free memory with psutil: a graph break
-    that is ComfyUI's, not the patch's."""
-    from iasa.training.comfy_env import ensure_comfy_on_path
-
-    ensure_comfy_on_path()
-    import comfy.ldm.modules.attention as attention
-    import comfy.ldm.wan.model as wan
-
-    monkeypatch.setattr(wan, "optimized_attention", attention.attention_pytorch)
-
-
 @pytest.mark.parametrize("group_tokens", [True, False], ids=["grouped", "per_layer"])
 def test_stock_torch_compile_model_compiles_once_per_resolution_and_equals_eager(tiny_wan, group_tokens,
                                                                                 pytorch_attention):
-    import comfy.patcher_extension
     from comfy_api.torch_helpers import set_torch_compile_wrapper
     from torch._dynamo.utils import counters
 
@@ -250,16 +218,7 @@ def test_stock_torch_compile_model_compiles_once_per_resolution_and_equals_eager
     schedule = torch.tensor([1.0, 0.8, 0.5, 0.0])
 
     def sample(m, sigma):
-        to = dict(m.model_options.get("transformer_options", {}))
-        to["wrappers"] = comfy.patcher_extension.copy_nested_dicts(m.wrappers)
-        to["sigmas"], to["sample_sigmas"] = sigma, schedule
-        m.patch_model()
-        try:
-            with torch.no_grad():
-                return m.model.apply_model(x, sigma, c_concat=concat, c_crossattn=torch.zeros(1, 8, 4096),
-                                           transformer_options=to, reference_latent=ref)
-        finally:
-            m.unpatch_model()
+        return apply_model_once(m, x, sigma, concat, ref, schedule)
 
     eager = [sample(eager_m, torch.tensor([s])) for s in (0.8, 0.5)]
     sparse_eager = patch.stats["sparse"]

@@ -3,7 +3,6 @@ models (a per-frame function, a call counter), and, on a tiny real Wan through C
 machinery, the composition with IASA Sparse Attention in both node orders."""
 from __future__ import annotations
 
-import gc
 import types
 
 import pytest
@@ -13,6 +12,7 @@ from iasa.sampling.long_video import (FUSE_MODES, LongVideoConfig, LongVideoPatc
                                       fuse_windows, latent_frames, pixel_frames, plan_windows, put_first,
                                       slice_conditions, window_weights)
 
+from .stock_wan import apply_model_once, tiny_wan  # noqa: F401  (fixture)
 from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -272,38 +272,6 @@ def test_put_first_makes_the_window_wrapper_outermost_and_replaces_an_earlier_on
 
 
 # ----------------------------------------------------------------- real ComfyUI: both node orders
-@pytest.fixture
-def tiny_wan():
-    """A tiny IASA-mini-format Wan (Fun-Control concat, ref_conv) loaded by stock ComfyUI code."""
-    from iasa.training.comfy_env import ensure_comfy_on_path
-    from iasa.training.tiny_wan import TeacherConfig, build_teacher
-
-    ensure_comfy_on_path()
-    import comfy.sd
-
-    model = build_teacher(TeacherConfig(dim=128, num_layers=2, ffn_dim=256), seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    yield comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in model.state_dict().items()})
-    gc.collect()  # free the patchers (and their clones) while ComfyUI's modules are still alive
-
-
-def _sample_once(m, x, sigma, concat, ref):
-    """One apply_model call as ComfyUI's samplers make it (wrappers merged into transformer_options)."""
-    import comfy.patcher_extension
-
-    to = dict(m.model_options.get("transformer_options", {}))
-    to["wrappers"] = comfy.patcher_extension.copy_nested_dicts(m.wrappers)
-    to["sigmas"], to["sample_sigmas"] = sigma, torch.tensor([1.0, float(sigma[0]), 0.0])
-    m.patch_model()   # object patches (IASA Sparse Attention's self-attention call sites) as sampling applies them
-    try:
-        with torch.no_grad():
-            return m.model.apply_model(x, sigma, c_concat=concat, c_crossattn=torch.zeros(1, 8, 4096),
-                                       transformer_options=to, reference_latent=ref)
-    finally:
-        m.unpatch_model()
 
 
 def test_long_video_and_sparse_attention_compose_in_either_order(tiny_wan):
@@ -337,7 +305,7 @@ def test_long_video_and_sparse_attention_compose_in_either_order(tiny_wan):
 
         chain = comfy.patcher_extension.get_all_wrappers("apply_model", {"wrappers": m.wrappers})
         assert chain[0] == long_p.apply_model_wrapper and chain[1] == sparse_p.apply_model_wrapper
-        outs[order] = _sample_once(m, x, sigma, concat, ref)
+        outs[order] = apply_model_once(m, x, sigma, concat, ref)
         stats[order] = (dict(long_p.stats), dict(sparse_p.stats))
     assert torch.equal(outs["sparse_then_long"], outs["long_then_sparse"])
     long_stats, sparse_stats = stats["long_then_sparse"]
@@ -348,8 +316,8 @@ def test_long_video_and_sparse_attention_compose_in_either_order(tiny_wan):
     assert sparse_stats["layouts_built"] == n                  # one layout per window
     assert sparse_stats.get("dense_cross_attention", 0) == n * 2   # cross-attention only
     # The windows really are sparse and windowed: different from the whole clip, dense or sparse.
-    dense_whole = _sample_once(tiny_wan, x, sigma, concat, ref)
+    dense_whole = apply_model_once(tiny_wan, x, sigma, concat, ref)
     assert dense_whole.shape == outs["long_then_sparse"].shape == (1, 16, 17, 16, 16)
     assert (dense_whole - outs["long_then_sparse"]).abs().mean() > 1e-4
-    long_only = _sample_once(apply_long_video(tiny_wan, patches()[0]), x, sigma, concat, ref)
+    long_only = apply_model_once(apply_long_video(tiny_wan, patches()[0]), x, sigma, concat, ref)
     assert (long_only - outs["long_then_sparse"]).abs().mean() > 1e-5

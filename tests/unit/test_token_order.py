@@ -16,7 +16,7 @@ from iasa.attention.pose_layout import SparseAttentionConfig
 from iasa.attention.token_order import SlotOrder
 from iasa.pose.synthetic import talking_pose
 
-from .test_attention_compile import pytorch_attention, tiny_wan  # noqa: F401  (fixtures)
+from .stock_wan import apply_model_once, pytorch_attention, tiny_wan  # noqa: F401  (fixtures)
 from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
 SCHEDULE = torch.tensor([1.0, 0.8, 0.5, 0.0])
@@ -29,22 +29,11 @@ def _sdpa_backend(pytorch_attention):  # noqa: F811  (dense calls through ComfyU
 
 def sample(m, sigma: float, ref: bool, seed: int = 5) -> torch.Tensor:
     """One apply_model call of ModelPatcher ``m`` as a sampler makes it (9 latent frames of 8x8 tokens)."""
-    import comfy.patcher_extension
-
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 16, 9, 16, 16, generator=g)
     concat = torch.randn(1, 32, 9, 16, 16, generator=g)
-    extra = {"reference_latent": torch.randn(1, 16, 16, 16, generator=g)} if ref else {}
-    to = dict(m.model_options.get("transformer_options", {}))
-    to["wrappers"] = comfy.patcher_extension.copy_nested_dicts(m.wrappers)
-    to["sigmas"], to["sample_sigmas"] = torch.tensor([sigma]), SCHEDULE
-    m.patch_model()
-    try:
-        with torch.no_grad():
-            return m.model.apply_model(x, torch.tensor([sigma]), c_concat=concat, c_crossattn=torch.zeros(1, 8, 4096),
-                                       transformer_options=to, **extra)
-    finally:
-        m.unpatch_model()
+    reference = torch.randn(1, 16, 16, 16, generator=g) if ref else None
+    return apply_model_once(m, x, torch.tensor([sigma]), concat, reference, SCHEDULE)
 
 
 def make(tiny_wan, group: bool, kernel="sdpa", block_size=24, **kw):  # noqa: F811
