@@ -14,6 +14,10 @@
 #            ($SHARDS.latents.safetensors, same window length and mask settings), then the held-out evaluation
 #            (student vs teacher vs reference copy) into the card and eval.json.
 # Several GPUs: NPROC=N (torchrun, DDP; --batch is global). EXTRA: more training.distill.train flags.
+# A model too big to replicate: SHARD=fsdp2 (FSDP2 per-block sharding of student, fake score, optimizer states and
+# EMA; the frozen teacher stays replicated; checkpoints and exported files are the DDP format), i.e.
+#   NPROC=8 SHARD=fsdp2 bash scripts/distill_iasa_mini_gpu.sh start
+#   = torchrun --standalone --nproc_per_node=8 iasa_cli.py training.distill.train ... --shard fsdp2
 # CPU dry run at tiny shapes, 2 gloo ranks (what tests/unit/test_distill_wan.py runs, next to one process):
 #   TEACHER_STAGE=0 DEVICE=cpu NPROC=2 TEACHER=t.safetensors VAE=v.safetensors SHARDS=procedural:3:9:32 FRAMES=5 \
 #   BATCH=4 STEPS=2 DISTILL_MIN=0 FAKE_UPDATES=2 S_STEPS=2 EVAL=1 EVAL_STEPS=2 LORA_RANK=8 WORKERS=2 \
@@ -31,7 +35,7 @@ DISTILL_MIN=${DISTILL_MIN:-8}; STEPS=${STEPS:-0}
 S_STEPS=${S_STEPS:-4}; FRAMES=${FRAMES:-49}; BATCH=${BATCH:-16}; LR=${LR:-5e-5}; FAKE_UPDATES=${FAKE_UPDATES:-5}
 GUIDANCE=${GUIDANCE:-3}; SHIFT=${SHIFT:-3}; REGION=${REGION:-1}; EVAL=${EVAL:-8}; EVAL_STEPS=${EVAL_STEPS:-20}
 LORA_RANK=${LORA_RANK:-64}; DEVICE=${DEVICE:-auto}; NPROC=${NPROC:-1}; TEACHER_STAGE=${TEACHER_STAGE:-1}
-WORKERS=${WORKERS:-16}; EXTRA=${EXTRA:-}
+WORKERS=${WORKERS:-16}; SHARD=${SHARD:-ddp}; EXTRA=${EXTRA:-}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 LOG="$W/distill.log"
@@ -52,7 +56,7 @@ distill() {
     --guidance "$GUIDANCE" --fake-updates "$FAKE_UPDATES" --lr "$LR" --frames "$FRAMES" --batch "$BATCH" \
     --steps "$STEPS" --max-minutes "$DISTILL_MIN" --region-weight "$REGION" --lora-rank "$LORA_RANK" \
     --eval-windows "$EVAL" --eval-teacher-steps "$EVAL_STEPS" --render-workers "$((WORKERS - 1))" \
-    --log-every 10 --checkpoint-every 100 --device "$DEVICE" $EXTRA
+    --log-every 10 --checkpoint-every 100 --device "$DEVICE" --shard "$SHARD" $EXTRA
 }
 
 run_stages() {

@@ -30,9 +30,10 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- optimizer <-> tensors
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """``opt.state_dict()`` split into a flat tensor dict and a JSON-able rest."""
-    sd = opt.state_dict()
+def optimizer_to_tensors(opt: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """``opt.state_dict()`` (or such a dict: integer parameter indices) split into a flat tensor dict and a
+    JSON-able rest."""
+    sd = opt.state_dict() if isinstance(opt, torch.optim.Optimizer) else opt
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, st in sd["state"].items():
@@ -45,6 +46,11 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Te
 
 
 def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    opt.load_state_dict(optimizer_state_from_tensors(tensors, meta))
+
+
+def optimizer_state_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The inverse of :func:`optimizer_to_tensors`: an ``opt.state_dict()``-shaped dict."""
     state: dict[int, dict[str, Any]] = {}
     for name, val in tensors.items():
         _, idx, key = name.split(".", 2)
@@ -57,7 +63,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
         if isinstance(g.get("betas"), list):
             g["betas"] = tuple(g["betas"])
         groups.append(g)
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
 
 
 # ------------------------------------------------------------------------------------ RNG <-> tensors

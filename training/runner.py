@@ -8,8 +8,9 @@ trainer exports), or ``stop_after`` steps in this process (checkpoint only: simu
 Optional hooks (the distillation uses them; all default off): ``extra_optimizers`` (more optimizers whose
 state goes into the checkpoints, e.g. a second model's), ``after_step(step)`` (after each optimizer step,
 e.g. an EMA update or a progress bar), ``should_stop()`` (checked before every step; True stops with
-reason ``"interrupted"``: checkpoint, no export), ``on_log(row)`` (every logged row) and ``plot_series``
-(the curves of the PNG; default: every logged metric).
+reason ``"interrupted"``: checkpoint, no export), ``on_log(row)`` (every logged row), ``plot_series``
+(the curves of the PNG; default: every logged metric) and ``state_io`` (how model and optimizer state is read
+and written: ``training.sharding.FSDPStateIO`` for FSDP2-sharded modules; the files are the same either way).
 
 ``steps = 0`` with ``max_minutes``: the step count is measured, not guessed. After 5 untimed and 20 timed
 steps (inside the LR warm-up) the runner sets ``steps`` so the loop ends at ~97 % of the budget, and the
@@ -28,8 +29,8 @@ from typing import Callable
 import torch
 
 from . import distributed as D
-from .checkpoint import CheckpointManager, model_tensors, optimizer_from_tensors, optimizer_to_tensors, \
-    rng_from_tensors, rng_to_tensors
+from .checkpoint import CheckpointManager, optimizer_state_from_tensors, optimizer_to_tensors, rng_from_tensors, \
+    rng_to_tensors
 from .logs import LossLog
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,17 @@ class Runner:
                  optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator], name: str,
                  meta: dict | None = None, extra_optimizers: dict[str, torch.optim.Optimizer] | None = None,
                  after_step: Callable[[int], None] | None = None, should_stop: Callable[[], bool] | None = None,
-                 on_log: Callable[[dict], None] | None = None, plot_series: tuple[str, ...] | None = None):
+                 on_log: Callable[[dict], None] | None = None, plot_series: tuple[str, ...] | None = None,
+                 state_io=None):
+        from .sharding import StateIO
+
         self.cfg, self.info, self.model, self.train_module = cfg, info, model, train_module
         self.opt, self.generators, self.name = optimizer, generators, name
         self.meta = meta or {}
         self.extra_optimizers = dict(extra_optimizers or {})
         self.after_step, self.should_stop, self.on_log = after_step, should_stop, on_log
         self.plot_series = plot_series
+        self.state_io = state_io if state_io is not None else StateIO(info)
         self.out = Path(cfg.out)
         self.ckpt = CheckpointManager(self.out / "checkpoints", keep=cfg.keep_checkpoints)
         self.losslog = LossLog(self.out, name=f"{name}_loss", enabled=info.is_main)
@@ -127,10 +132,12 @@ class Runner:
         if path is None:
             return 0
         files, state = self.ckpt.load(path)
-        self.model.load_state_dict(files["model"], strict=True)
-        optimizer_from_tensors(self.opt, files.get("optim", {}), state["optimizer"])
+        io = self.state_io
+        io.load_model(self.model, files["model"])
+        io.load_optimizer(self.opt, optimizer_state_from_tensors(files.get("optim", {}), state["optimizer"]))
         for name, opt in self.extra_optimizers.items():
-            optimizer_from_tensors(opt, files.get(f"optim_{name}", {}), state["extra_optimizers"][name])
+            io.load_optimizer(opt, optimizer_state_from_tensors(files.get(f"optim_{name}", {}),
+                                                                state["extra_optimizers"][name]))
         rng_from_tensors(files["rng"], self.generators)
         self.step = int(state["step"])
         if self.cfg.steps <= 0 and int(state.get("total_steps", 0)) > 0:
@@ -142,12 +149,15 @@ class Runner:
         return self.step
 
     def save_checkpoint(self) -> None:
+        io = self.state_io  # every rank gathers (a collective when sharded); rank 0 writes
+        model_sd, opt_sd = io.model_state(self.model), io.optimizer_state(self.opt)
+        extra_sd = {name: io.optimizer_state(opt) for name, opt in self.extra_optimizers.items()}
         if self.info.is_main:
-            opt_t, opt_meta = optimizer_to_tensors(self.opt)
-            files = {"model": model_tensors(self.model), "optim": opt_t, "rng": rng_to_tensors(self.generators)}
+            opt_t, opt_meta = optimizer_to_tensors(opt_sd)
+            files = {"model": model_sd, "optim": opt_t, "rng": rng_to_tensors(self.generators)}
             extra_meta = {}
-            for name, opt in self.extra_optimizers.items():
-                files[f"optim_{name}"], extra_meta[name] = optimizer_to_tensors(opt)
+            for name, sd in extra_sd.items():
+                files[f"optim_{name}"], extra_meta[name] = optimizer_to_tensors(sd)
             self.ckpt.save(self.step, files,
                            {"optimizer": opt_meta, "loop_seconds": self.loop_seconds, "name": self.name,
                             "total_steps": self.cfg.steps, "warmup": self.cfg.warmup,
@@ -159,6 +169,8 @@ class Runner:
     def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
         for k, v in metrics.items():
             v = v.detach().float()
+            if hasattr(v, "full_tensor"):  # a DTensor (the grad norm of FSDP2-sharded parameters)
+                v = v.full_tensor()
             self._acc[k] = self._acc[k] + v if k in self._acc else v.clone()
         self._acc_n += 1
 

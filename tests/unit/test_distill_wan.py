@@ -234,21 +234,9 @@ def test_gpu_recipe_on_two_gloo_ranks_equals_one_process_on_the_global_batch(tmp
     """scripts/distill_iasa_mini_gpu.sh dry-run on the CPU (torchrun, 2 gloo ranks x 2 windows) against one
     process with the same flags (read back from the card's command) on 4 windows; the recipe also writes the
     LoRA and the held-out evaluation, copies them to $OUT and skips a finished stage."""
-    import shlex
-
-    from iasa.training.distill import train
-
     work, out = tmp_path / "w", tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-           "TEACHER_STAGE": "0", "DEVICE": "cpu", "NPROC": "2", "TEACHER": str(files["teacher"]),
-           "VAE": str(files["vae"]), "SHARDS": DATA, "LATENTS": str(files["cache"]), "IASA_V2_WORK": str(work),
-           "FRAMES": "5", "BATCH": "4", "STEPS": "2", "DISTILL_MIN": "0", "FAKE_UPDATES": "2", "S_STEPS": "2",
-           "LR": "1e-3", "EVAL": "1", "EVAL_STEPS": "2", "LORA_RANK": "8", "WORKERS": "2", "OUT": str(out),
-           "EXTRA": "--warmup 0 --region-frames 2"}
-    cmd = ["bash", str(ROOT / "scripts" / "distill_iasa_mini_gpu.sh"), "run"]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    cmd, env = run_recipe(files, work, OUT=str(out))
     ddp_dir = work / "student"
     summary = json.loads((ddp_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True
@@ -260,15 +248,43 @@ def test_gpu_recipe_on_two_gloo_ranks_equals_one_process_on_the_global_batch(tmp
     again = subprocess.run(cmd, cwd=ROOT, env={**env, "OUT": ""}, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "done already" in again.stdout, again.stdout[-2000:]
 
+    assert_same_updates(rerun_single(card, tmp_path / "single"), _ckpt(ddp_dir)[0])
+
+
+def run_recipe(files, work: Path, **env_over: str) -> tuple[list[str], dict]:
+    """scripts/distill_iasa_mini_gpu.sh run on 2 gloo ranks x 2 windows, 2 steps (the CPU dry run)."""
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "TEACHER_STAGE": "0", "DEVICE": "cpu", "NPROC": "2", "TEACHER": str(files["teacher"]),
+           "VAE": str(files["vae"]), "SHARDS": DATA, "LATENTS": str(files["cache"]), "IASA_V2_WORK": str(work),
+           "FRAMES": "5", "BATCH": "4", "STEPS": "2", "DISTILL_MIN": "0", "FAKE_UPDATES": "2", "S_STEPS": "2",
+           "LR": "1e-3", "EVAL": "1", "EVAL_STEPS": "2", "LORA_RANK": "8", "WORKERS": "2", "OUT": "",
+           "EXTRA": "--warmup 0 --region-frames 2", **env_over}
+    cmd = ["bash", str(ROOT / "scripts" / "distill_iasa_mini_gpu.sh"), "run"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    return cmd, env
+
+
+def rerun_single(card: dict, out: Path) -> dict:
+    """One process with the flags of a torchrun run (read back from its card) -> its final checkpoint."""
+    import shlex
+
+    from iasa.training.distill import train
+
     argv = shlex.split(card["command"])[4:]                 # after "torchrun -n.. iasa_cli.py training.distill.train"
-    argv[argv.index("--out") + 1] = str(tmp_path / "single")
+    argv[argv.index("--out") + 1] = str(out)
     train.main(argv)
-    (single, _), (ddp, _) = _ckpt(tmp_path / "single"), _ckpt(ddp_dir)
+    return _ckpt(out)[0]
+
+
+def assert_same_updates(single: dict, multi: dict) -> None:
+    """Two checkpoints of runs from tiny_teacher() made the same updates (most weights moved)."""
+    assert set(single) == set(multi) and all(set(single[n]) == set(multi[n]) for n in single)
     init = tiny_teacher().state_dict()
     moved = 0
     for k, v in single["model"].items():
         update = float((v - init[k.split(".", 1)[1].removeprefix("shadow.")]).abs().max())
-        diff = float((v - ddp["model"][k]).abs().max())
+        diff = float((v - multi["model"][k]).abs().max())
         # Same updates up to float summation order (Adam's normalised steps amplify it in near-zero gradients):
         # measured <= 2 % of the update (lr 1e-3, 2 steps).
         assert diff <= 0.05 * update + 1e-6, (k, diff, update)

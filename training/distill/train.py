@@ -13,6 +13,14 @@ GPU (the v2 teacher; ``scripts/distill_iasa_mini_gpu.sh`` runs this with its pat
         --data <shards> --latents-cache <shards>.latents.safetensors --out .dev/v2/student --frames 49 \\
         --batch 16 --steps 0 --max-minutes 8
 
+Models that do not fit one GPU three times over (student, fake score, teacher, plus Adam states and the EMA):
+add ``--shard fsdp2`` to the torchrun command (``SHARD=fsdp2`` in the script). The student, the fake score,
+their optimizer states and the EMA are then sharded per transformer block with FSDP2 (``training/sharding.py``);
+the frozen teacher stays replicated on every rank (no gradients or optimizer state; sharding it would add an
+all-gather to each of its calls, and evaluation and the LoRA export read it whole on rank 0). Checkpoints and
+the exported files are the DDP path's full state dicts, so either mode resumes the other's run. Default
+``--shard ddp``; with one process both are the same plain run.
+
 Outputs in ``--out``: ``<name>.safetensors`` + ``.json`` card (stock UNETLoader; ``--export-dir`` elsewhere),
 ``<name>_lora.safetensors`` with ``--lora-rank`` > 0, ``distill_loss.csv/.json/.png`` (DMD, fake-score and
 region curves), ``summary.json``, ``checkpoints/`` (a rerun with the same ``--out`` resumes exactly).
@@ -36,6 +44,7 @@ from .. import distributed as D
 from ..checkpoint import CheckpointManager
 from ..model_card import provenance
 from ..runner import RunConfig, Runner, configure_cuda, lr_at, make_optimizer
+from ..sharding import SHARD_MODES, FSDPStateIO, StateIO, gathered_copy, shard_blocks
 from ..teacher_train import get_latents
 from ..tiny_wan import config_dict, file_sha256, load_teacher, load_vae, teacher_config_from_state_dict
 from ..vae_train import wan21_latent_format
@@ -100,6 +109,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-teacher-steps", type=int, default=20)
     p.add_argument("--eval-cfg", type=float, default=0.0, help="teacher CFG in the evaluation (0 = --guidance)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--shard", choices=SHARD_MODES, default="ddp",
+                   help="several ranks: ddp replicates the trained models; fsdp2 shards student, fake score, "
+                        "their optimizer states and the EMA per block (the teacher stays replicated)")
     RunConfig.add_args(p, out=".dev/runs/distill", steps=0, max_minutes=8.0, lr=2e-5, warmup=20, min_lr_frac=1.0,
                        weight_decay=0.0, log_every=10, checkpoint_every=200)
     a = p.parse_args(argv)
@@ -236,9 +248,16 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
     fake = copy.deepcopy(teacher).train().requires_grad_(True)
     ema = EMA(student, a.ema_decay, a.ema_start) if a.ema_decay > 0 else None
     state = DistillState(student, fake, ema)
-    student_train, fake_train = D.wrap_ddp(student, info), D.wrap_ddp(fake, info)
+    sharded = a.shard == "fsdp2" and info.world_size > 1
+    if sharded:  # in place; the EMA shadow is sharded like the student so its update stays shard-local
+        student_train, fake_train = shard_blocks(student, info), shard_blocks(fake, info)
+        if ema is not None:
+            shard_blocks(ema.shadow, info)
+    else:
+        student_train, fake_train = D.wrap_ddp(student, info), D.wrap_ddp(fake, info)
     opt = make_optimizer(student.parameters(), cfg, dev)
     fake_opt = make_optimizer(fake.parameters(), cfg, dev)
+    state_io = FSDPStateIO(info, [(opt, student), (fake_opt, fake)]) if sharded else StateIO(info)
     fake_ratio = (a.fake_lr or cfg.lr) / cfg.lr
     gen = torch.Generator(device=dev)
     gen.manual_seed(cfg.seed)
@@ -269,17 +288,23 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
 
     runner = Runner(cfg, info, state, student_train, opt, {"data": gen}, "distill", meta=meta,
                     extra_optimizers={"fake": fake_opt}, after_step=after_step, should_stop=hooks.should_stop,
-                    on_log=hooks.on_log, plot_series=PLOT)
+                    on_log=hooks.on_log, plot_series=PLOT, state_io=state_io)
     runner.resume()
     n_params = sum(p.numel() for p in student.parameters())
     log.info("distill: %.2f M parameters x 3 (student, fake, teacher), %d windows %s, %d-step student %s, "
-             "%d fake updates per step", n_params / 1e6, len(lat), tuple(lat.x0.shape[1:]), schedule.steps,
-             list(schedule.timesteps), a.fake_updates)
+             "%d fake updates per step, %d rank(s), %s", n_params / 1e6, len(lat), tuple(lat.x0.shape[1:]),
+             schedule.steps, list(schedule.timesteps), a.fake_updates, info.world_size,
+             "FSDP2-sharded" if sharded else "replicated")
     runner.run(step)
     summary = {"stop_reason": runner.stop_reason, "step": runner.step, "loop_seconds": round(runner.loop_seconds, 2),
-               "world_size": info.world_size, "windows": len(lat), "params_M": round(n_params / 1e6, 3),
-               "ranks_in_sync": D.params_in_sync(student, info) and D.params_in_sync(fake, info),
+               "world_size": info.world_size, "shard": a.shard if info.world_size > 1 else None,
+               "windows": len(lat), "params_M": round(n_params / 1e6, 3),
+               # replicas must agree; FSDP2 shards are disjoint by design (None: nothing to compare)
+               "ranks_in_sync": None if sharded else D.params_in_sync(student, info) and D.params_in_sync(fake, info),
                "loss_plot": str(out / "distill_loss.png")}
+    # the module to export, whole on rank 0 (gathered from the shards: every rank takes part)
+    export_module = (gathered_copy(state.export_module, teacher, info) if sharded else state.export_module) \
+        if runner.finished else None
     if runner.finished and info.is_main:
         card = student_card(a, settings, schedule, teacher, teacher_info, teacher_card, vae_card, runner, dev,
                             info.world_size, argv)
@@ -287,10 +312,10 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
             from .evaluate import evaluate
 
             card["eval"] = summary["eval"] = evaluate(
-                state.export_module.eval(), teacher, vae, schedule, a.data, a.frames, dev, a.eval_windows,
+                export_module.eval(), teacher, vae, schedule, a.data, a.frames, dev, a.eval_windows,
                 a.eval_teacher_steps, a.eval_cfg or a.guidance, a.top_k, not a.bidirectional, amp)
             (out / "eval.json").write_text(json.dumps(summary["eval"], indent=1))
-        summary.update(export(state, teacher, card, a, out))
+        summary.update(export(export_module, teacher, card, a, out))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -322,12 +347,13 @@ def student_card(a, settings: dict, schedule: StudentSchedule, teacher, teacher_
     }
 
 
-def export(state: DistillState, teacher, card: dict, a, out: Path) -> dict:
+def export(module: torch.nn.Module, teacher, card: dict, a, out: Path) -> dict:
+    """The student file (+ LoRA) from ``module``: the EMA shadow or the raw generator, unsharded."""
     dtype = torch.bfloat16 if a.save_dtype == "bf16" else torch.float32
-    weights = save_student(state.export_module, Path(a.export_dir or out) / f"{a.name}.safetensors", card, dtype)
+    weights = save_student(module, Path(a.export_dir or out) / f"{a.name}.safetensors", card, dtype)
     result = {"weights": str(weights), "card": card}
     if a.lora_rank > 0:
-        lora, report = save_lora(teacher, state.export_module, a.lora_rank,
+        lora, report = save_lora(teacher, module, a.lora_rank,
                                  Path(a.lora_dir or out) / f"{a.name}_lora.safetensors", card)
         result.update({"lora": str(lora), "lora_report": report})
     log.info("distill: wrote %s", ", ".join(str(v) for k, v in result.items() if k in ("weights", "lora")))
