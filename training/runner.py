@@ -19,6 +19,7 @@ cosine schedule ends there too. The number is kept in checkpoints, so a resumed 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import time
@@ -34,6 +35,29 @@ from .checkpoint import CheckpointManager, optimizer_state_from_tensors, optimiz
 from .logs import LossLog
 
 log = logging.getLogger(__name__)
+
+
+def check_window_args(p: argparse.ArgumentParser, a: argparse.Namespace, frame_args: tuple[str, ...] = ("frames",),
+                      crop: bool = False) -> None:
+    """argparse errors for Wan's video rules: frame counts of 1 + 4k, crops that are multiples of 8."""
+    for name in frame_args:
+        n = getattr(a, name)
+        if (n - 1) % 4:
+            p.error(f"--{name.replace('_', '-')} must be 1 + 4k (Wan's temporal compression), got {n}")
+    if crop and a.crop and a.crop % 8:
+        p.error(f"--crop must be a multiple of 8, got {a.crop}")
+
+
+def write_summary(name: str, out: str | Path, summary: dict, info: D.DistInfo, t_start: float,
+                  logged: dict | None = None) -> dict:
+    """Finish a trainer's ``summary``: ``total_seconds`` since ``t_start``; rank 0 writes ``out/summary.json``
+    and logs ``logged`` (default: the summary)."""
+    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    if info.is_main:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "summary.json").write_text(json.dumps(summary, indent=1))
+        log.info("%s summary: %s", name, json.dumps(summary if logged is None else logged))
+    return summary
 
 
 @dataclass

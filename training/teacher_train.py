@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
 import time
@@ -47,7 +46,7 @@ from . import distributed as D
 from . import flow
 from .clips import load_clips, to_model_range
 from .model_card import provenance
-from .runner import RunConfig, Runner, configure_cuda, make_optimizer
+from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_optimizer, write_summary
 from ..attention.pattern_mask import pattern_token_mask
 from ..attention.pose_layout import SparseAttentionConfig
 from .masked_attention import transformer_options
@@ -95,8 +94,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     RunConfig.add_args(p, out=".dev/runs/teacher", steps=0, max_minutes=6.0, lr=4e-4, warmup=200, min_lr_frac=0.1,
                        weight_decay=0.01, log_every=50, checkpoint_every=1000)
     a = p.parse_args(argv)
-    if (a.frames - 1) % 4:
-        p.error(f"--frames must be 1 + 4k, got {a.frames}")
+    check_window_args(p, a)
     if a.dim % 128:
         p.error(f"--dim must be a multiple of 128 (stock detection: num_heads = dim // 128), got {a.dim}")
     return a
@@ -219,11 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary.update(finalize(model, vae, vae_card, tcfg, a, cfg, dev,
                                 {"trained_steps": runner.step,
                                  **provenance(runner.loop_seconds, dev, info.world_size, init=init)}))
-    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
-    if info.is_main:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
-        log.info("teacher summary: %s", json.dumps(summary))
+    write_summary("teacher", cfg.out, summary, info, t_start)
     D.cleanup(info)
     return summary
 

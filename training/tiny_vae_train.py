@@ -31,7 +31,6 @@ Several GPUs: ``torchrun --nproc_per_node=N iasa_cli.py training.tiny_vae_train 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 from . import distributed as D
 from .clips import FrameBank, load_clips
 from .model_card import provenance
-from .runner import RunConfig, Runner, configure_cuda, make_optimizer
+from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_optimizer, write_summary
 from .tiny_vae import (PREVIEW_FILE, VAE_FILE, TinyVAE, build_tiny_vae, decode_with, fold_encoder_affine,
                        save_tiny_vae)
 from .tiny_wan import file_sha256, init_from_weights, load_vae
@@ -141,11 +140,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     RunConfig.add_args(p, out=".dev/runs/tiny_vae", steps=0, max_minutes=5.0, lr=5e-4, warmup=200,
                        min_lr_frac=0.05, log_every=50, checkpoint_every=1000)
     a = p.parse_args(argv)
-    for name in ("frames", "eval_frames"):
-        if (getattr(a, name) - 1) % 4:
-            p.error(f"--{name.replace('_', '-')} must be 1 + 4k (Wan's temporal compression), got {getattr(a, name)}")
-    if a.crop and a.crop % 8:
-        p.error(f"--crop must be a multiple of 8, got {a.crop}")
+    check_window_args(p, a, ("frames", "eval_frames"), crop=True)
     return a
 
 
@@ -198,12 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary.update(finalize(distiller, teacher, held_clips, a, cfg, dev,
                                 {"trained_steps": runner.step,
                                  **provenance(runner.loop_seconds, dev, info.world_size, init=init)}))
-    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     summary["train_seconds_this_process"] = round(time.perf_counter() - t_loop, 2)
-    if info.is_main:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
-        log.info("tiny_vae summary: %s", json.dumps(summary))
+    write_summary("tiny_vae", cfg.out, summary, info, t_start)
     D.cleanup(info)
     return summary
 

@@ -25,7 +25,6 @@ Outputs in ``--out``: ``iasa_mini_vae.safetensors`` (+ ``.json`` card), ``vae_lo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -36,7 +35,7 @@ import torch
 from . import distributed as D
 from .clips import FrameBank, load_clips
 from .model_card import provenance
-from .runner import RunConfig, Runner, configure_cuda, make_optimizer
+from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_optimizer, write_summary
 from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, init_from_weights, save_model
 
 log = logging.getLogger(__name__)
@@ -171,10 +170,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     RunConfig.add_args(p, out=".dev/runs/vae", steps=0, max_minutes=4.0, lr=1e-3, warmup=200, min_lr_frac=0.05,
                        log_every=50, checkpoint_every=1000)
     a = p.parse_args(argv)
-    if (a.frames - 1) % 4:
-        p.error(f"--frames must be 1 + 4k (Wan's temporal compression), got {a.frames}")
-    if a.crop and a.crop % 8:
-        p.error(f"--crop must be a multiple of 8, got {a.crop}")
+    check_window_args(p, a, crop=True)
     return a
 
 
@@ -233,12 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary.update(finalize(vae, bank, held_clips, a, cfg, dev,
                                 {"trained_steps": runner.step,
                                  **provenance(runner.loop_seconds, dev, info.world_size, init=init)}))
-    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     summary["train_seconds_this_process"] = round(time.perf_counter() - t_loop, 2)
-    if info.is_main:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
-        log.info("vae summary: %s", json.dumps({k: v for k, v in summary.items() if k != "calibration"}))
+    write_summary("vae", cfg.out, summary, info, t_start, {k: v for k, v in summary.items() if k != "calibration"})
     D.cleanup(info)
     return summary
 

@@ -43,7 +43,7 @@ import torch
 from .. import distributed as D
 from ..checkpoint import CheckpointManager
 from ..model_card import provenance
-from ..runner import RunConfig, Runner, configure_cuda, lr_at, make_optimizer
+from ..runner import RunConfig, Runner, check_window_args, configure_cuda, lr_at, make_optimizer
 from ..sharding import SHARD_MODES, FSDPStateIO, StateIO, gathered_copy, shard_blocks
 from ..teacher_train import get_latents
 from ..tiny_wan import config_dict, file_sha256, load_teacher, load_vae, teacher_config_from_state_dict
@@ -115,8 +115,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     RunConfig.add_args(p, out=".dev/runs/distill", steps=0, max_minutes=8.0, lr=2e-5, warmup=20, min_lr_frac=1.0,
                        weight_decay=0.0, log_every=10, checkpoint_every=200)
     a = p.parse_args(argv)
-    if (a.frames - 1) % 4:
-        p.error(f"--frames must be 1 + 4k, got {a.frames}")
+    check_window_args(p, a)
     return a
 
 
