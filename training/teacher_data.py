@@ -35,6 +35,7 @@ from ..attention.pose_layout import SparseAttentionConfig, pose_pattern
 from ..pose.keypoints import PoseSequence
 from ..pose.render import render_pose
 from .clips import to_model_range
+from .vae_parallel import encode_parallel
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = "iasa-teacher-latents"
@@ -118,7 +119,7 @@ def encode_normalised(vae, px_uint8: torch.Tensor, amp: bool, latent_format) -> 
     """uint8 ``[B, T, H, W, 3]`` -> ``process_in(encode(.))`` float32 ``[B, 16, F, h, w]``."""
     x = to_model_range(px_uint8)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp and x.device.type == "cuda"):
-        z = vae.encode(x)
+        z = encode_parallel(vae, x)  # equal to vae.encode(x), one pass over the window
     return latent_format.process_in(z.float())
 
 

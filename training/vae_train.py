@@ -37,18 +37,21 @@ from .clips import FrameBank, load_clips
 from .model_card import provenance
 from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_optimizer, write_summary
 from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, init_from_weights, save_model
+from .vae_parallel import decode_parallel, encode_parallel
 
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "iasa_mini_vae.safetensors"
 
 
 class AutoEncoder(torch.nn.Module):
-    """``x -> (reconstruction, mu, logvar)`` through the VAE's own encode/decode (a hook on the encoder's
-    output conv reads logvar, which ``WanVAE.encode`` drops)."""
+    """``x -> (reconstruction, mu, logvar)``: the VAE's own chunked encode/decode, or (``parallel``, the
+    default) the equal whole-window pass of training/vae_parallel.py; a hook on the encoder's output conv
+    reads logvar, which ``WanVAE.encode`` drops."""
 
-    def __init__(self, vae: torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module, parallel: bool = True):
         super().__init__()
         self.vae = vae
+        self.parallel = parallel
         self._conv1_out: torch.Tensor | None = None
         vae.conv1.register_forward_hook(self._keep)
 
@@ -56,10 +59,10 @@ class AutoEncoder(torch.nn.Module):
         self._conv1_out = out
 
     def forward(self, x: torch.Tensor):
-        mu = self.vae.encode(x)
+        mu = encode_parallel(self.vae, x) if self.parallel else self.vae.encode(x)
         logvar = self._conv1_out[:, self.vae.z_dim:]
         self._conv1_out = None
-        return self.vae.decode(mu), mu, logvar
+        return (decode_parallel(self.vae, mu) if self.parallel else self.vae.decode(mu)), mu, logvar
 
 
 def recon_losses(rec: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -157,6 +160,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--kl-weight", type=float, default=1e-5)
     p.add_argument("--amp", choices=("bf16", "none"), default="bf16", help="autocast on CUDA")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
+                   help="train through the whole-window encode/decode (equal to the stock chunked one, faster)")
     p.add_argument("--max-clips", type=int, default=0, help="cap on training clips (0 = all)")
     p.add_argument("--eval-clips", type=int, default=8, help="held-out windows for PSNR")
     p.add_argument("--eval-frames", type=int, default=17)
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainable = trainable_parameters(vae, a.train_part)
     if a.channels_last:
         vae = vae.to(memory_format=torch.channels_last_3d)
-    ae = AutoEncoder(vae)
+    ae = AutoEncoder(vae, parallel=a.parallel)
     train_module = D.wrap_ddp(ae, info)
     opt = make_optimizer(trainable, cfg, dev)
     gen = torch.Generator(device=dev)
