@@ -19,26 +19,28 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 W=${IASA_V2_WORK:-.dev/v2}
 MOTION=${MOTION:-.dev/synth/motion}
 SHARDS=${SHARDS:-/tmp/iasa_v2_shards}
-# The VAE learns in three stages: short windows for most of its optimizer steps (run 1 gave 49-frame windows
-# all 5 minutes and got 207 steps and 19 dB), then 49-frame windows (all weights), then 97 (decoder only).
-VAE_SHORT_MIN=${VAE_SHORT_MIN:-6}
-VAE_MIN=${VAE_MIN:-2}
-VAE_LONG_MIN=${VAE_LONG_MIN:-1.5}
-TEACHER_MIN=${TEACHER_MIN:-8.5}
+# The VAE learns in two stages: 17-frame windows (all weights) for most of its steps, then 97-frame windows
+# (decoder only, so latents stay valid). Both train through the whole-window pass (training/vae_parallel.py,
+# 3.8x faster than the chunked one at 49 frames: bench/results/vae_step.json). History: run 1 gave 49-frame
+# windows all 5 minutes (207 steps, 18.8 dB); run 2 spent 5.5 minutes on 5-frame windows, which did not
+# carry over to longer ones (16.1 dB at 17 frames, 20.5 dB after 1.5 minutes on 49), docs/training/.
+VAE_MIN=${VAE_MIN:-20}
+VAE_LONG_MIN=${VAE_LONG_MIN:-2}
+TEACHER_MIN=${TEACHER_MIN:-8.5}   # 0 skips the teacher (a VAE-only session)
 TINY_VAE_MIN=${TINY_VAE_MIN:-0}   # 0 (default) skips the tiny-autoencoder stage (training/tiny_vae_train.py)
-# Shapes (the defaults are the v2 recipe). CPU dry run of every stage at tiny shapes (~6 min on 2 cores):
-#   IASA_V2_WORK=.dev/v2dry SHARDS=/tmp/dry_shards VAE_DIM=8 VAE_FRAMES=5 VAE_CROP=32 VAE_BATCH=2 LONG_FRAMES=9 \
-#   SHORT_FRAMES=1 SHORT_CROP=32 SHORT_BATCH=2 VAE_SHORT_MIN=0.2 VAE_CLIPS=4 \
-#   LONG_CROP=32 LONG_BATCH=2 T_LAYERS=1 T_FFN=256 T_FRAMES=5 T_BATCH=2 EVAL=1 WORKERS=2 DEVICE=cpu VAE_MIN=0.3 \
-#   VAE_LONG_MIN=0.2 TEACHER_MIN=0.3 TINY_VAE_MIN=0.3 TINY_FRAMES=5 TINY_CROP=32 TINY_BATCH=2 \
+VAE_LR=${VAE_LR:-6e-4}   # 1e-3 and 3e-4 tied on a CPU A/B (dim 16, 280 steps: 17.87 vs 17.97 dB)
+# Shapes (the defaults are the v2 recipe). CPU dry run of every stage at tiny shapes (~10 min on 2 cores):
+#   RENDER_LIMIT=16 T_CLIPS=4 IASA_V2_WORK=.dev/v2dry SHARDS=/tmp/dry_shards VAE_DIM=8 VAE_FRAMES=5 VAE_CROP=32 VAE_BATCH=2 LONG_FRAMES=9 \
+#   VAE_CLIPS=4 LONG_CROP=32 LONG_BATCH=2 T_LAYERS=1 T_FFN=256 T_FRAMES=5 T_BATCH=2 EVAL=1 WORKERS=2 DEVICE=cpu \
+#   VAE_MIN=0.3 VAE_LONG_MIN=0.2 TEACHER_MIN=0.3 TINY_VAE_MIN=0.3 TINY_FRAMES=5 TINY_CROP=32 TINY_BATCH=2 \
 #   PYTHON=.iasa/venv/bin/python OUT=/tmp/dry_out bash scripts/train_iasa_mini_gpu.sh run
-VAE_DIM=${VAE_DIM:-32}; VAE_FRAMES=${VAE_FRAMES:-49}; VAE_CROP=${VAE_CROP:-96}; VAE_BATCH=${VAE_BATCH:-8}
-SHORT_FRAMES=${SHORT_FRAMES:-5}; SHORT_CROP=${SHORT_CROP:-64}; SHORT_BATCH=${SHORT_BATCH:-32}
-VAE_CLIPS=${VAE_CLIPS:-500}   # clips each VAE stage loads (loading all 1000 took 30-37 s per stage)
-LONG_FRAMES=${LONG_FRAMES:-97}; LONG_CROP=${LONG_CROP:-64}; LONG_BATCH=${LONG_BATCH:-8}
+VAE_DIM=${VAE_DIM:-32}; VAE_FRAMES=${VAE_FRAMES:-17}; VAE_CROP=${VAE_CROP:-128}; VAE_BATCH=${VAE_BATCH:-16}
+VAE_CLIPS=${VAE_CLIPS:-1000}   # clips each VAE stage loads (all 1000: ~37 s)
+LONG_FRAMES=${LONG_FRAMES:-97}; LONG_CROP=${LONG_CROP:-64}; LONG_BATCH=${LONG_BATCH:-16}
 T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH=${T_BATCH:-32}
 TINY_FRAMES=${TINY_FRAMES:-17}; TINY_CROP=${TINY_CROP:-128}; TINY_BATCH=${TINY_BATCH:-16}
 EVAL=${EVAL:-8}; WORKERS=${WORKERS:-16}; DEVICE=${DEVICE:-auto}
+RENDER_LIMIT=${RENDER_LIMIT:-0}; T_CLIPS=${T_CLIPS:-0}   # >0: first N clips per split / teacher clips (dry runs)
 LOG="$W/pipeline.log"
 PY=${PYTHON:-python3}
 mkdir -p "$W"
@@ -61,36 +63,34 @@ stage() {  # stage NAME DONE_FILE command...
 }
 
 render_shards() {  # the training and held-out shards on this machine's disk (32 GB for the 1000-clip bundle)
+  local limit=""
+  [ "$RENDER_LIMIT" = "0" ] || limit="--limit $RENDER_LIMIT"
   stage render "$SHARDS/.done" bash -c "$PY iasa_cli.py training.synth.build render --motion $MOTION --out $SHARDS \
-      --workers $WORKERS > $W/render.json && touch $SHARDS/.done"
+      --workers $WORKERS $limit > $W/render.json && touch $SHARDS/.done"
 }
 
 run_stages() {
   setup_comfy
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   render_shards
-  if [ -f "$W/vae_long/iasa_mini_vae.safetensors" ]; then   # the final VAE is there: its earlier stages are not needed
-    echo "[v2] vae_short, vae: skipped (the final VAE $W/vae_long/iasa_mini_vae.safetensors exists)"
+  if [ -f "$W/vae_long/iasa_mini_vae.safetensors" ]; then   # the final VAE is there: its first stage is not needed
+    echo "[v2] vae: skipped (the final VAE $W/vae_long/iasa_mini_vae.safetensors exists)"
   else
-    stage vae_short "$W/vae_short/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" \
-        --out "$W/vae_short" --dim "$VAE_DIM" --frames "$SHORT_FRAMES" --crop "$SHORT_CROP" --batch "$SHORT_BATCH" \
-        --steps 0 --max-minutes "$VAE_SHORT_MIN" --lr 1e-3 --warmup 50 --max-clips "$VAE_CLIPS" --eval-frames 17 \
-        --eval-clips "$EVAL" --log-every 50 --device "$DEVICE"
     stage vae "$W/vae/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" --out "$W/vae" \
-        --init "$W/vae_short/iasa_mini_vae.safetensors" --dim "$VAE_DIM" --frames "$VAE_FRAMES" --crop "$VAE_CROP" \
-        --batch "$VAE_BATCH" --steps 0 --max-minutes "$VAE_MIN" --lr 4e-4 --warmup 10 --max-clips "$VAE_CLIPS" \
-        --eval-frames "$VAE_FRAMES" --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+        --dim "$VAE_DIM" --frames "$VAE_FRAMES" --crop "$VAE_CROP" --batch "$VAE_BATCH" --steps 0 \
+        --max-minutes "$VAE_MIN" --lr "$VAE_LR" --warmup 100 --max-clips "$VAE_CLIPS" --eval-frames 49 \
+        --eval-clips "$EVAL" --log-every 50 --device "$DEVICE"
   fi
   stage vae_long "$W/vae_long/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" \
       --out "$W/vae_long" --init "$W/vae/iasa_mini_vae.safetensors" --train-part decoder --dim "$VAE_DIM" \
       --frames "$LONG_FRAMES" --crop "$LONG_CROP" --batch "$LONG_BATCH" --steps 0 --max-minutes "$VAE_LONG_MIN" \
       --lr 3e-4 --warmup 10 --max-clips "$VAE_CLIPS" --eval-frames "$LONG_FRAMES" --eval-clips "$EVAL" \
       --log-every 25 --device "$DEVICE"
-  stage teacher "$W/teacher/iasa_mini_teacher.safetensors" $PY iasa_cli.py training.teacher_train --data "$SHARDS" \
+  [ "$TEACHER_MIN" = "0" ] || stage teacher "$W/teacher/iasa_mini_teacher.safetensors" $PY iasa_cli.py training.teacher_train --data "$SHARDS" \
       --vae "$W/vae_long/iasa_mini_vae.safetensors" --latents-cache "$SHARDS.latents.safetensors" \
       --out "$W/teacher" --dim 256 --layers "$T_LAYERS" --ffn "$T_FFN" --frames "$T_FRAMES" --batch "$T_BATCH" \
       --steps 0 --max-minutes "$TEACHER_MIN" --shift 3 --lr 4e-4 --render-workers "$((WORKERS - 1))" --encode-batch 32 \
-      --eval-windows "$EVAL" --log-every 50 --device "$DEVICE"
+      --max-clips "$T_CLIPS" --eval-windows "$EVAL" --log-every 50 --device "$DEVICE"
   if [ "$TINY_VAE_MIN" != "0" ]; then   # last: it must distil the VAE that ships, and never delays the teacher
     local final_vae="$W/vae_long/iasa_mini_vae.safetensors"
     [ -f "$final_vae" ] || final_vae="$W/vae/iasa_mini_vae.safetensors"
