@@ -12,35 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from ..training.tiny_wan import VAEConfig, build_vae
+from .floors import time_ms
 from ..training.vae_parallel import decode_parallel, encode_parallel
 
 TRAIN_SHAPES = [(8, 49, 96), (32, 5, 64), (16, 9, 128), (16, 17, 128), (8, 97, 64)]
 ENCODE_SHAPES = [(32, 49, 256)]
 DRY = dict(train=[(2, 5, 32), (1, 9, 32)], encode=[(2, 5, 32)], dim=8, iters=2)
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, iters: int, dev: torch.device) -> float:
-    fn()  # warm-up (cuDNN algorithm search)
-    out = []
-    for _ in range(iters):
-        _sync(dev)
-        t = time.perf_counter()
-        fn()
-        _sync(dev)
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def _paths(vae):
@@ -67,7 +49,7 @@ def bench_train(vae, shape, iters: int, dev: torch.device) -> dict:
             opt.step()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        row[f"{name}_s"] = round(_timed(step, iters, dev), 4)
+        row[f"{name}_s"] = round(time_ms(step, dev, repeats=iters) / 1000, 4)
         if dev.type == "cuda":
             row[f"{name}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     row["speedup"] = round(row["chunked_s"] / row["parallel_s"], 2)
@@ -85,7 +67,7 @@ def bench_encode(vae, shape, iters: int, dev: torch.device) -> dict:
         def run():
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 enc(x)
-        row[f"{name}_s"] = round(_timed(run, iters, dev), 4)
+        row[f"{name}_s"] = round(time_ms(run, dev, repeats=iters) / 1000, 4)
     row["speedup"] = round(row["chunked_s"] / row["parallel_s"], 2)
     return row
 

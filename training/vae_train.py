@@ -51,7 +51,8 @@ class AutoEncoder(torch.nn.Module):
     def __init__(self, vae: torch.nn.Module, parallel: bool = True):
         super().__init__()
         self.vae = vae
-        self.parallel = parallel
+        self._encode = (lambda x: encode_parallel(vae, x)) if parallel else vae.encode
+        self._decode = (lambda z: decode_parallel(vae, z)) if parallel else vae.decode
         self._conv1_out: torch.Tensor | None = None
         vae.conv1.register_forward_hook(self._keep)
 
@@ -59,10 +60,10 @@ class AutoEncoder(torch.nn.Module):
         self._conv1_out = out
 
     def forward(self, x: torch.Tensor):
-        mu = encode_parallel(self.vae, x) if self.parallel else self.vae.encode(x)
+        mu = self._encode(x)
         logvar = self._conv1_out[:, self.vae.z_dim:]
         self._conv1_out = None
-        return (decode_parallel(self.vae, mu) if self.parallel else self.vae.decode(mu)), mu, logvar
+        return self._decode(mu), mu, logvar
 
 
 def recon_losses(rec: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -47,3 +47,14 @@ def test_gradients_equal_the_stock_path(vae):
 def test_window_length_must_be_one_plus_four_k(vae):
     with pytest.raises(ValueError, match="1 \\+ 4k frames"):
         encode_parallel(vae, torch.zeros(1, 3, 6, 16, 16, dtype=torch.float64))
+
+
+def test_vae_step_benchmark_dry_run_compares_the_two_paths(tmp_path):
+    from iasa.bench.vae_step import main
+
+    out = main(["--dry-run", "--out", str(tmp_path / "vae_step.json")])
+    assert (tmp_path / "vae_step.json").exists() and out["dry_run"]
+    for row in out["train_step"]:
+        assert row["chunked_s"] > 0 and row["parallel_s"] > 0
+        assert row["rel_l2_parallel_vs_chunked"] < 1e-5  # float32 on the CPU: the same reconstruction
+    assert out["encode"][0]["speedup"] > 0
