@@ -9,6 +9,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3])); import ias
 from iasa.training.tiny_wan import load_vae
 from iasa.training.clips import load_clips, to_model_range
 from iasa.training.vae_parallel import encode_parallel, decode_parallel
+from iasa.training.vae_train import psnr
 
 torch.set_num_threads(2)
 path, n, lengths = sys.argv[1], int(sys.argv[2]), [int(f) for f in sys.argv[3:]]
@@ -20,11 +21,9 @@ for frames in lengths:
     with torch.no_grad():
         for c in pick:
             x = to_model_range(torch.from_numpy(np.ascontiguousarray(c["frames"][:frames]))[None])
-            mu = encode_parallel(vae, x)
-            rec = decode_parallel(vae, mu)
-            a = ((rec + 1) / 2).clamp(0, 1); b = ((x + 1) / 2).clamp(0, 1)
-            se = (a - b) ** 2
-            clip_db.append(float(10 * torch.log10(1 / se.mean())))
+            rec = decode_parallel(vae, encode_parallel(vae, x))
+            clip_db.append(psnr(rec, x))
+            se = (((rec + 1) / 2).clamp(0, 1) - ((x + 1) / 2).clamp(0, 1)) ** 2  # per frame, same clamp as psnr()
             frame_db.append((10 * torch.log10(1 / se.mean(dim=(0, 1, 3, 4)))).numpy())
     worst = np.concatenate(frame_db)
     per_pos = np.stack(frame_db).mean(0)
