@@ -37,6 +37,11 @@ VAE_LR=${VAE_LR:-6e-4}   # 1e-3 and 3e-4 tied on a CPU A/B (dim 16, 280 steps: 1
 VAE_DIM=${VAE_DIM:-32}; VAE_FRAMES=${VAE_FRAMES:-17}; VAE_CROP=${VAE_CROP:-128}; VAE_BATCH=${VAE_BATCH:-16}
 VAE_CLIPS=${VAE_CLIPS:-1000}   # clips each VAE stage loads (all 1000: ~37 s)
 LONG_FRAMES=${LONG_FRAMES:-97}; LONG_CROP=${LONG_CROP:-64}; LONG_BATCH=${LONG_BATCH:-16}
+# The long-window VAE stage: decoder only (latents of the first stage stay valid) or all weights (the encoder
+# learns long windows too; the latents are recalibrated). VAE_INIT: start it from these weights instead of
+# the first stage's (which is then skipped), e.g. the staged run-3 VAE.
+LONG_PART=${LONG_PART:-decoder}; LONG_LR=${LONG_LR:-3e-4}; LONG_WARMUP=${LONG_WARMUP:-10}
+LONG_EVAL_FRAMES=${LONG_EVAL_FRAMES:-$LONG_FRAMES}; VAE_INIT=${VAE_INIT:-}
 T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH=${T_BATCH:-32}
 TINY_FRAMES=${TINY_FRAMES:-17}; TINY_CROP=${TINY_CROP:-128}; TINY_BATCH=${TINY_BATCH:-16}
 EVAL=${EVAL:-8}; WORKERS=${WORKERS:-16}; DEVICE=${DEVICE:-auto}
@@ -73,19 +78,24 @@ run_stages() {
   setup_comfy
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   render_shards
+  local first_vae="$W/vae/iasa_mini_vae.safetensors"
   if [ -f "$W/vae_long/iasa_mini_vae.safetensors" ]; then   # the final VAE is there: its first stage is not needed
     echo "[v2] vae: skipped (the final VAE $W/vae_long/iasa_mini_vae.safetensors exists)"
+  elif [ -n "$VAE_INIT" ]; then
+    [ -f "$VAE_INIT" ] || { echo "[v2] VAE_INIT=$VAE_INIT: no such file" >&2; return 1; }
+    first_vae=$VAE_INIT
+    echo "[v2] vae: skipped (VAE_INIT=$VAE_INIT starts the long-window stage)"
   else
-    stage vae "$W/vae/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" --out "$W/vae" \
+    stage vae "$first_vae" $PY iasa_cli.py training.vae_train --data "$SHARDS" --out "$W/vae" \
         --dim "$VAE_DIM" --frames "$VAE_FRAMES" --crop "$VAE_CROP" --batch "$VAE_BATCH" --steps 0 \
         --max-minutes "$VAE_MIN" --lr "$VAE_LR" --warmup 100 --max-clips "$VAE_CLIPS" --eval-frames 49 \
         --eval-clips "$EVAL" --log-every 50 --device "$DEVICE"
   fi
   stage vae_long "$W/vae_long/iasa_mini_vae.safetensors" $PY iasa_cli.py training.vae_train --data "$SHARDS" \
-      --out "$W/vae_long" --init "$W/vae/iasa_mini_vae.safetensors" --train-part decoder --dim "$VAE_DIM" \
+      --out "$W/vae_long" --init "$first_vae" --train-part "$LONG_PART" --dim "$VAE_DIM" \
       --frames "$LONG_FRAMES" --crop "$LONG_CROP" --batch "$LONG_BATCH" --steps 0 --max-minutes "$VAE_LONG_MIN" \
-      --lr 3e-4 --warmup 10 --max-clips "$VAE_CLIPS" --eval-frames "$LONG_FRAMES" --eval-clips "$EVAL" \
-      --log-every 25 --device "$DEVICE"
+      --lr "$LONG_LR" --warmup "$LONG_WARMUP" --max-clips "$VAE_CLIPS" --eval-frames "$LONG_EVAL_FRAMES" \
+      --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
   [ "$TEACHER_MIN" = "0" ] || stage teacher "$W/teacher/iasa_mini_teacher.safetensors" $PY iasa_cli.py training.teacher_train --data "$SHARDS" \
       --vae "$W/vae_long/iasa_mini_vae.safetensors" --latents-cache "$SHARDS.latents.safetensors" \
       --out "$W/teacher" --dim 256 --layers "$T_LAYERS" --ffn "$T_FFN" --frames "$T_FRAMES" --batch "$T_BATCH" \

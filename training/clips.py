@@ -66,6 +66,24 @@ def load_clips(source: str | Path, split: str = "train", max_clips: int | None =
     return clips
 
 
+def eval_clips(source: str | Path, train_clips: list[dict], n: int, frames: int) -> list[dict]:
+    """``n`` held-out clips for reconstruction PSNR, preferring those with at least ``frames`` frames (the
+    evaluation window is cut to the shortest clip chosen, so one short clip would shorten all of them).
+    Without held-out clips, the first training clips (logged)."""
+    n = max(n, 1)
+    try:
+        held = load_clips(source, "heldout")
+    except ValueError:
+        log.warning("no held-out clips in %s: PSNR is measured on training clips instead", source)
+        held = train_clips
+    long_enough = [c for c in held if len(c["frames"]) >= frames]
+    if len(long_enough) < n:
+        log.warning("only %d of %d held-out clips have %d frames: the evaluation window is cut to the shortest "
+                    "of the %d longest", len(long_enough), len(held), frames, n)
+        long_enough = sorted(held, key=lambda c: -len(c["frames"]))
+    return long_enough[:n]
+
+
 class FrameBank:
     """All frames of a clip set as one uint8 tensor ``[N, H, W, 3]`` on ``device``; draws windows of
     ``T`` consecutive frames of one clip (uniform over all windows) with random crops."""

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as D
-from .clips import FrameBank, load_clips
+from .clips import FrameBank, eval_clips, load_clips
 from .model_card import provenance
 from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_optimizer, write_summary
 from .tiny_vae import (PREVIEW_FILE, VAE_FILE, TinyVAE, build_tiny_vae, decode_with, fold_encoder_affine,
@@ -154,11 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     teacher = Teacher(a.vae, dev, a.amp)
     train_clips = load_clips(a.data, "train", a.max_clips or None)
-    try:
-        held_clips = load_clips(a.data, "heldout", max(a.eval_clips, 1))
-    except ValueError:
-        log.warning("no held-out clips in %s: PSNR is measured on training clips instead", a.data)
-        held_clips = train_clips[: max(a.eval_clips, 1)]
+    held_clips = eval_clips(a.data, train_clips, a.eval_clips, a.eval_frames)
     bank = FrameBank(train_clips, a.frames, dev)
     log.info("tiny_vae: %d training clips, %d windows of %d frames, %dx%d; teacher %s", len(train_clips),
              bank.n_windows, a.frames, bank.height, bank.width, teacher.path.name)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as D
-from .clips import FrameBank, load_clips
+from .clips import FrameBank, eval_clips, load_clips
 from .model_card import provenance
 from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_optimizer, write_summary
 from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, init_from_weights, save_model
@@ -189,11 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
 
     train_clips = load_clips(a.data, "train", a.max_clips or None)
-    try:
-        held_clips = load_clips(a.data, "heldout", max(a.eval_clips, 1))
-    except ValueError:
-        log.warning("no held-out clips in %s: PSNR is measured on training clips instead", a.data)
-        held_clips = train_clips[: max(a.eval_clips, 1)]
+    held_clips = eval_clips(a.data, train_clips, a.eval_clips, a.eval_frames)
     bank = FrameBank(train_clips, a.frames, dev)
     log.info("vae: %d training clips, %d windows of %d frames, frames %dx%d; data loaded in %.1f s",
              len(train_clips), bank.n_windows, a.frames, bank.height, bank.width, time.perf_counter() - t_start)

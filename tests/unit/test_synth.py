@@ -263,6 +263,22 @@ def test_shard_round_trip_and_streaming(tmp_path):
         write_shard(tmp_path / "bad.safetensors", [dict(clips[0], frames=clips[0]["frames"].astype(np.float32))])
 
 
+def test_eval_clips_prefer_clips_as_long_as_the_window(tmp_path, caplog):
+    from iasa.training.clips import eval_clips, load_clips
+
+    held = [dict(_small_clip(cid, i + 1, n=n), split="heldout") for i, (cid, n) in enumerate(
+        [("short", 4), ("long1", 9), ("mid", 6), ("long2", 9)])]
+    write_shard(tmp_path / "h.safetensors", held + [_small_clip("t", 9)])
+    assert [c["id"] for c in eval_clips(tmp_path, [], 2, 9)] == ["long1", "long2"]
+    with caplog.at_level("WARNING"):   # too few long ones: the longest, and the shortening is logged
+        assert [c["id"] for c in eval_clips(tmp_path, [], 3, 9)] == ["long1", "long2", "mid"]
+    assert "only 2 of 4 held-out clips have 9 frames" in caplog.text
+    only_train = tmp_path / "train_only"
+    write_shard(only_train / "t.safetensors", [_small_clip("t", 9)])
+    train = load_clips(only_train, "train")
+    assert [c["id"] for c in eval_clips(only_train, train, 1, 5)] == ["t"]
+
+
 # --------------------------------------------------------------------------------------------------
 # splits, speech corpus and the two-stage build
 # --------------------------------------------------------------------------------------------------
