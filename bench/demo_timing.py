@@ -3,7 +3,7 @@
     python iasa_cli.py bench.demo_timing [--weights DIR] [--steps N] [--out bench/results/demo.json]
 
 Runs exactly what ``scripts/demo.sh`` runs after set-up (``harness.demo``: a fresh headless ComfyUI, the
-workflow ``workflows/api/iasa_mini_talking.json``, the bundled speaker and speech), in a temporary base
+workflow ``workflows/api/iasa_mini_talking_v2.json``, the bundled speaker and speech), in a temporary base
 directory (``--base``, emptied first) so nothing is cached from an earlier run; the mp4 stays there.
 ``wall_s``: server start + workflow + reading the mp4;
 ``workflow_s``: queueing the prompt -> mp4 written (pose, VAE encode, sampling, decode, mp4).
@@ -24,7 +24,7 @@ import time
 
 import soundfile as sf
 
-from ..harness.demo import ASSETS, MINI_WORKFLOW, TEACHER_FILE, VAE_FILE, bundled_weights, run_demo, weights_from_dir
+from ..harness.demo import ASSETS, MINI_V2_WORKFLOW, TEACHER_FILE, VAE_FILE, bundled_weights, run_demo, weights_from_dir
 from ..harness.server import PACK_LINK_NAME, REPO
 from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE, with_all_frames_at_once
 from .quality import stock_vae, weights_info, versions
@@ -71,18 +71,18 @@ def main(argv: list[str] | None = None) -> dict:
     if missing:
         sys.exit(f"bench.demo_timing: missing {missing}; bundle the IASA-mini weights (models/README.md) "
                  "or pass --weights")
-    workflow = json.loads(MINI_WORKFLOW.read_text())
+    workflow = json.loads(MINI_V2_WORKFLOW.read_text())
     sampler = next(n for n in workflow.values() if n["class_type"] == "KSampler")
     if a.steps:
         sampler["inputs"]["steps"] = a.steps
-    fun = next(n for n in workflow.values() if n["class_type"] == "WanFunControlToVideo")
+    fun = next(n for n in workflow.values() if n["class_type"] in ("Wan22FunControlToVideo", "WanFunControlToVideo"))
     speech = next(n for n in workflow.values() if n["class_type"] == "IASALoadAudio")["inputs"]["audio"]
     if a.base.exists() and any(a.base.iterdir()) and not (a.base / "custom_nodes" / PACK_LINK_NAME).is_symlink():
         sys.exit(f"bench.demo_timing: --base {a.base} is not empty and not a ComfyUI base made by this pack; "
                  "give a new or empty folder")
     shutil.rmtree(a.base, ignore_errors=True)
     a.base.mkdir(parents=True)
-    wf_path = a.base / MINI_WORKFLOW.name
+    wf_path = a.base / MINI_V2_WORKFLOW.name
     wf_path.write_text(json.dumps(workflow))
     run = run_demo(wf_path, a.base, weights_from_dir(a.weights))
     tiny = None if a.tiny_vae == "none" or not pathlib.Path(a.tiny_vae).is_file() else pathlib.Path(a.tiny_vae)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     decode = decode_seconds(pathlib.Path(weights[VAE_FILE]), tiny, n_frames, *size)
     result = {
         "command": "python iasa_cli.py bench.demo_timing " + " ".join(argv),
-        "workflow": str(MINI_WORKFLOW.relative_to(REPO)),
+        "workflow": str(MINI_V2_WORKFLOW.relative_to(REPO)),
         "seconds_audio": round(sf.info(str(ASSETS / speech)).duration, 3),
         "wall_s": round(run.total_s, 1), "workflow_s": round(run.workflow_s, 1),
         "server_start_s": round(run.server_start_s, 1),

@@ -6,7 +6,7 @@
         [--vae models/vae/iasa_mini_vae.safetensors] [--out bench/results/quality.json]
 
 Teacher records: for each of ``--clips`` held-out clips (spread over the held-out split), the talking
-workflow (``--workflow``, default ``workflows/api/iasa_mini_talking.json``) is posted to a real headless ComfyUI with the clip's own
+workflow (``--workflow``, default ``workflows/api/iasa_mini_talking_v2.json``) is posted to a real headless ComfyUI with the clip's own
 first frame as the reference image and the clip's own pose sequence (a pose JSON through IASA Load Pose)
 instead of the audio-driven one; everything else (stock UNETLoader / VAELoader, WanFunControlToVideo with
 the zero-concat negative, ModelSamplingSD3, KSampler) is the workflow's. The decoded frames (SaveImage,
@@ -54,7 +54,7 @@ from .video_metrics import clip_scores, mean_scores, mouth_audio_corr
 
 log = logging.getLogger(__name__)
 RESULTS = REPO / "bench" / "results" / "quality.json"
-WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"
+WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking_v2.json"
 TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
 SCORE_KEYS = ("psnr", "ssim", "psnr_face", "psnr_mouth", "psnr_hands", "psnr_moved", "mouth_audio_corr",
               "psnr_last_minus_first_second")

@@ -9,7 +9,7 @@ runs in a fresh server. The output video is opened to check its frame count. App
 to ``bench/results/server_memory.json`` (with the command, machine and versions).
 
 The talking workflow (IASA-mini sampling 20 steps) cannot run minutes of video on a 2-core CPU in any
-reasonable time, so it is not a default here; ``--workflow iasa_mini_talking.json`` runs it anyway.
+reasonable time, so it is not a default here; ``--workflow iasa_mini_talking_v2.json`` runs it anyway.
 """
 from __future__ import annotations
 

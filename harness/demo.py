@@ -27,7 +27,6 @@ import av
 from .client import ComfyClient
 from .server import REPO, ComfyServer, prepare_base
 
-MINI_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking.json"        # v1 teacher: reference as start image
 MINI_V2_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking_v2.json"  # v2: ref_conv tokens, sparse, long video
 STUDENT_WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_student.json"     # the v2 teacher's few-step student
 POSE_WORKFLOW = REPO / "workflows" / "api" / "iasa_pose_video.json"
@@ -50,8 +49,9 @@ def missing_weights(models_dir: pathlib.Path = REPO / "models") -> list[pathlib.
 
 
 def talking_workflow_for(teacher: pathlib.Path) -> pathlib.Path:
-    """The talking workflow a teacher file was trained for: v2 teachers (``ref_conv.weight``: the reference
-    picture as tokens, Wan22FunControlToVideo) run the v2 workflow, v1 teachers the start-image one."""
+    """The talking workflow of a v2 teacher file (``ref_conv.weight``: the reference picture as tokens,
+    Wan22FunControlToVideo). A v1 file (reference as a start image, shipped until 2026-12-02) is refused by
+    name: no bundled workflow runs it any more."""
     from safetensors import safe_open
 
     try:
@@ -60,7 +60,12 @@ def talking_workflow_for(teacher: pathlib.Path) -> pathlib.Path:
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
         raise ValueError(f"teacher weights {teacher} are not a readable safetensors file ({e}); "
                          "restore them from the repository (models/README.md)") from e
-    return MINI_V2_WORKFLOW if v2 else MINI_WORKFLOW
+    if not v2:
+        raise ValueError(f"teacher weights {teacher} are an IASA-mini v1 file (no ref_conv.weight: the reference "
+                         "as a start image), which the bundled workflows no longer run; restore the bundled v2 "
+                         "file with `git checkout -- models/diffusion_models/iasa_mini_teacher.safetensors` "
+                         "(models/README.md)")
+    return MINI_V2_WORKFLOW
 
 
 def is_v2_student(path: pathlib.Path) -> bool:
@@ -91,7 +96,7 @@ def choose_workflow(models_dir: pathlib.Path = REPO / "models") -> pathlib.Path:
         student = models_dir / "diffusion_models" / STUDENT_FILE
         if not student.is_file():
             return teacher_workflow
-        if teacher_workflow == MINI_V2_WORKFLOW and is_v2_student(student):
+        if is_v2_student(student):
             print(f"[demo] the distilled student {student} is there: running {STUDENT_WORKFLOW.name} (few steps, no "
                   f"CFG, sparse, long video); the teacher's {MINI_V2_WORKFLOW.name} stays a template")
             return STUDENT_WORKFLOW

@@ -24,6 +24,7 @@
 #   IASA_V2_WORK=/tmp/w bash scripts/distill_iasa_mini_gpu.sh run
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/gpu_env.sh
 W=${IASA_V2_WORK:-.dev/v2}
 SHARDS=${SHARDS:-/tmp/iasa_v2_shards}
 TEACHER=${TEACHER:-$W/teacher/iasa_mini_teacher.safetensors}
@@ -40,13 +41,6 @@ PY=${PYTHON:-python3}
 mkdir -p "$W"
 LOG="$W/distill.log"
 
-comfy_tree() {  # the ComfyUI tree the training classes come from (carried as .dev/gpu/comfy.tar.gz)
-  if [ -z "${COMFYUI_DIR:-}" ] && [ -f .dev/gpu/comfy.tar.gz ]; then
-    export COMFYUI_DIR=/tmp/iasa_comfy
-    [ -f "$COMFYUI_DIR/main.py" ] || { mkdir -p "$COMFYUI_DIR"; tar -xzf .dev/gpu/comfy.tar.gz -C "$COMFYUI_DIR"; }
-  fi
-  export PYTHONUNBUFFERED=1
-}
 
 distill() {
   local launch=("$PY")
@@ -60,7 +54,7 @@ distill() {
 }
 
 run_stages() {
-  comfy_tree
+  gpu_env
   command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   if [ "$TEACHER_STAGE" = 1 ]; then
     echo "[distill] teacher stage (scripts/train_iasa_mini_gpu.sh; it skips what is done) $(date +%T)"

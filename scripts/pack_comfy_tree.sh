@@ -9,4 +9,10 @@ mkdir -p "$REPO/.dev/gpu"
 tar -czf "$REPO/.dev/gpu/comfy.tar.gz" -C "$COMFY" --exclude=__pycache__ --exclude="comfy/sd1_tokenizer" --exclude="comfy/text_encoders/*_tokenizer" \
   comfy comfy_api comfy_execution comfy_config utils folder_paths.py main.py comfyui_version.py node_helpers.py \
   latent_preview.py
-ls -la "$REPO/.dev/gpu/comfy.tar.gz"
+# Pure-Python modules ComfyUI's samplers import that the GPU machine's Python lacks (scripts/gpu_env.sh puts
+# them on PYTHONPATH there): comfy.k_diffusion.sampling imports torchsde, which imports trampoline.
+SITE=$("${IASA_HOME:-$REPO/.iasa}/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+rm -rf "$REPO/.dev/gpu/pylib" && mkdir -p "$REPO/.dev/gpu/pylib"
+for m in torchsde trampoline; do cp -r "$SITE/$m" "$REPO/.dev/gpu/pylib/"; done
+find "$REPO/.dev/gpu/pylib" -name __pycache__ -prune -exec rm -rf {} +
+ls -la "$REPO/.dev/gpu/comfy.tar.gz"; du -sh "$REPO/.dev/gpu/pylib"

@@ -8,11 +8,8 @@
 # `python iasa_cli.py bench.realtime --table bench/results/realtime.json` for the README table.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export COMFYUI_DIR=${COMFYUI_DIR:-/tmp/iasa_comfy} PYTHONUNBUFFERED=1
-if [ ! -f "$COMFYUI_DIR/main.py" ]; then
-  [ -f .dev/gpu/comfy.tar.gz ] || { echo "no .dev/gpu/comfy.tar.gz: run scripts/pack_comfy_tree.sh and carry .dev/gpu" >&2; exit 2; }
-  mkdir -p "$COMFYUI_DIR" && tar -xzf .dev/gpu/comfy.tar.gz -C "$COMFYUI_DIR"
-fi
+source scripts/gpu_env.sh
+gpu_env
 OUT=${OUT:-/tmp/realtime_out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true

@@ -16,6 +16,7 @@
 # Outputs for the caller go to $OUT (files over 15 MiB are split into .partNN pieces: `cat` joins them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/gpu_env.sh
 W=${IASA_V2_WORK:-.dev/v2}
 MOTION=${MOTION:-.dev/synth/motion}
 SHARDS=${SHARDS:-/tmp/iasa_v2_shards}
@@ -50,13 +51,6 @@ LOG="$W/pipeline.log"
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 
-setup_comfy() {
-  if [ -z "${COMFYUI_DIR:-}" ]; then
-    export COMFYUI_DIR=/tmp/iasa_comfy
-    [ -f "$COMFYUI_DIR/main.py" ] || { mkdir -p "$COMFYUI_DIR"; tar -xzf .dev/gpu/comfy.tar.gz -C "$COMFYUI_DIR"; }
-  fi
-  export PYTHONUNBUFFERED=1
-}
 
 stage() {  # stage NAME DONE_FILE command...
   local name=$1 done_file=$2; shift 2
@@ -75,7 +69,7 @@ render_shards() {  # the training and held-out shards on this machine's disk (32
 }
 
 run_stages() {
-  setup_comfy
+  gpu_env
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   render_shards
   local first_vae="$W/vae/iasa_mini_vae.safetensors"
@@ -154,7 +148,7 @@ case "${1:-run}" in
     setsid nohup bash "$0" run-bg >> "$LOG" 2>&1 < /dev/null &
     echo "[v2] started in the background, log $LOG" ;;
   run-bg) run_stages ;;
-  render) setup_comfy; render_shards ;;   # shards only (the distillation on shipped weights needs them)
+  render) gpu_env; render_shards ;;   # shards only (the distillation on shipped weights needs them)
   wait)
     limit=${2:-560}; t0=$SECONDS
     while [ $((SECONDS - t0)) -lt "$limit" ]; do

@@ -42,12 +42,9 @@ PACK_NODES = {
 }
 # Workflows whose full run needs the bundled IASA-mini weights and minutes of CPU sampling: test_iasa_mini.py
 # runs them shrunk (short audio, low resolution, few steps) with random weights of the same format.
-HEAVY_WORKFLOWS = {"iasa_mini_talking": "full size takes ~500 s of this 2-core CPU (bench/results/demo.json); "
-                                        "it runs shrunk with random weights and for 33 frames with the bundled "
-                                        "weights in test_iasa_mini.py",
-                   "iasa_mini_talking_v2": "full size (169 frames in 49-frame windows, 20 steps, cfg 3) takes minutes "
-                                           "of this 2-core CPU; it runs shrunk with random v2 weights in "
-                                           "test_iasa_mini.py",
+HEAVY_WORKFLOWS = {"iasa_mini_talking_v2": "full size (169 frames in 49-frame windows, 20 steps, cfg 3) takes minutes "
+                                           "of this 2-core CPU (bench/results/demo.json); it runs shrunk with random "
+                                           "weights and for 33 frames with the bundled weights in test_iasa_mini.py",
                    "iasa_mini_student": "needs models/diffusion_models/iasa_mini_student.safetensors, which the "
                                         "distillation run (scripts/distill_iasa_mini_gpu.sh) has not made yet; it "
                                         "runs shrunk with a random v2-format student in test_student_workflow.py"}

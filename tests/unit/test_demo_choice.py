@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from iasa.harness.demo import (DEMO_INPUTS, MINI_V2_WORKFLOW, MINI_WEIGHTS, MINI_WORKFLOW, POSE_WORKFLOW, STUDENT_FILE,
+from iasa.harness.demo import (DEMO_INPUTS, MINI_V2_WORKFLOW, MINI_WEIGHTS, POSE_WORKFLOW, STUDENT_FILE,
                                STUDENT_WORKFLOW, TEACHER_FILE, VAE_FILE, choose_workflow)
 from iasa.training.tiny_wan import CARD_KEY
 
@@ -28,10 +28,13 @@ def test_talking_workflow_needs_both_files_and_follows_the_teachers_reference_pa
     assert "iasa_mini_vae" in capsys.readouterr().out
     vae.parent.mkdir()
     vae.write_bytes(b"x")
-    assert choose_workflow(tmp_path) == MINI_WORKFLOW
-    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError) as e:                                      # v1: no workflow runs it any more
+        choose_workflow(tmp_path)
+    for words in ("v1 file", "no ref_conv.weight", str(teacher), "git checkout -- models/diffusion_models"):
+        assert words in str(e.value), str(e.value)
     save_file({"head.modulation": torch.zeros(1, 2, 4), "ref_conv.weight": torch.zeros(4, 16, 2, 2)}, str(teacher))
     assert choose_workflow(tmp_path) == MINI_V2_WORKFLOW                      # v2: ref_conv reference tokens
+    assert capsys.readouterr().out == ""
     teacher.write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         choose_workflow(tmp_path)
@@ -65,11 +68,10 @@ def test_without_a_student_the_teacher_workflow_is_unchanged(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("teacher, vae, student, expected", [
-    (V1_KEYS, True, V2_KEYS, MINI_WORKFLOW),          # a v1 pair: its VAE is not the student's
     (V2_KEYS, True, V1_KEYS, MINI_V2_WORKFLOW),       # a student without ref_conv: not of the v2 teacher
     (V2_KEYS, False, V2_KEYS, POSE_WORKFLOW),         # no VAE: nothing can decode
     (None, True, V2_KEYS, POSE_WORKFLOW),             # no teacher: the bundled pair is incomplete
-], ids=["v1_pair", "v1_student", "no_vae", "no_teacher"])
+], ids=["v1_student", "no_vae", "no_teacher"])
 def test_a_student_is_used_only_with_the_v2_teacher_and_vae(tmp_path, capsys, teacher, vae, student, expected):
     _models(tmp_path, teacher=teacher, vae=vae, student=student)
     assert choose_workflow(tmp_path) == expected
@@ -94,9 +96,9 @@ def test_a_broken_student_file_is_a_clear_error(tmp_path, card, bytes_, words):
         assert w in str(e.value), str(e.value)
 
 
-@pytest.mark.parametrize("workflow, models", [(MINI_WORKFLOW, set(MINI_WEIGHTS)), (MINI_V2_WORKFLOW, set(MINI_WEIGHTS)),
+@pytest.mark.parametrize("workflow, models", [(MINI_V2_WORKFLOW, set(MINI_WEIGHTS)),
                                               (STUDENT_WORKFLOW, {STUDENT_FILE, VAE_FILE})],
-                         ids=["v1", "v2", "student"])
+                         ids=["teacher", "student"])
 def test_talking_workflow_reads_bundled_inputs_and_models(workflow, models):
     wf = json.loads(workflow.read_text())
     names = {p.name for p in DEMO_INPUTS}
