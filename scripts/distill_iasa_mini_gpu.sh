@@ -13,6 +13,13 @@
 #   distill  training.distill.train on $TEACHER / $VAE / $SHARDS, reusing the teacher's latent cache
 #            ($SHARDS.latents.safetensors, same window length and mask settings), then the held-out evaluation
 #            (student vs teacher vs reference copy) into the card and eval.json.
+# Carrying the data: the shipped teacher + VAE are tracked files (~49 MB), so the whole 1000-clip motion bundle
+# (23 MB) does not fit in the 64 MiB a device call carries. Carry a subset made here instead (~11 MB):
+#   python iasa_cli.py training.synth.build subset --motion .dev/synth/motion --out .dev/synth/motion_small \
+#       --train 500 --heldout 16
+#   run(carry=[".dev/synth/motion_small", ".dev/gpu"], command="MOTION=.dev/synth/motion_small TEACHER_STAGE=0 \
+#       TEACHER=models/diffusion_models/iasa_mini_teacher.safetensors VAE=models/vae/iasa_mini_vae.safetensors \
+#       bash scripts/distill_iasa_mini_gpu.sh start && bash scripts/distill_iasa_mini_gpu.sh wait 540")
 # Several GPUs: NPROC=N (torchrun, DDP; --batch is global). EXTRA: more training.distill.train flags.
 # A model too big to replicate: SHARD=fsdp2 (FSDP2 per-block sharding of student, fake score, optimizer states and
 # EMA; the frozen teacher stays replicated; checkpoints and exported files are the DDP format), i.e.

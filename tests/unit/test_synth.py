@@ -318,6 +318,17 @@ def test_two_stage_build_is_deterministic_and_split_disjoint(tmp_path):
             np.testing.assert_array_equal(x.keypoints, y.keypoints)
             np.testing.assert_array_equal(x.audio, y.audio)
             assert x.identity == y.identity
+    from iasa.training.synth.motion import subset_motion
+
+    sub = subset_motion(tmp_path / "m1", tmp_path / "sub", "train", 1)   # a smaller bundle to carry
+    assert (sub["clips"], sub["of"]) == (1, 2)
+    (first,) = iter_motion(tmp_path / "sub", "train")
+    want = next(iter_motion(tmp_path / "m1", "train"))
+    assert first.id == want.id and first.identity == want.identity
+    np.testing.assert_array_equal(first.keypoints, want.keypoints)
+    np.testing.assert_array_equal(first.audio, want.audio)
+    with pytest.raises(ValueError, match="is the source bundle"):
+        subset_motion(tmp_path / "m1", tmp_path / "m1", "train", 1)
     train_ids = {c.identity for c in iter_motion(tmp_path / "m1", "train")}
     held_ids = {c.identity for c in iter_motion(tmp_path / "m1", "heldout")}
     assert not train_ids & held_ids

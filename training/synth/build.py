@@ -71,6 +71,13 @@ def cmd_render(args) -> dict:
                          workers=args.workers, limit=args.limit)
 
 
+def cmd_subset(args) -> dict:
+    from .motion import subset_motion
+
+    return {split: subset_motion(args.motion, args.out, split, n)
+            for split, n in (("train", args.train), ("heldout", args.heldout))}
+
+
 def cmd_preview(args) -> dict:
     import cv2
 
@@ -136,6 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     rp.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
     rp.add_argument("--limit", type=int, default=None, help="render only the first N clips of each split")
 
+    up = sub.add_parser("subset", help="the first N clips of each split of a motion bundle, as a new bundle "
+                                       "(a smaller one to carry)")
+    up.add_argument("--motion", required=True, help="source motion bundle folder")
+    up.add_argument("--out", required=True, help="folder of the new bundle")
+    up.add_argument("--train", type=int, required=True)
+    up.add_argument("--heldout", type=int, required=True)
+
     pp = sub.add_parser("preview", help="PNG contact sheet of one clip of a shard (frames + region masks)")
     pp.add_argument("--shard", required=True)
     pp.add_argument("--clip", type=int, default=0)
@@ -144,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    result = {"speech": cmd_speech, "motion": cmd_motion, "render": cmd_render, "preview": cmd_preview}[args.cmd](args)
+    result = {"speech": cmd_speech, "motion": cmd_motion, "render": cmd_render, "subset": cmd_subset,
+              "preview": cmd_preview}[args.cmd](args)
     print(json.dumps(result, indent=1))
 
 

@@ -119,6 +119,24 @@ def build_motion(speech_dir: str | Path, out_dir: str | Path, split: str, seed: 
                 bytes=npz.stat().st_size + js.stat().st_size)
 
 
+def subset_motion(bundle_dir: str | Path, out_dir: str | Path, split: str, n: int) -> dict:
+    """Copy the first ``n`` clips of one split of a motion bundle into a new bundle (same encoding, no
+    re-synthesis): a smaller file to carry to a machine that renders the shards itself."""
+    src, out = Path(bundle_dir), Path(out_dir)
+    if out.resolve() == src.resolve():
+        raise ValueError(f"subset_motion: --out {out} is the source bundle; give another folder")
+    data = json.loads((src / f"{split}.json").read_text())
+    read_motion_index(src, split)  # checks the version
+    keep = data["clips"][:n]
+    out.mkdir(parents=True, exist_ok=True)
+    with np.load(src / f"{split}.npz", allow_pickle=False) as z:
+        arrays = {f"{m['id']}__{part}": z[f"{m['id']}__{part}"] for m in keep for part in ("kp", "energy", "audio")}
+    npz, js = out / f"{split}.npz", out / f"{split}.json"
+    np.savez(npz, **arrays)
+    js.write_text(json.dumps({**data, "clips": keep, "subset_of": str(src)}, indent=1))
+    return dict(split=split, clips=len(keep), of=len(data["clips"]), bytes=npz.stat().st_size + js.stat().st_size)
+
+
 def read_motion_index(bundle_dir: str | Path, split: str) -> list[dict]:
     """The clip metadata list of one split's motion bundle."""
     js = Path(bundle_dir) / f"{split}.json"
