@@ -289,16 +289,18 @@ class PoseNotFollowed(AssertionError):
     """The quality verdict of the trained-weights test (only this failure is the known, expected one)."""
 
 
+@pytest.mark.skipif(_trained_weights_missing() is not None, reason=_trained_weights_missing() or "")
 @pytest.mark.xfail(strict=True, raises=PoseNotFollowed, reason=(
-    "known defect of the shipped, under-trained IASA-mini (94 s of H200 training, GPU time ran out): measured "
-    "PSNR to the ground truth 19.25 dB, but where the pose moved 13.74 dB to the ground truth vs 15.17 dB to "
-    "the reference frame, i.e. it mostly copies the reference. Strict: once retrained weights follow the pose "
-    "this XPASSes and fails, so remove the marker then."))
+    "the shipped IASA-mini v2 follows the pose but not yet to the aims of the IASA-mini v2 issue (measured "
+    "2026-12-02, cfg 1: PSNR to the ground truth 24.31 dB, aim 28; where the pose moved 15.26 dB to the ground "
+    "truth vs 11.66 dB for the reference copied to every frame, aim 4 dB above it). Strict: once a retrained model meets the aims this XPASSes and fails, so remove the "
+    "marker then."))
 def test_trained_teacher_frames_follow_the_control_pose(client, server):
     """33 frames of the bundled speaker driven by 1.3 s of the demo speech, sampled with the shipped
     workflow's settings, against the same poses drawn by the synthetic-speaker renderer (ground truth).
-    Following the pose means: close to the ground truth overall, and, where the pose moved the
-    picture away from the reference frame, closer to the ground truth than to the reference."""
+    Following the pose means the aims of the IASA-mini v2 issue: >= 28 dB to the ground truth overall, and,
+    where the pose moved the picture away from the reference, >= 4 dB above the reference copied to every
+    frame."""
     from iasa.audio.features import features_from_audio
     from iasa.audio.loading import load_audio_file
     from iasa.pose.audio_to_pose import audio_to_pose
@@ -326,14 +328,15 @@ def test_trained_teacher_frames_follow_the_control_pose(client, server):
     assert gen.shape == truth.shape
     moved = np.abs(truth.astype(np.int16) - reference.astype(np.int16)).max(axis=-1) > 40  # [T, H, W]
     assert moved[1:].mean() > 0.002, "the test pose barely moves; make it longer"
+    copied = np.broadcast_to(reference, gen.shape).copy()
     overall = psnr(gen, truth)
     to_truth = psnr(gen, truth, moved)
-    to_reference = psnr(gen, np.broadcast_to(reference, gen.shape).copy(), moved)
+    copy_baseline = psnr(copied, truth, moved)          # the reference copied to every frame, same pixels
     numbers = (f"PSNR to the ground truth {overall:.2f} dB; where the pose moved: {to_truth:.2f} dB to the ground "
-               f"truth, {to_reference:.2f} dB to the reference frame")
-    # Only these two checks are the expected failure (PoseNotFollowed); a crash or a broken set-up above
-    # fails the test as usual.
-    if not overall > 18.0:
-        raise PoseNotFollowed(f"not the speaker: {numbers}")
-    if not to_truth > to_reference + 1.0:
-        raise PoseNotFollowed(f"the control pose is not followed: {numbers}")
+               f"truth, the reference copied to every frame {copy_baseline:.2f} dB")
+    # The aims of the IASA-mini v2 issue. Only these two checks are the expected failure (PoseNotFollowed); a
+    # crash or a broken set-up above fails the test as usual.
+    if not overall >= 28.0:
+        raise PoseNotFollowed(f"below the 28 dB aim: {numbers}")
+    if not to_truth >= copy_baseline + 4.0:
+        raise PoseNotFollowed(f"where the pose moved, not 4 dB above copying the reference: {numbers}")
