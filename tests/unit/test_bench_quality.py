@@ -72,7 +72,7 @@ def test_quality_prompt_keeps_the_workflow_but_drives_it_with_the_given_pose():
     assert pose["inputs"]["pose_file"] == "iasa_quality/a_pose.json"
     assert by_type["LoadImage"][1]["inputs"]["image"] == "iasa_quality/a_ref.png"
     assert by_type["IASARenderPose"][1]["inputs"]["pose"] == [pose_id, 0]
-    fun = [n for n in p.values() if n["class_type"] == "WanFunControlToVideo"]
+    fun = [n for n in p.values() if n["class_type"] == "Wan22FunControlToVideo"]
     assert len(fun) == 2 and all(n["inputs"]["length"] == [pose_id, 1] for n in fun)
     ks = by_type["KSampler"][1]["inputs"]
     assert (ks["steps"], ks["cfg"]) == (7, 2.5)
