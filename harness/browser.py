@@ -201,9 +201,16 @@ def new_blank_workflow(page) -> None:
 def add_node_by_search(page, query: str, display_name: str) -> None:
     """Double-click empty canvas, type ``query`` in the node search and pick ``display_name``."""
     box = page.locator("#graph-canvas").bounding_box()
-    page.mouse.dblclick(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45)
     search = page.get_by_placeholder("Search Nodes...").first
-    search.wait_for(state="visible")
+    for attempt in range(3):   # a double-click while the page is still busy can be lost: try again
+        page.mouse.dblclick(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45)
+        try:
+            search.wait_for(state="visible", timeout=20_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError; the last attempt re-raises
+            if attempt == 2:
+                raise
+            close_overlays(page)
     search.fill(query)
     option = page.get_by_role("option").filter(has_text=display_name).first
     option.wait_for(state="visible")
