@@ -27,7 +27,7 @@ import soundfile as sf
 from ..harness.demo import ASSETS, MINI_V2_WORKFLOW, TEACHER_FILE, VAE_FILE, bundled_weights, run_demo, weights_from_dir
 from ..harness.server import PACK_LINK_NAME, REPO
 from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE, with_all_frames_at_once
-from .quality import stock_vae, weights_info, versions
+from .quality import FUN_CONTROL_NODES, stock_vae, weights_info, versions
 
 RESULTS = REPO / "bench" / "results" / "demo.json"
 TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = next(n for n in workflow.values() if n["class_type"] == "KSampler")
     if a.steps:
         sampler["inputs"]["steps"] = a.steps
-    fun = next(n for n in workflow.values() if n["class_type"] in ("Wan22FunControlToVideo", "WanFunControlToVideo"))
+    fun = next(n for n in workflow.values() if n["class_type"] in FUN_CONTROL_NODES)
     speech = next(n for n in workflow.values() if n["class_type"] == "IASALoadAudio")["inputs"]["audio"]
     if a.base.exists() and any(a.base.iterdir()) and not (a.base / "custom_nodes" / PACK_LINK_NAME).is_symlink():
         sys.exit(f"bench.demo_timing: --base {a.base} is not empty and not a ComfyUI base made by this pack; "

@@ -42,7 +42,7 @@ PACK_NODES = {
 }
 # Workflows whose full run needs the bundled IASA-mini weights and minutes of CPU sampling: test_iasa_mini.py
 # runs them shrunk (short audio, low resolution, few steps) with random weights of the same format.
-HEAVY_WORKFLOWS = {"iasa_mini_talking_v2": "full size (169 frames in 49-frame windows, 20 steps, cfg 3) takes minutes "
+HEAVY_WORKFLOWS = {"iasa_mini_talking_v2": "full size (169 frames in 49-frame windows, 20 steps, cfg 1) takes minutes "
                                            "of this 2-core CPU (bench/results/demo.json); it runs shrunk with random "
                                            "weights and for 33 frames with the bundled weights in test_iasa_mini.py",
                    "iasa_mini_student": "needs models/diffusion_models/iasa_mini_student.safetensors, which the "
