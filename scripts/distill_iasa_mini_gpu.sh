@@ -20,6 +20,9 @@
 #   run(carry=[".dev/synth/motion_small", ".dev/gpu"], command="MOTION=.dev/synth/motion_small TEACHER_STAGE=0 \
 #       TEACHER=models/diffusion_models/iasa_mini_teacher.safetensors VAE=models/vae/iasa_mini_vae.safetensors \
 #       bash scripts/distill_iasa_mini_gpu.sh start && bash scripts/distill_iasa_mini_gpu.sh wait 540")
+# The region-loss ablation (issue 9's Table-2 row): ABLATION=1 starts a second distillation beside the first on the
+# same GPU, with --region-weight 0 (DMD only), into $W/student_dmd_only as ${NAME}_dmd_only, once the first run has
+# written the latent cache (both read it); `wait` follows both and `collect` returns both students.
 # Several GPUs: NPROC=N (torchrun, DDP; --batch is global). EXTRA: more training.distill.train flags.
 # A model too big to replicate: SHARD=fsdp2 (FSDP2 per-block sharding of student, fake score, optimizer states and
 # EMA; the frozen teacher stays replicated; checkpoints and exported files are the DDP format), i.e.
@@ -44,12 +47,15 @@ S_STEPS=${S_STEPS:-4}; FRAMES=${FRAMES:-49}; BATCH=${BATCH:-16}; LR=${LR:-5e-5};
 GUIDANCE=${GUIDANCE:-3}; SHIFT=${SHIFT:-3}; REGION=${REGION:-1}; EVAL=${EVAL:-8}; EVAL_STEPS=${EVAL_STEPS:-20}
 LORA_RANK=${LORA_RANK:-64}; DEVICE=${DEVICE:-auto}; NPROC=${NPROC:-1}; TEACHER_STAGE=${TEACHER_STAGE:-1}
 WORKERS=${WORKERS:-16}; SHARD=${SHARD:-ddp}; EXTRA=${EXTRA:-}
+ABLATION=${ABLATION:-0}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 LOG="$W/distill.log"
+ABL_LOG="$W/distill_dmd_only.log"
+ABL_DIR="$W/student_dmd_only"
 
 
-distill() {
+distill() {  # S, NAME and REGION may be overridden per call (the ablation twin)
   local launch=("$PY")
   [ "$NPROC" -gt 1 ] && launch=("$PY" -m torch.distributed.run --standalone "--nproc_per_node=$NPROC")
   "${launch[@]}" iasa_cli.py training.distill.train --teacher "$TEACHER" --vae "$VAE" --data "$SHARDS" \
@@ -79,11 +85,32 @@ run_stages() {
   echo "[distill] all stages done $(date +%T)"
 }
 
-collect() {  # the student, its LoRA (split into 15 MiB pieces: `cat` joins them) and a tarball of the rest -> $OUT
+ablation_stage() {  # the DMD-only twin: waits for the first run's latent cache, then distils with no region loss
+  gpu_env
+  local t0=$SECONDS
+  while [ ! -f "$LATENTS" ]; do
+    if ! pgrep -f "distill_iasa_mini_gpu.sh run-bg" > /dev/null; then
+      echo "[distill] ablation: the first run stopped before writing $LATENTS" >&2; exit 3
+    fi
+    sleep 5
+  done
+  echo "[distill] ablation: latent cache there after $((SECONDS - t0)) s; DMD-only distill start $(date +%T)"
+  if [ -f "$ABL_DIR/${NAME}_dmd_only.safetensors" ]; then echo "[distill] ablation: done already"; else
+    t0=$SECONDS
+    S="$ABL_DIR" NAME="${NAME}_dmd_only" REGION=0 distill
+    echo "[distill] ablation: finished in $((SECONDS - t0)) s $(date +%T)"
+  fi
+  echo "[distill] ablation done $(date +%T)"
+}
+
+collect() {  # the students (split into 15 MiB pieces: `cat` joins them), the first run's LoRA and a tarball of
+  # the rest -> $OUT (7 files at most with the ablation twin)
   [ -n "${OUT:-}" ] || return 0
   [ -d "$S" ] || return 0
-  (cd "$S" && tar -czf "$OUT/distill_meta.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' . ) || true
-  for f in "$S/$NAME.safetensors" "$S/${NAME}_lora.safetensors"; do
+  local parts=(-C "$(dirname "$S")" "$(basename "$S")" -C "$W" distill.log)
+  [ -d "$ABL_DIR" ] && parts+=("$(basename "$ABL_DIR")" "$(basename "$ABL_LOG")")
+  tar -czf "$OUT/distill_meta.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' "${parts[@]}" || true
+  for f in "$S/$NAME.safetensors" "$S/${NAME}_lora.safetensors" "$ABL_DIR/${NAME}_dmd_only.safetensors"; do
     [ -f "$f" ] && split -b 15M -d "$f" "$OUT/$(basename "$f").part"
   done
   ls -la "$OUT"
@@ -93,15 +120,23 @@ case "${1:-run}" in
   run) run_stages 2>&1 | tee -a "$LOG"; collect ;;
   start)
     setsid nohup bash "$0" run-bg >> "$LOG" 2>&1 < /dev/null &
-    echo "[distill] started in the background, log $LOG" ;;
+    echo "[distill] started in the background, log $LOG"
+    if [ "$ABLATION" = 1 ]; then
+      sleep 2; setsid nohup bash "$0" ablation-bg >> "$ABL_LOG" 2>&1 < /dev/null &
+      echo "[distill] DMD-only twin started in the background, log $ABL_LOG"
+    fi ;;
   run-bg) run_stages ;;
+  ablation-bg) ablation_stage ;;
   wait)
     limit=${2:-560}; t0=$SECONDS
     while [ $((SECONDS - t0)) -lt "$limit" ]; do
-      if grep -q "\[distill\] all stages done" "$LOG" 2>/dev/null; then break; fi
-      if ! pgrep -f "distill_iasa_mini_gpu.sh run-bg" > /dev/null; then echo "[distill] pipeline not running"; break; fi
+      if ! pgrep -f "distill_iasa_mini_gpu.sh (run|ablation)-bg" > /dev/null; then
+        grep -q "\[distill\] all stages done" "$LOG" 2>/dev/null || echo "[distill] pipeline not running"; break
+      fi
       sleep 10
     done
-    tail -n 40 "$LOG"; collect ;;
+    tail -n 40 "$LOG"
+    [ -f "$ABL_LOG" ] && { echo "--- $ABL_LOG"; tail -n 15 "$ABL_LOG"; }
+    collect ;;
   *) echo "usage: $0 run|start|wait [seconds]" >&2; exit 2 ;;
 esac

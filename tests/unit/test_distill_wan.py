@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import types
 from pathlib import Path
 
@@ -251,14 +252,46 @@ def test_gpu_recipe_on_two_gloo_ranks_equals_one_process_on_the_global_batch(tmp
     assert_same_updates(rerun_single(card, tmp_path / "single"), _ckpt(ddp_dir)[0])
 
 
+def test_gpu_recipe_ablation_twin_distils_dmd_only_beside_the_first_run(tmp_path, files):
+    """ABLATION=1 `start` runs a second distillation with --region-weight 0 beside the first (one process each,
+    the twin waits for the first run's latent cache); `wait` follows both and collects both students."""
+    work, out = tmp_path / "w", tmp_path / "out"
+    out.mkdir()
+    cache = tmp_path / "latents.safetensors"       # not there yet: the twin must wait for the first run to write it
+    env = {**recipe_env(files, work), "NPROC": "1", "ABLATION": "1", "LATENTS": str(cache), "LORA_RANK": "0"}
+    script = str(ROOT / "scripts" / "distill_iasa_mini_gpu.sh")
+    started = subprocess.run(["bash", script, "start"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0 and "DMD-only twin started" in started.stdout, started.stdout + started.stderr
+    waited = subprocess.run(["bash", script, "wait", "500"], cwd=ROOT, env={**env, "OUT": str(out)},
+                            capture_output=True, text=True, timeout=560)
+    assert waited.returncode == 0, (waited.stdout + waited.stderr)[-3000:]
+    log = (work / "distill_dmd_only.log").read_text()
+    assert "latent cache there after" in log and "ablation done" in log, log[-2000:]
+    _, main_card = read_weights(work / "student" / "iasa_mini_student.safetensors")
+    _, twin_card = read_weights(work / "student_dmd_only" / "iasa_mini_student_dmd_only.safetensors")
+    assert "--region-weight 1" in main_card["command"] and "--region-weight 0" in twin_card["command"]
+    assert twin_card["trained_steps"] == main_card["trained_steps"] == 2
+    back = sorted(p.name for p in out.iterdir())
+    assert back == ["distill_meta.tar.gz", "iasa_mini_student.safetensors.part00",
+                    "iasa_mini_student_dmd_only.safetensors.part00"], back
+    with tarfile.open(out / "distill_meta.tar.gz") as tar:
+        names = tar.getnames()
+    assert "student_dmd_only/eval.json" in names and "distill_dmd_only.log" in names, names
+
+
+def recipe_env(files, work: Path, **env_over: str) -> dict:
+    """The environment of the CPU dry run of scripts/distill_iasa_mini_gpu.sh: 2 gloo ranks x 2 windows, 2 steps."""
+    return {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+            "TEACHER_STAGE": "0", "DEVICE": "cpu", "NPROC": "2", "TEACHER": str(files["teacher"]),
+            "VAE": str(files["vae"]), "SHARDS": DATA, "LATENTS": str(files["cache"]), "IASA_V2_WORK": str(work),
+            "FRAMES": "5", "BATCH": "4", "STEPS": "2", "DISTILL_MIN": "0", "FAKE_UPDATES": "2", "S_STEPS": "2",
+            "LR": "1e-3", "EVAL": "1", "EVAL_STEPS": "2", "LORA_RANK": "8", "WORKERS": "2", "OUT": "",
+            "EXTRA": "--warmup 0 --region-frames 2", **env_over}
+
+
 def run_recipe(files, work: Path, **env_over: str) -> tuple[list[str], dict]:
     """scripts/distill_iasa_mini_gpu.sh run on 2 gloo ranks x 2 windows, 2 steps (the CPU dry run)."""
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-           "TEACHER_STAGE": "0", "DEVICE": "cpu", "NPROC": "2", "TEACHER": str(files["teacher"]),
-           "VAE": str(files["vae"]), "SHARDS": DATA, "LATENTS": str(files["cache"]), "IASA_V2_WORK": str(work),
-           "FRAMES": "5", "BATCH": "4", "STEPS": "2", "DISTILL_MIN": "0", "FAKE_UPDATES": "2", "S_STEPS": "2",
-           "LR": "1e-3", "EVAL": "1", "EVAL_STEPS": "2", "LORA_RANK": "8", "WORKERS": "2", "OUT": "",
-           "EXTRA": "--warmup 0 --region-frames 2", **env_over}
+    env = recipe_env(files, work, **env_over)
     cmd = ["bash", str(ROOT / "scripts" / "distill_iasa_mini_gpu.sh"), "run"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
