@@ -3,7 +3,9 @@
     python iasa_cli.py bench.demo_timing [--weights DIR] [--steps N] [--out bench/results/demo.json]
 
 Runs exactly what ``scripts/demo.sh`` runs after set-up (``harness.demo``: a fresh headless ComfyUI, the
-workflow ``workflows/api/iasa_mini_talking_v2.json``, the bundled speaker and speech), in a temporary base
+workflow the demo chooses (``harness.demo.choose_workflow``: the student's ``workflows/api/iasa_mini_student.json``
+when the distilled student is bundled, else the teacher's ``iasa_mini_talking_v2.json``; ``--workflow`` picks
+one), the bundled speaker and speech), in a temporary base
 directory (``--base``, emptied first) so nothing is cached from an earlier run; the mp4 stays there.
 ``wall_s``: server start + workflow + reading the mp4;
 ``workflow_s``: queueing the prompt -> mp4 written (pose, VAE encode, sampling, decode, mp4).
@@ -24,10 +26,11 @@ import time
 
 import soundfile as sf
 
-from ..harness.demo import ASSETS, MINI_V2_WORKFLOW, TEACHER_FILE, VAE_FILE, bundled_weights, run_demo, weights_from_dir
+from ..harness.demo import (ASSETS, STUDENT_FILE, TEACHER_FILE, VAE_FILE, bundled_weights, choose_workflow, run_demo,
+                            talking_workflow_for, weights_from_dir)
 from ..harness.server import PACK_LINK_NAME, REPO
 from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE, with_all_frames_at_once
-from .quality import FUN_CONTROL_NODES, stock_vae, weights_info, versions
+from .quality import FUN_CONTROL_NODES, SAMPLER_NODES, stock_vae, weights_card, weights_info, versions
 
 RESULTS = REPO / "bench" / "results" / "demo.json"
 TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
@@ -58,7 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=pathlib.Path, default=None,
                     help="folder with the two IASA-mini files (default: the bundled models/)")
-    ap.add_argument("--steps", type=int, default=None, help="override the workflow's KSampler steps")
+    ap.add_argument("--steps", type=int, default=None, help="override the workflow's sampler steps")
+    ap.add_argument("--workflow", type=pathlib.Path, default=None,
+                    help="API workflow to time (default: the one the demo chooses for the bundled weights)")
     ap.add_argument("--base", type=pathlib.Path, default=REPO / ".iasa" / "bench_demo",
                     help="ComfyUI base directory for the run (emptied first; the mp4 stays in its output/)")
     ap.add_argument("--tiny-vae", default=str(TINY_VAE),
@@ -71,8 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
     if missing:
         sys.exit(f"bench.demo_timing: missing {missing}; bundle the IASA-mini weights (models/README.md) "
                  "or pass --weights")
-    workflow = json.loads(MINI_V2_WORKFLOW.read_text())
-    sampler = next(n for n in workflow.values() if n["class_type"] == "KSampler")
+    workflow_path = a.workflow or (talking_workflow_for(weights[TEACHER_FILE]) if a.weights else choose_workflow())
+    workflow = json.loads(workflow_path.read_text())
+    sampler = next(n for n in workflow.values() if n["class_type"] in SAMPLER_NODES)
+    student = sampler["class_type"] == "IASAStudentSampler"
+    unet = next(n for n in workflow.values() if n["class_type"] == "UNETLoader")["inputs"]["unet_name"]
+    model_path = pathlib.Path(weights[TEACHER_FILE]).parent / unet
+    if not model_path.is_file():
+        sys.exit(f"bench.demo_timing: {workflow_path.name} loads {unet}, which is not at {model_path}")
     if a.steps:
         sampler["inputs"]["steps"] = a.steps
     fun = next(n for n in workflow.values() if n["class_type"] in FUN_CONTROL_NODES)
@@ -82,9 +93,12 @@ def main(argv: list[str] | None = None) -> dict:
                  "give a new or empty folder")
     shutil.rmtree(a.base, ignore_errors=True)
     a.base.mkdir(parents=True)
-    wf_path = a.base / MINI_V2_WORKFLOW.name
+    wf_path = a.base / workflow_path.name
     wf_path.write_text(json.dumps(workflow))
-    run = run_demo(wf_path, a.base, weights_from_dir(a.weights))
+    linked = weights_from_dir(a.weights)
+    if linked and student:
+        linked[STUDENT_FILE] = model_path
+    run = run_demo(wf_path, a.base, linked)
     tiny = None if a.tiny_vae == "none" or not pathlib.Path(a.tiny_vae).is_file() else pathlib.Path(a.tiny_vae)
     if tiny is None and a.tiny_vae != "none":
         print(f"bench.demo_timing: no tiny autoencoder at {a.tiny_vae}: its decode time is not measured")
@@ -93,18 +107,21 @@ def main(argv: list[str] | None = None) -> dict:
     decode = decode_seconds(pathlib.Path(weights[VAE_FILE]), tiny, n_frames, *size)
     result = {
         "command": "python iasa_cli.py bench.demo_timing " + " ".join(argv),
-        "workflow": str(MINI_V2_WORKFLOW.relative_to(REPO)),
+        "workflow": str(workflow_path.resolve().relative_to(REPO)),
         "seconds_audio": round(sf.info(str(ASSETS / speech)).duration, 3),
         "wall_s": round(run.total_s, 1), "workflow_s": round(run.workflow_s, 1),
         "server_start_s": round(run.server_start_s, 1),
-        "steps": sampler["inputs"]["steps"], "cfg": sampler["inputs"]["cfg"],
-        "sampler": sampler["inputs"]["sampler_name"],
+        "steps": (sampler["inputs"]["steps"] or weights_card(model_path)["student"]["steps"]) if student
+        else sampler["inputs"]["steps"],
+        "cfg": 1.0 if student else sampler["inputs"]["cfg"],
+        "sampler": sampler["class_type"] if student else sampler["inputs"]["sampler_name"],
         "frames": run.media.get("frames"), "fps": run.media.get("fps"),
         "width": run.media.get("width", fun["inputs"]["width"]),
         "height": run.media.get("height", fun["inputs"]["height"]),
         "video": os.path.relpath(run.video, REPO),
         "video_s": round(run.media.get("video", 0.0), 3), "audio_s": round(run.media.get("audio", 0.0), 3),
         "teacher": weights_info(pathlib.Path(weights[TEACHER_FILE])),
+        "student": weights_info(model_path) if student else None,
         "vae": weights_info(pathlib.Path(weights[VAE_FILE])),
         "decode_s": decode, "decode_frames": n_frames, "tiny_vae": weights_info(tiny) if tiny else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
@@ -112,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("teacher", "vae", "tiny_vae")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("teacher", "student", "vae", "tiny_vae")}, indent=1))
     print("wrote", a.out)
     return result
 

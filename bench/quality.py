@@ -3,7 +3,8 @@
     python iasa_cli.py bench.quality [--data .dev/synth/shards] [--clips 8] [--frames 0 [97 169 ...]]
         [--steps 20 [10 ...]] [--cfg 3.0 [...]] [--attention sparse dense] [--workflow workflows/api/X.json]
         [--teacher models/diffusion_models/iasa_mini_teacher.safetensors]
-        [--vae models/vae/iasa_mini_vae.safetensors] [--out bench/results/quality.json]
+        [--vae models/vae/iasa_mini_vae.safetensors] [--student S.safetensors [...]]
+        [--student-workflow workflows/api/iasa_mini_student.json] [--out bench/results/quality.json]
 
 Teacher records: for each of ``--clips`` held-out clips (spread over the held-out split), the talking
 workflow (``--workflow``, default ``workflows/api/iasa_mini_talking_v2.json``) is posted to a real headless ComfyUI with the clip's own
@@ -16,6 +17,9 @@ VAELoader builds), in this process, quantised as SaveImage does. Tiny-autoencode
 "tiny_vae"``, ``--tiny-vae``, default the bundled ``models/vae/iasa_mini_tiny_vae.safetensors`` when present):
 the same through the tiny autoencoder, plus ``psnr_vs_full_vae`` (its decode of the full VAE's latents
 against the full VAE's decode: held-out PSNR against the full VAE).
+
+Student records (``--student``, one per file, named by its stem): the student workflow (IASA Student Sampler, the
+card's steps, cfg 1) driven the same way, the file given to its UNETLoader; the same ``--attention`` modes.
 
 Baseline record (``model = "reference_copy"``): the reference picture copied to every frame, the score a
 model that ignores the pose gets. Teacher records come once per ``--attention`` mode: the workflow as it is
@@ -45,7 +49,7 @@ import time
 import numpy as np
 
 from ..harness.client import ComfyClient
-from ..harness.demo import TEACHER_FILE, VAE_FILE, bundled_weights, linked_weights, saved_files
+from ..harness.demo import STUDENT_WORKFLOW, TEACHER_FILE, VAE_FILE, bundled_weights, linked_weights, saved_files
 from ..harness.server import REPO, ComfyServer, prepare_base
 from ..pose.keypoints import PoseSequence, to_pose_keypoint
 from ..pose.pose_files import write_pose_file
@@ -59,6 +63,7 @@ TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
 SCORE_KEYS = ("psnr", "ssim", "psnr_face", "psnr_mouth", "psnr_hands", "psnr_moved", "mouth_audio_corr",
               "psnr_last_minus_first_second")
 FUN_CONTROL_NODES = ("WanFunControlToVideo", "Wan22FunControlToVideo")
+SAMPLER_NODES = ("KSampler", "IASAStudentSampler")   # the teacher's (steps, cfg) and the student's (steps, cfg 1)
 ATTENTION_MODES = ("sparse", "dense")
 INPUT_SUBDIR = "iasa_quality"
 
@@ -108,6 +113,14 @@ def _ids(workflow: dict, class_types: tuple[str, ...]) -> list[str]:
     return sorted((k for k, v in workflow.items() if v["class_type"] in class_types), key=int)
 
 
+def _sampler(workflow: dict) -> str:
+    ids = _ids(workflow, SAMPLER_NODES)
+    if len(ids) != 1:
+        raise ValueError(f"expected one sampler node ({' or '.join(SAMPLER_NODES)}), found {ids}; bench/quality.py "
+                         "sets its steps (and a KSampler's cfg)")
+    return ids[0]
+
+
 def _rewire(wf: dict, old: list, new: list) -> None:
     """Every input that reads output ``old`` ([node, slot]) reads ``new`` instead."""
     for node in wf.values():
@@ -128,11 +141,11 @@ def quality_prompt(workflow: dict, ref_image: str, pose_file: str, prefix: str,
     (load_image,) = _node(wf, "LoadImage")
     (load_pose,) = _node(wf, "IASALoadPose")
     (audio_pose,) = _node(wf, "IASAAudioToPose")
-    (sampler,) = _node(wf, "KSampler")
+    sampler = _sampler(wf)
     (decode,) = _node(wf, "VAEDecode")
     fun = _ids(wf, FUN_CONTROL_NODES)
-    if len(fun) != 2:
-        raise ValueError(f"{WORKFLOW.name}: expected 2 Fun-Control conditioning nodes ({FUN_CONTROL_NODES}), found {fun}")
+    if not fun:   # the teacher's workflow has two (positive; zero-concat negative), the student's one
+        raise ValueError(f"expected a Fun-Control conditioning node ({FUN_CONTROL_NODES}) in the workflow, found none")
     _rewire(wf, [audio_pose, 0], [load_pose, 0])
     if attention == "dense":
         for nid in _ids(wf, ("IASASparseAttention",)):
@@ -149,6 +162,8 @@ def quality_prompt(workflow: dict, ref_image: str, pose_file: str, prefix: str,
     if steps is not None:
         wf[sampler]["inputs"]["steps"] = int(steps)
     if cfg is not None:
+        if wf[sampler]["class_type"] != "KSampler":
+            raise ValueError(f"cfg {cfg}: {wf[sampler]['class_type']} samples at cfg 1 (a student has no CFG)")
         wf[sampler]["inputs"]["cfg"] = float(cfg)
     wf["9000"] = {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": prefix}}
     for nid, node in wf.items():
@@ -183,27 +198,35 @@ def read_frames(client: ComfyClient, outputs: dict) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ records
-def teacher_records(clips: list[dict], teacher: pathlib.Path, vae: pathlib.Path, steps_list: list[int | None],
+def sampled_records(clips: list[dict], model: pathlib.Path, vae: pathlib.Path, steps_list: list[int | None],
                     cfg_list: list[float | None], base: pathlib.Path, workflow_path: pathlib.Path = WORKFLOW,
                     attention_modes: tuple[str, ...] = ("sparse",)) -> list[dict]:
+    """Records of one diffusion model (a teacher through KSampler, or a student through IASA Student Sampler):
+    ``model`` is linked into the models folder under the name the workflow's UNETLoader asks for."""
     workflow = json.loads(workflow_path.read_text())
-    (sampler,) = _node(workflow, "KSampler")
+    sampler = _sampler(workflow)
+    student = workflow[sampler]["class_type"] == "IASAStudentSampler"
+    (unet,) = _node(workflow, "UNETLoader")
     has_sparse = bool(_ids(workflow, ("IASASparseAttention",)))
     modes = [m for m in attention_modes if has_sparse or m == "dense"] or ["dense"]
+    if student:
+        cfg_list = [None]
+    card_steps = weights_card(model).get("student", {}).get("steps") if student else None
     prepare_base(base)
     names = [write_clip_inputs(c, base / "input") for c in clips]
     records = []
-    with linked_weights(base, {TEACHER_FILE: teacher, VAE_FILE: vae}), ComfyServer(base) as server:
+    weights = {workflow[unet]["inputs"]["unet_name"]: model, VAE_FILE: vae}
+    with linked_weights(base, weights), ComfyServer(base) as server:
         client = ComfyClient(server.url)
         for attention in modes:
             for steps in steps_list:
                 for cfg in cfg_list:
                     steps_v = steps if steps is not None else workflow[sampler]["inputs"]["steps"]
-                    cfg_v = cfg if cfg is not None else workflow[sampler]["inputs"]["cfg"]
+                    cfg_v = 1.0 if student else (cfg if cfg is not None else workflow[sampler]["inputs"]["cfg"])
                     per_clip, seconds = [], []
                     for clip, (ref, pose) in zip(clips, names):
-                        prefix = f"{INPUT_SUBDIR}/{clip['id']}_{len(clip['frames'])}_{attention}_s{steps_v}_c{cfg_v}"
-                        prompt = quality_prompt(workflow, ref, pose, prefix, steps_v, cfg_v, attention)
+                        prefix = f"{INPUT_SUBDIR}/{model.stem}_{clip['id']}_{len(clip['frames'])}_{attention}_s{steps_v}_c{cfg_v}"
+                        prompt = quality_prompt(workflow, ref, pose, prefix, steps_v, None if student else cfg_v, attention)
                         t0 = time.monotonic()
                         result = client.run(prompt, timeout=3600)
                         seconds.append(time.monotonic() - t0)
@@ -211,11 +234,13 @@ def teacher_records(clips: list[dict], teacher: pathlib.Path, vae: pathlib.Path,
                             raise RuntimeError(f"clip {clip['id']}: {result.error}\n{server.log_tail(30)}")
                         gen = read_frames(client, result.outputs)
                         per_clip.append(_clip_entry(clip, gen, seconds[-1]))
-                        log.info("teacher %s steps %s cfg %s clip %s: %s", attention, steps_v, cfg_v, clip["id"],
+                        log.info("%s %s steps %s cfg %s clip %s: %s", model.stem, attention, steps_v, cfg_v, clip["id"],
                                  per_clip[-1])
-                    records.append(_record(teacher.stem, per_clip, clips, attention=attention if has_sparse else
-                                           "dense (the workflow has no IASA Sparse Attention)", steps=steps_v,
-                                           cfg=cfg_v, seconds_per_clip=round(float(np.mean(seconds)), 2)))
+                    records.append(_record(model.stem, per_clip, clips, attention=attention if has_sparse else
+                                           "dense (the workflow has no IASA Sparse Attention)",
+                                           steps=(steps_v or card_steps) if student else steps_v, cfg=cfg_v,
+                                           sampler=workflow[sampler]["class_type"],
+                                           seconds_per_clip=round(float(np.mean(seconds)), 2)))
     return records
 
 
@@ -312,12 +337,18 @@ def _record(model: str, per_clip: list[dict], clips: list[dict], **extra) -> dic
 
 
 # ---------------------------------------------------------------------------------------------- main
+def weights_card(path: pathlib.Path) -> dict:
+    from ..training.tiny_wan import read_weights
+
+    return read_weights(path)[1]
+
+
 def weights_info(path: pathlib.Path) -> dict:
     from ..training.tiny_wan import file_sha256, read_weights
 
     h = file_sha256(path)
     _, card = read_weights(path)
-    keep = ("name", "config", "training", "trained_steps", "heldout_psnr_db", "sampling", "eval", "data")
+    keep = ("name", "config", "training", "trained_steps", "heldout_psnr_db", "sampling", "eval", "data", "student")
     return {"file": path.name, "sha256": h, "card": {k: card[k] for k in keep if k in card}}
 
 
@@ -343,14 +374,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--vae", type=pathlib.Path, default=default[VAE_FILE])
     ap.add_argument("--tiny-vae", default=str(TINY_VAE),
                     help="tiny autoencoder for the 'tiny_vae' record ('none': skip; default the bundled one if present)")
-    ap.add_argument("--no-teacher", action="store_true", help="only the VAE and reference-copy records")
+    ap.add_argument("--no-teacher", action="store_true", help="no teacher records (the VAE, reference-copy and any "
+                                                                  "--student records only)")
+    ap.add_argument("--student", type=pathlib.Path, nargs="+", default=[],
+                    help="distilled students, one record set each (named by the file's stem)")
+    ap.add_argument("--student-workflow", type=pathlib.Path, default=STUDENT_WORKFLOW,
+                    help="API workflow the students run in (IASA Student Sampler)")
     ap.add_argument("--base", type=pathlib.Path, default=None, help="ComfyUI base directory (default: a temporary one)")
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for p in ([a.vae] if a.no_teacher else [a.teacher, a.vae]):
+    for p in ([a.vae] if a.no_teacher else [a.teacher, a.vae]) + a.student:
         if not p.is_file():
-            sys.exit(f"bench.quality: {p} not found; train IASA-mini (models/README.md) or pass --teacher / --vae")
+            sys.exit(f"bench.quality: {p} not found; train IASA-mini (models/README.md) or pass --teacher / --vae / "
+                     "--student")
     tiny = None if a.tiny_vae == "none" else pathlib.Path(a.tiny_vae)
     if tiny is not None and not tiny.is_file():
         if a.tiny_vae != str(TINY_VAE):
@@ -367,14 +404,18 @@ def main(argv: list[str] | None = None) -> dict:
         clips = pick_clips(a.data, a.clips, frames)
         log.info("bench.quality: %d held-out clips of %s frames", len(clips), sorted({len(c["frames"]) for c in clips}))
         group = [reference_copy_record(clips), *vae_records(clips, a.vae, tiny)]
-        if not a.no_teacher:
+        runs = ([] if a.no_teacher else [(a.teacher, a.workflow, a.steps, a.cfg)]) + \
+            [(st, a.student_workflow, [None], [None]) for st in a.student]
+        for model, workflow, steps, cfg in runs:
             with tempfile.TemporaryDirectory(prefix="iasa_quality_") as tmp:
-                group += teacher_records(clips, a.teacher, a.vae, a.steps, a.cfg, a.base or pathlib.Path(tmp),
-                                         a.workflow, tuple(a.attention))
+                group += sampled_records(clips, model, a.vae, steps, cfg, a.base or pathlib.Path(tmp), workflow,
+                                         tuple(a.attention))
         records += [{"frames_setting": frames, **r} for r in group]
     result = {"command": "python iasa_cli.py bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
               "data": str(a.data), "frames": a.frames, "workflow": str(a.workflow.resolve().relative_to(REPO)),
               "teacher": None if a.no_teacher else weights_info(a.teacher), "vae": weights_info(a.vae),
+              "students": [weights_info(st) for st in a.student],
+              "student_workflow": str(a.student_workflow.resolve().relative_to(REPO)) if a.student else None,
               "tiny_vae": weights_info(tiny) if tiny else None,
               "records": records, "total_s": round(time.monotonic() - t0, 1),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",

@@ -36,7 +36,8 @@ DEMO_INPUTS = [ASSETS / "speech.wav", ASSETS / "reference.jpg", ASSETS / "drivin
 # Bundled IASA-mini weights: file name -> ComfyUI model folder key (pack folder models/<key>/).
 TEACHER_FILE, VAE_FILE = "iasa_mini_teacher.safetensors", "iasa_mini_vae.safetensors"
 MINI_WEIGHTS = {TEACHER_FILE: "diffusion_models", VAE_FILE: "vae"}
-STUDENT_FILE = "iasa_mini_student.safetensors"   # written by scripts/distill_iasa_mini_gpu.sh (not shipped yet)
+STUDENT_FILE = "iasa_mini_student.safetensors"   # the v2 teacher's 4-step student (scripts/distill_iasa_mini_gpu.sh)
+LINKABLE_WEIGHTS = {**MINI_WEIGHTS, STUDENT_FILE: "diffusion_models"}   # what linked_weights can place
 
 
 def bundled_weights(models_dir: pathlib.Path = REPO / "models") -> dict[str, pathlib.Path]:
@@ -120,7 +121,9 @@ def linked_weights(base: pathlib.Path, files: dict[str, pathlib.Path] | None):
             src = pathlib.Path(path).resolve()
             if not src.is_file():
                 raise FileNotFoundError(f"{path}: no such weights file (wanted for {name})")
-            dst = base / "models" / MINI_WEIGHTS[name] / name
+            if name not in LINKABLE_WEIGHTS:
+                raise ValueError(f"{name}: not a bundled IASA-mini file name ({', '.join(LINKABLE_WEIGHTS)})")
+            dst = base / "models" / LINKABLE_WEIGHTS[name] / name
             dst.parent.mkdir(parents=True, exist_ok=True)
             if dst.is_symlink() or dst.exists():
                 raise FileExistsError(f"{dst} already exists; remove it or use another --base")

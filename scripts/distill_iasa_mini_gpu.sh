@@ -107,7 +107,7 @@ collect() {  # the students (split into 15 MiB pieces: `cat` joins them), the fi
   # the rest -> $OUT (7 files at most with the ablation twin)
   [ -n "${OUT:-}" ] || return 0
   [ -d "$S" ] || return 0
-  local parts=(-C "$(dirname "$S")" "$(basename "$S")" -C "$W" distill.log)
+  local parts=(-C "$(cd "$(dirname "$S")" && pwd)" "$(basename "$S")" -C "$(cd "$W" && pwd)" distill.log)
   [ -d "$ABL_DIR" ] && parts+=("$(basename "$ABL_DIR")" "$(basename "$ABL_LOG")")
   tar -czf "$OUT/distill_meta.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' "${parts[@]}" || true
   for f in "$S/$NAME.safetensors" "$S/${NAME}_lora.safetensors" "$ABL_DIR/${NAME}_dmd_only.safetensors"; do

@@ -86,6 +86,25 @@ def test_quality_prompt_keeps_the_workflow_but_drives_it_with_the_given_pose():
     assert wf == json.loads(WORKFLOW.read_text())  # the input is not modified
 
 
+def test_quality_prompt_drives_the_student_workflow_and_refuses_a_cfg_for_it():
+    from iasa.harness.demo import STUDENT_WORKFLOW
+
+    wf = json.loads(STUDENT_WORKFLOW.read_text())
+    p = quality_prompt(wf, "iasa_quality/a_ref.png", "iasa_quality/a_pose.json", "q/a", steps=2)
+    by_type = {n["class_type"]: (k, n) for k, n in p.items()}
+    assert not {n["class_type"] for n in p.values()} & {"IASALoadAudio", "IASAAudioToPose", "SaveVideo", "KSampler"}
+    pose_id = by_type["IASALoadPose"][0]
+    assert by_type["IASASparseAttention"][1]["inputs"]["pose"] == [pose_id, 0]
+    assert by_type["Wan22FunControlToVideo"][1]["inputs"]["length"] == [pose_id, 1]
+    assert by_type["IASAStudentSampler"][1]["inputs"]["steps"] == 2
+    assert by_type["SaveImage"][1]["inputs"]["images"] == [by_type["VAEDecode"][0], 0]
+    with pytest.raises(ValueError, match="cfg 1"):
+        quality_prompt(wf, "r.png", "p.json", "q", cfg=3.0)
+    both = dict(wf, **{"900": {"class_type": "KSampler", "inputs": {}}})
+    with pytest.raises(ValueError, match="one sampler node"):
+        quality_prompt(both, "r.png", "p.json", "q")
+
+
 def test_moved_mask_marks_pixels_that_entered_or_left_a_region():
     from iasa.bench.video_metrics import MOVING_REGIONS, moved_mask
 

@@ -124,3 +124,17 @@ def test_the_student_workflow_is_the_v2_graph_with_the_student_sampler_in_place_
     assert types.count("Wan22FunControlToVideo") == 1 and "KSampler" not in types and "ModelSamplingSD3" not in types
     sampler = next(n["inputs"] for n in student.values() if n["class_type"] == "IASAStudentSampler")
     assert sampler["steps"] == 0 and student[sampler["model"][0]]["class_type"] == "IASALongVideo"
+
+
+def test_linked_weights_places_the_student_beside_the_teacher_and_refuses_other_names(tmp_path):
+    from iasa.harness.demo import linked_weights
+
+    src = tmp_path / "s.safetensors"
+    save_file({"w": torch.zeros(1)}, str(src))
+    base = tmp_path / "base"
+    with linked_weights(base, {STUDENT_FILE: src}) as links:
+        assert links == [base / "models" / "diffusion_models" / STUDENT_FILE] and links[0].resolve() == src
+    assert not links[0].exists()
+    with pytest.raises(ValueError, match="not a bundled IASA-mini file name"):
+        with linked_weights(base, {"other.safetensors": src}):
+            pass

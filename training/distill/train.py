@@ -86,6 +86,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--region-weights", default="", help="per region, e.g. face=1,lips=2,left_hand=1 "
                    f"(default {','.join(f'{k}={v}' for k, v in DEFAULT_WEIGHTS.items())})")
     p.add_argument("--region-frames", type=int, default=4, help="decoded frames per window for the region loss")
+    p.add_argument("--region-batch", type=int, default=2,
+                   help="windows per (per-process) batch the region loss decodes, 0 = all; the decode with grad "
+                        "dominates memory (16 x 49 x 256^2 ran out of 139 GB on an H200)")
     p.add_argument("--l1", type=float, default=1.0)
     p.add_argument("--ssim", type=float, default=1.0)
     p.add_argument("--feature-net", default="", help="feature network safetensors for the region loss")
@@ -263,14 +266,15 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
 
     data = DistillData(lat, a.batch, D.rank_slice(a.batch, info), a.ref_random_prob, sparse=True)
     models = WanModels(student, student_train, fake, fake_train, teacher, a.guidance, a.score_attention == "sparse", amp)
-    region = WanRegionTerm(vae, wan21_latent_format(), gt, RegionLoss(region_cfg, feature_net), gen, amp) \
+    region = WanRegionTerm(vae, wan21_latent_format(), gt, RegionLoss(region_cfg, feature_net), gen, amp,
+                           a.region_batch) \
         if a.region_weight > 0 and region_cfg.active else None
     step = DMDStep(models, data, schedule, dmd_cfg, fake_opt, list(fake.parameters()), gen, dev, region,
                    fake_lr=lambda s: lr_at(s, cfg) * fake_ratio)
 
     settings = {"schedule": schedule.to_card(), "guidance": a.guidance, "fake_updates": a.fake_updates,
                 "t_range": [a.t_min, a.t_max], "lr": cfg.lr, "fake_lr": cfg.lr * fake_ratio, "ema_decay": a.ema_decay,
-                "ema_start": a.ema_start, "score_attention": a.score_attention, "region_weight": a.region_weight,
+                "ema_start": a.ema_start, "score_attention": a.score_attention, "region_weight": a.region_weight, "region_batch": a.region_batch,
                 "region": region_cfg.to_card(), "feature_net": Path(a.feature_net).name if feature_net else None,
                 "batch": a.batch, "frames": a.frames, "ref_random_prob": a.ref_random_prob, "top_k": a.top_k,
                 "causal": not a.bidirectional, "seed": cfg.seed, "data": str(a.data), "windows": len(lat)}

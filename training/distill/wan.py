@@ -78,15 +78,19 @@ class WanRegionTerm:
     the prefix up to the last of them decoded, the frame ending each compared with the ground truth."""
 
     def __init__(self, vae, latent_format, gt: GroundTruth, loss: RegionLoss, generator: torch.Generator,
-                 amp: bool = False):
+                 amp: bool = False, windows: int = 0):
         self.vae, self.fmt, self.gt, self.loss, self.gen, self.amp = vae, latent_format, gt, loss, generator, amp
+        self.windows = windows  # > 0: only the batch's first N windows (the decode's activations bound memory)
 
     def __call__(self, x0: torch.Tensor, b: Batch):
+        idx = b.gt["idx"]
+        if 0 < self.windows < x0.shape[0]:
+            x0, idx = x0[:self.windows], idx[:self.windows]
         f = x0.shape[2]
         k = min(self.loss.cfg.frames, f)
         pick = torch.randperm(f, generator=self.gen, device=x0.device)[:k].sort().values
         pick_cpu = pick.cpu()
         px = decode_prefix(self.vae, self.fmt, x0, int(pick_cpu.max()) + 1, self.amp)
         keys = torch.tensor(key_pixel_frames(f), device=x0.device)[pick]
-        gt_px, bits = self.gt.take(b.gt["idx"], pick_cpu, x0.device)
+        gt_px, bits = self.gt.take(idx, pick_cpu, x0.device)
         return self.loss(px[:, :, keys], gt_px, bits)
