@@ -132,6 +132,27 @@ def test_fake_score_update_is_a_flow_matching_step(dataset):
 
 
 # ------------------------------------------------------------------------------------------ region loss
+def test_region_term_with_a_window_limit_decodes_and_scores_only_the_first_windows(dataset):
+    """--region-batch N: the region loss (and its decode) covers the batch's first N windows only."""
+    from iasa.training.vae_train import wan21_latent_format
+
+    vae, lat, gt = dataset
+    batch = DistillData(lat, 3, slice(0, 3)).draw(torch.Generator().manual_seed(1))
+    x0 = lat.x0[batch.gt["idx"]].clone().requires_grad_(True)
+    calls = []
+    decode = vae.decode
+    vae.decode = lambda z: calls.append(z.shape[0]) or decode(z)
+    try:
+        term = WanRegionTerm(vae, wan21_latent_format(), gt, RegionLoss(RegionLossConfig(frames=2)),
+                             torch.Generator().manual_seed(0), windows=1)
+        value, _ = term(x0, batch)
+    finally:
+        vae.decode = decode
+    value.backward()
+    assert calls == [1] and float(value.detach()) > 0
+    assert float(x0.grad[0].abs().sum()) > 0 and float(x0.grad[1:].abs().max()) == 0.0
+
+
 def test_region_loss_is_zero_outside_the_masks_and_its_gradient_reaches_only_masked_pixels():
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(2, 3, 2, 24, 24, generator=g) * 2 - 1
