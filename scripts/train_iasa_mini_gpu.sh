@@ -7,6 +7,8 @@
 #   bash scripts/train_iasa_mini_gpu.sh start     # runs every stage not done yet, in the background (setsid)
 #   bash scripts/train_iasa_mini_gpu.sh wait 560  # follows the log for up to 560 s, then copies what is done
 #   bash scripts/train_iasa_mini_gpu.sh run       # the same stages in the foreground
+#   TINY_VAE_MIN=5 bash scripts/train_iasa_mini_gpu.sh tiny-start   # only the tiny autoencoder, distilled from
+#                                                 # TINY_FROM (default the shipped models/vae VAE); `wait` as above
 #
 # Inputs (carried to the machine, ignored by git): the motion bundle (.dev/synth/motion, from
 # `python iasa_cli.py training.synth.build motion ...` on a machine with espeak-ng) and a ComfyUI tree as
@@ -98,11 +100,25 @@ run_stages() {
   if [ "$TINY_VAE_MIN" != "0" ]; then   # last: it must distil the VAE that ships, and never delays the teacher
     local final_vae="$W/vae_long/iasa_mini_vae.safetensors"
     [ -f "$final_vae" ] || final_vae="$W/vae/iasa_mini_vae.safetensors"
-    stage tiny_vae "$W/tiny_vae/iasa_mini_tiny_vae.safetensors" $PY iasa_cli.py training.tiny_vae_train \
-        --data "$SHARDS" --vae "$final_vae" --out "$W/tiny_vae" --frames "$TINY_FRAMES" --crop "$TINY_CROP" \
-        --batch "$TINY_BATCH" --steps 0 --max-minutes "$TINY_VAE_MIN" --eval-frames "$TINY_FRAMES" \
-        --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+    tiny_stage "$final_vae"
   fi
+  echo "[v2] all stages done $(date +%T)"
+}
+
+tiny_stage() {  # tiny_stage VAE: distil the tiny autoencoder (training/tiny_vae_train.py) from that VAE
+  stage tiny_vae "$W/tiny_vae/iasa_mini_tiny_vae.safetensors" $PY iasa_cli.py training.tiny_vae_train \
+      --data "$SHARDS" --vae "$1" --out "$W/tiny_vae" --frames "$TINY_FRAMES" --crop "$TINY_CROP" \
+      --batch "$TINY_BATCH" --steps 0 --max-minutes "$TINY_VAE_MIN" --eval-frames "$TINY_FRAMES" \
+      --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+}
+
+tiny_only() {  # the shards and the tiny autoencoder of an existing VAE (TINY_FROM, default the shipped one)
+  gpu_env
+  local vae=${TINY_FROM:-models/vae/iasa_mini_vae.safetensors}
+  [ -f "$vae" ] || { echo "[v2] TINY_FROM=$vae: no such file" >&2; return 1; }
+  [ "$TINY_VAE_MIN" != "0" ] || TINY_VAE_MIN=5
+  render_shards
+  tiny_stage "$vae"
   echo "[v2] all stages done $(date +%T)"
 }
 
@@ -148,14 +164,19 @@ case "${1:-run}" in
     setsid nohup bash "$0" run-bg >> "$LOG" 2>&1 < /dev/null &
     echo "[v2] started in the background, log $LOG" ;;
   run-bg) run_stages ;;
+  tiny) tiny_only 2>&1 | tee -a "$LOG"; collect ;;   # only the tiny autoencoder, from TINY_FROM (the shipped VAE)
+  tiny-start)
+    setsid nohup bash "$0" tiny-bg >> "$LOG" 2>&1 < /dev/null &
+    echo "[v2] tiny autoencoder started in the background, log $LOG" ;;
+  tiny-bg) tiny_only ;;
   render) gpu_env; render_shards ;;   # shards only (the distillation on shipped weights needs them)
   wait)
     limit=${2:-560}; t0=$SECONDS
     while [ $((SECONDS - t0)) -lt "$limit" ]; do
       if grep -q "all stages done" "$LOG" 2>/dev/null; then break; fi
-      if ! pgrep -f "train_iasa_mini_gpu.sh run-bg" > /dev/null; then echo "[v2] pipeline not running"; break; fi
+      if ! pgrep -f "train_iasa_mini_gpu.sh (run|tiny)-bg" > /dev/null; then echo "[v2] pipeline not running"; break; fi
       sleep 10
     done
     tail -n 40 "$LOG"; collect ;;
-  *) echo "usage: $0 prepare|run|start|wait [seconds]|render" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare|run|start|wait [seconds]|render|tiny|tiny-start" >&2; exit 2 ;;
 esac

@@ -132,6 +132,20 @@ def test_fake_score_update_is_a_flow_matching_step(dataset):
 
 
 # ------------------------------------------------------------------------------------------ region loss
+def test_region_windows_are_shared_evenly_by_processes_and_an_uneven_split_is_refused():
+    from iasa.training.distill.wan import check_region_split, region_rows
+
+    assert region_rows(2, 4, slice(0, 4)) == [0, 2]                     # one process: every 2nd window
+    assert region_rows(2, 4, slice(0, 2)) == [0] and region_rows(2, 4, slice(2, 4)) == [0]   # two: one each
+    assert region_rows(1, 16, slice(0, 16)) == [0]
+    check_region_split(2, 4, 2)
+    check_region_split(1, 16, 1)
+    with pytest.raises(ValueError, match="--region-batch 1: 2 processes cannot share it evenly"):
+        check_region_split(1, 4, 2)
+    with pytest.raises(ValueError, match="--region-batch 3"):
+        check_region_split(3, 8, 2)
+
+
 def test_region_term_with_a_window_limit_decodes_and_scores_only_the_first_windows(dataset):
     """--region-batch N: the region loss (and its decode) covers the batch's first N windows only."""
     from iasa.training.vae_train import wan21_latent_format

@@ -54,7 +54,7 @@ from .dmd import DMDConfig, DMDStep, EMA
 from .export import save_lora, save_student
 from .region_loss import DEFAULT_WEIGHTS, RegionLoss, RegionLossConfig
 from .schedule import StudentSchedule
-from .wan import WanModels, WanRegionTerm
+from .wan import WanModels, WanRegionTerm, check_region_split
 
 log = logging.getLogger(__name__)
 PLOT = ("dmd", "fake", "region")
@@ -87,7 +87,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    f"(default {','.join(f'{k}={v}' for k, v in DEFAULT_WEIGHTS.items())})")
     p.add_argument("--region-frames", type=int, default=4, help="decoded frames per window for the region loss")
     p.add_argument("--region-batch", type=int, default=2,
-                   help="windows per (per-process) batch the region loss decodes, 0 = all; the decode with grad "
+                   help="windows of the global batch the region loss decodes (every batch/N-th), 0 = all; shared "
+                        "evenly by several processes; the decode with grad "
                         "dominates memory (16 x 49 x 256^2 ran out of 139 GB on an H200)")
     p.add_argument("--l1", type=float, default=1.0)
     p.add_argument("--ssim", type=float, default=1.0)
@@ -264,6 +265,8 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
     gen = torch.Generator(device=dev)
     gen.manual_seed(cfg.seed)
 
+    if a.region_weight > 0:
+        check_region_split(a.region_batch, a.batch, info.world_size)
     data = DistillData(lat, a.batch, D.rank_slice(a.batch, info), a.ref_random_prob, sparse=True)
     models = WanModels(student, student_train, fake, fake_train, teacher, a.guidance, a.score_attention == "sparse", amp)
     region = WanRegionTerm(vae, wan21_latent_format(), gt, RegionLoss(region_cfg, feature_net), gen, amp,

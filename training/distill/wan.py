@@ -73,6 +73,29 @@ def decode_prefix(vae, latent_format, x0: torch.Tensor, latent_frames: int, amp:
         return vae.decode(latent_format.process_out(x0[:, :, :latent_frames].float())).float()
 
 
+def region_rows(windows: int, global_batch: int, rows: slice) -> list[int]:
+    """This process's rows (indices into its own slice) of the ``windows`` global-batch windows the region loss
+    scores: every ``global_batch // windows``-th window, so that each process of an even split gets the same
+    number and several processes make the same update as one process on the global batch."""
+    stride = max(1, global_batch // windows)
+    picks = range(0, global_batch, stride)[:windows]
+    return [i - rows.start for i in picks if rows.start <= i < rows.stop]
+
+
+def check_region_split(windows: int, global_batch: int, world_size: int) -> None:
+    """Refuse a --region-batch that the processes cannot share evenly (their updates would differ from one
+    process's on the global batch)."""
+    if windows <= 0 or windows >= global_batch or world_size == 1:
+        return
+    per_rank = global_batch // world_size
+    counts = {len(region_rows(windows, global_batch, slice(r * per_rank, (r + 1) * per_rank)))
+              for r in range(world_size)}
+    if len(counts) != 1 or 0 in counts:
+        raise ValueError(f"--region-batch {windows}: {world_size} processes cannot share it evenly over a global "
+                         f"batch of {global_batch}; use a multiple of {world_size} that divides {global_batch}, "
+                         "or 0 (every window)")
+
+
 class WanRegionTerm:
     """Region loss of a batch: ``frames`` latent frames drawn per step (the same for the whole global batch),
     the prefix up to the last of them decoded, the frame ending each compared with the ground truth."""
@@ -80,12 +103,13 @@ class WanRegionTerm:
     def __init__(self, vae, latent_format, gt: GroundTruth, loss: RegionLoss, generator: torch.Generator,
                  amp: bool = False, windows: int = 0):
         self.vae, self.fmt, self.gt, self.loss, self.gen, self.amp = vae, latent_format, gt, loss, generator, amp
-        self.windows = windows  # > 0: only the batch's first N windows (the decode's activations bound memory)
+        self.windows = windows  # > 0: N windows of the global batch (the decode's activations bound memory)
 
     def __call__(self, x0: torch.Tensor, b: Batch):
         idx = b.gt["idx"]
-        if 0 < self.windows < x0.shape[0]:
-            x0, idx = x0[:self.windows], idx[:self.windows]
+        if 0 < self.windows < b.global_batch:
+            local = region_rows(self.windows, b.global_batch, b.rows)
+            x0, idx = x0[local], idx[local]
         f = x0.shape[2]
         k = min(self.loss.cfg.frames, f)
         pick = torch.randperm(f, generator=self.gen, device=x0.device)[:k].sort().values
