@@ -389,3 +389,4 @@ __all__ = ["Hooks", "distill", "main", "parse_args", "state_fingerprint"]
 
 if __name__ == "__main__":
     main()
+    D.exit_after_torchrun()
