@@ -30,7 +30,7 @@ from ..harness.demo import (ASSETS, STUDENT_FILE, TEACHER_FILE, VAE_FILE, bundle
                             talking_workflow_for, weights_from_dir)
 from ..harness.server import PACK_LINK_NAME, REPO
 from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE, with_all_frames_at_once
-from .quality import FUN_CONTROL_NODES, SAMPLER_NODES, stock_vae, weights_card, weights_info, versions
+from .quality import FUN_CONTROL_NODES, SAMPLER_NODES, sampler_settings, stock_vae, weights_info, versions
 
 RESULTS = REPO / "bench" / "results" / "demo.json"
 TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
@@ -111,10 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_audio": round(sf.info(str(ASSETS / speech)).duration, 3),
         "wall_s": round(run.total_s, 1), "workflow_s": round(run.workflow_s, 1),
         "server_start_s": round(run.server_start_s, 1),
-        "steps": (sampler["inputs"]["steps"] or weights_card(model_path)["student"]["steps"]) if student
-        else sampler["inputs"]["steps"],
-        "cfg": 1.0 if student else sampler["inputs"]["cfg"],
-        "sampler": sampler["class_type"] if student else sampler["inputs"]["sampler_name"],
+        **sampler_settings(workflow, model_path),
         "frames": run.media.get("frames"), "fps": run.media.get("fps"),
         "width": run.media.get("width", fun["inputs"]["width"]),
         "height": run.media.get("height", fun["inputs"]["height"]),

@@ -121,6 +121,18 @@ def _sampler(workflow: dict) -> str:
     return ids[0]
 
 
+def sampler_settings(workflow: dict, model: pathlib.Path) -> dict:
+    """Steps, cfg and sampler of the workflow's sampler node as it runs ``model``: IASA Student Sampler's
+    ``steps`` 0 means the student card's, and it samples at cfg 1."""
+    node = workflow[_sampler(workflow)]
+    if node["class_type"] == "IASAStudentSampler":
+        from ..training.distill.export import read_card
+
+        return {"steps": node["inputs"]["steps"] or read_card(model)["student"]["steps"], "cfg": 1.0,
+                "sampler": node["class_type"]}
+    return {"steps": node["inputs"]["steps"], "cfg": node["inputs"]["cfg"], "sampler": node["inputs"]["sampler_name"]}
+
+
 def _rewire(wf: dict, old: list, new: list) -> None:
     """Every input that reads output ``old`` ([node, slot]) reads ``new`` instead."""
     for node in wf.values():
@@ -204,14 +216,10 @@ def sampled_records(clips: list[dict], model: pathlib.Path, vae: pathlib.Path, s
     """Records of one diffusion model (a teacher through KSampler, or a student through IASA Student Sampler):
     ``model`` is linked into the models folder under the name the workflow's UNETLoader asks for."""
     workflow = json.loads(workflow_path.read_text())
-    sampler = _sampler(workflow)
-    student = workflow[sampler]["class_type"] == "IASAStudentSampler"
+    settings = sampler_settings(workflow, model)
     (unet,) = _node(workflow, "UNETLoader")
     has_sparse = bool(_ids(workflow, ("IASASparseAttention",)))
     modes = [m for m in attention_modes if has_sparse or m == "dense"] or ["dense"]
-    if student:
-        cfg_list = [None]
-    card_steps = weights_card(model).get("student", {}).get("steps") if student else None
     prepare_base(base)
     names = [write_clip_inputs(c, base / "input") for c in clips]
     records = []
@@ -221,12 +229,12 @@ def sampled_records(clips: list[dict], model: pathlib.Path, vae: pathlib.Path, s
         for attention in modes:
             for steps in steps_list:
                 for cfg in cfg_list:
-                    steps_v = steps if steps is not None else workflow[sampler]["inputs"]["steps"]
-                    cfg_v = 1.0 if student else (cfg if cfg is not None else workflow[sampler]["inputs"]["cfg"])
+                    steps_v = steps if steps is not None else settings["steps"]
+                    cfg_v = cfg if cfg is not None else settings["cfg"]
                     per_clip, seconds = [], []
                     for clip, (ref, pose) in zip(clips, names):
                         prefix = f"{INPUT_SUBDIR}/{model.stem}_{clip['id']}_{len(clip['frames'])}_{attention}_s{steps_v}_c{cfg_v}"
-                        prompt = quality_prompt(workflow, ref, pose, prefix, steps_v, None if student else cfg_v, attention)
+                        prompt = quality_prompt(workflow, ref, pose, prefix, steps, cfg, attention)
                         t0 = time.monotonic()
                         result = client.run(prompt, timeout=3600)
                         seconds.append(time.monotonic() - t0)
@@ -238,8 +246,7 @@ def sampled_records(clips: list[dict], model: pathlib.Path, vae: pathlib.Path, s
                                  per_clip[-1])
                     records.append(_record(model.stem, per_clip, clips, attention=attention if has_sparse else
                                            "dense (the workflow has no IASA Sparse Attention)",
-                                           steps=(steps_v or card_steps) if student else steps_v, cfg=cfg_v,
-                                           sampler=workflow[sampler]["class_type"],
+                                           steps=steps_v, cfg=cfg_v, sampler=settings["sampler"],
                                            seconds_per_clip=round(float(np.mean(seconds)), 2)))
     return records
 
@@ -337,17 +344,12 @@ def _record(model: str, per_clip: list[dict], clips: list[dict], **extra) -> dic
 
 
 # ---------------------------------------------------------------------------------------------- main
-def weights_card(path: pathlib.Path) -> dict:
-    from ..training.tiny_wan import read_weights
-
-    return read_weights(path)[1]
-
-
 def weights_info(path: pathlib.Path) -> dict:
-    from ..training.tiny_wan import file_sha256, read_weights
+    from ..training.distill.export import read_card
+    from ..training.tiny_wan import file_sha256
 
     h = file_sha256(path)
-    _, card = read_weights(path)
+    card = read_card(path)
     keep = ("name", "config", "training", "trained_steps", "heldout_psnr_db", "sampling", "eval", "data", "student")
     return {"file": path.name, "sha256": h, "card": {k: card[k] for k in keep if k in card}}
 

@@ -202,3 +202,20 @@ def test_demo_timing_decodes_the_demo_latent_with_the_vae_and_the_tiny_one_in_bo
     got = decode_seconds(vae, tiny, frames=5, height=16, width=16)
     assert set(got) == {"vae", "tiny_vae", "tiny_vae_parallel"} and all(v >= 0 for v in got.values())
     assert set(decode_seconds(vae, None, frames=1, height=16, width=16)) == {"vae"}
+
+
+def test_sampler_settings_read_a_students_steps_from_its_card_and_a_ksamplers_from_the_workflow(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from iasa.bench.quality import sampler_settings
+    from iasa.harness.demo import STUDENT_WORKFLOW
+    from iasa.training.tiny_wan import CARD_KEY
+
+    student = tmp_path / "s.safetensors"
+    save_file({"w": torch.zeros(1)}, str(student), metadata={CARD_KEY: json.dumps({"student": {"steps": 3}})})
+    assert sampler_settings(json.loads(STUDENT_WORKFLOW.read_text()), student) == \
+        {"steps": 3, "cfg": 1.0, "sampler": "IASAStudentSampler"}
+    ks = next(n for n in json.loads(WORKFLOW.read_text()).values() if n["class_type"] == "KSampler")["inputs"]
+    assert sampler_settings(json.loads(WORKFLOW.read_text()), student) == \
+        {"steps": ks["steps"], "cfg": ks["cfg"], "sampler": ks["sampler_name"]}

@@ -277,8 +277,8 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
 
     settings = {"schedule": schedule.to_card(), "guidance": a.guidance, "fake_updates": a.fake_updates,
                 "t_range": [a.t_min, a.t_max], "lr": cfg.lr, "fake_lr": cfg.lr * fake_ratio, "ema_decay": a.ema_decay,
-                "ema_start": a.ema_start, "score_attention": a.score_attention, "region_weight": a.region_weight, "region_batch": a.region_batch,
-                "region": region_cfg.to_card(), "feature_net": Path(a.feature_net).name if feature_net else None,
+                "ema_start": a.ema_start, "score_attention": a.score_attention, "region_weight": a.region_weight,
+                "region_batch": a.region_batch, "region": region_cfg.to_card(), "feature_net": Path(a.feature_net).name if feature_net else None,
                 "batch": a.batch, "frames": a.frames, "ref_random_prob": a.ref_random_prob, "top_k": a.top_k,
                 "causal": not a.bidirectional, "seed": cfg.seed, "data": str(a.data), "windows": len(lat)}
     meta = {"distill": settings, "teacher": teacher_info}
