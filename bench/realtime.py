@@ -530,6 +530,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch._dynamo.config.cache_size_limit = a.recompile_limit      # alias of recompile_limit in newer torch
     limit_hits = LimitHits.install()
+    # ComfyUI's executor runs every node under inference mode; without it the VAE and the DiT record autograd
+    # (the random weights require grad), which ran the stock VAE out of memory into its tiled fallback and
+    # slowed the DiT (the first H200 run, docs/training/v2_run4/realtime_partial.log).
+    with torch.inference_mode():
+        return run(a, argv, limit_hits)
+
+
+def run(a: argparse.Namespace, argv: list[str], limit_hits: "LimitHits") -> dict:
+    """Every measurement of one benchmark run (under the caller's inference mode)."""
     t_start = time.perf_counter()
     bench = RealtimeBench(a)
     dev = bench.device
