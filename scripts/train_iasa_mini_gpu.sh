@@ -47,6 +47,10 @@ LONG_PART=${LONG_PART:-decoder}; LONG_LR=${LONG_LR:-3e-4}; LONG_WARMUP=${LONG_WA
 LONG_EVAL_FRAMES=${LONG_EVAL_FRAMES:-$LONG_FRAMES}; VAE_INIT=${VAE_INIT:-}
 T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH=${T_BATCH:-32}
 TINY_FRAMES=${TINY_FRAMES:-17}; TINY_CROP=${TINY_CROP:-128}; TINY_BATCH=${TINY_BATCH:-16}
+# The tiny autoencoder reaches ~20 frames back (its memory blocks at 1/4 and 1/2 the frame rate): windows no longer
+# than that teach it to lean on the zero padding at the window's start, and it falls apart past ~17 frames (run 1,
+# docs/training/tiny_vae_run1). TINY_EVAL_FRAMES checks it past its reach; TINY_EXTRA: more flags (--init, --lr, ...).
+TINY_EVAL_FRAMES=${TINY_EVAL_FRAMES:-$TINY_FRAMES}; TINY_EXTRA=${TINY_EXTRA:-}
 EVAL=${EVAL:-8}; WORKERS=${WORKERS:-16}; DEVICE=${DEVICE:-auto}
 RENDER_LIMIT=${RENDER_LIMIT:-0}; T_CLIPS=${T_CLIPS:-0}   # >0: first N clips per split / teacher clips (dry runs)
 LOG="$W/pipeline.log"
@@ -108,8 +112,8 @@ run_stages() {
 tiny_stage() {  # tiny_stage VAE: distil the tiny autoencoder (training/tiny_vae_train.py) from that VAE
   stage tiny_vae "$W/tiny_vae/iasa_mini_tiny_vae.safetensors" $PY iasa_cli.py training.tiny_vae_train \
       --data "$SHARDS" --vae "$1" --out "$W/tiny_vae" --frames "$TINY_FRAMES" --crop "$TINY_CROP" \
-      --batch "$TINY_BATCH" --steps 0 --max-minutes "$TINY_VAE_MIN" --eval-frames "$TINY_FRAMES" \
-      --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+      --batch "$TINY_BATCH" --steps 0 --max-minutes "$TINY_VAE_MIN" --eval-frames "$TINY_EVAL_FRAMES" \
+      --eval-clips "$EVAL" --log-every 25 --device "$DEVICE" $TINY_EXTRA
 }
 
 tiny_only() {  # the shards and the tiny autoencoder of an existing VAE (TINY_FROM, default the shipped one)
@@ -139,7 +143,9 @@ collect() {  # what is done so far -> $OUT (8 files at most)
     split -b 15M -d "$f" "$OUT/$stem.part"
   done
   if [ -f "$W/tiny_vae/iasa_mini_tiny_vae.safetensors" ]; then   # both tiny files in one tar: 3 parts (8 files back at most)
-    tar -cf "$meta/tiny_vae.tar" -C "$W/tiny_vae" iasa_mini_tiny_vae.safetensors lighttaew2_1_iasa_mini.safetensors
+    local tiny_files=(iasa_mini_tiny_vae.safetensors)   # the preview file only when its decoder was trained
+    [ ! -f "$W/tiny_vae/lighttaew2_1_iasa_mini.safetensors" ] || tiny_files+=(lighttaew2_1_iasa_mini.safetensors)
+    tar -cf "$meta/tiny_vae.tar" -C "$W/tiny_vae" "${tiny_files[@]}"
     split -b 15M -d "$meta/tiny_vae.tar" "$OUT/tiny_vae.tar.part"
   fi
   ls -la "$OUT"
