@@ -30,7 +30,7 @@ from ..harness.demo import (ASSETS, STUDENT_FILE, TEACHER_FILE, VAE_FILE, bundle
                             talking_workflow_for, weights_from_dir)
 from ..harness.server import PACK_LINK_NAME, REPO
 from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE, with_all_frames_at_once
-from .quality import FUN_CONTROL_NODES, SAMPLER_NODES, sampler_settings, stock_vae, weights_info, versions
+from .quality import FUN_CONTROL_NODES, SAMPLER_NODES, repo_path, sampler_settings, stock_vae, weights_info, versions
 
 RESULTS = REPO / "bench" / "results" / "demo.json"
 TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     decode = decode_seconds(pathlib.Path(weights[VAE_FILE]), tiny, n_frames, *size)
     result = {
         "command": "python iasa_cli.py bench.demo_timing " + " ".join(argv),
-        "workflow": str(workflow_path.resolve().relative_to(REPO)),
+        "workflow": repo_path(workflow_path),
         "seconds_audio": round(sf.info(str(ASSETS / speech)).duration, 3),
         "wall_s": round(run.total_s, 1), "workflow_s": round(run.workflow_s, 1),
         "server_start_s": round(run.server_start_s, 1),

@@ -185,6 +185,13 @@ def quality_prompt(workflow: dict, ref_image: str, pose_file: str, prefix: str,
     return wf
 
 
+def repo_path(path: pathlib.Path) -> str:
+    """``path`` relative to the repository when it lies inside it (results name the repo's workflows that way),
+    else absolute (a workflow kept elsewhere)."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(resolved)
+
+
 def write_clip_inputs(clip: dict, input_dir: pathlib.Path) -> tuple[str, str]:
     """The clip's first frame (PNG) and pose sequence (JSON) in ComfyUI's input folder."""
     from PIL import Image
@@ -414,10 +421,10 @@ def main(argv: list[str] | None = None) -> dict:
                                          tuple(a.attention))
         records += [{"frames_setting": frames, **r} for r in group]
     result = {"command": "python iasa_cli.py bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
-              "data": str(a.data), "frames": a.frames, "workflow": str(a.workflow.resolve().relative_to(REPO)),
+              "data": str(a.data), "frames": a.frames, "workflow": repo_path(a.workflow),
               "teacher": None if a.no_teacher else weights_info(a.teacher), "vae": weights_info(a.vae),
               "students": [weights_info(st) for st in a.student],
-              "student_workflow": str(a.student_workflow.resolve().relative_to(REPO)) if a.student else None,
+              "student_workflow": repo_path(a.student_workflow) if a.student else None,
               "tiny_vae": weights_info(tiny) if tiny else None,
               "records": records, "total_s": round(time.monotonic() - t0, 1),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",

@@ -5,13 +5,20 @@ gpu_env() {
   if [ -z "${COMFYUI_DIR:-}" ] && [ ! -f .dev/gpu/comfy.tar.gz ]; then
     echo "[gpu_env] no .dev/gpu/comfy.tar.gz (scripts/pack_comfy_tree.sh makes it): using the installed ComfyUI" >&2
   elif [ -z "${COMFYUI_DIR:-}" ]; then
-    export COMFYUI_DIR=/tmp/iasa_comfy
+    export COMFYUI_DIR=${IASA_COMFY_UNPACK_DIR:-/tmp/iasa_comfy}   # the unpacked tree (tests put it elsewhere)
     local sum
     sum=$(sha256sum .dev/gpu/comfy.tar.gz | cut -c1-16)
-    if [ "$(cat "$COMFYUI_DIR/.iasa_tarball" 2>/dev/null)" != "$sum" ]; then
-      rm -rf "$COMFYUI_DIR" && mkdir -p "$COMFYUI_DIR" && tar -xzf .dev/gpu/comfy.tar.gz -C "$COMFYUI_DIR"
-      echo "$sum" > "$COMFYUI_DIR/.iasa_tarball"
-    fi
+    # Two pipelines started side by side (e.g. the tiny autoencoder beside a VAE stage) once unpacked into the
+    # same folder at the same time and one lost its tree: unpack under a lock, and into a fresh folder moved into
+    # place, so a reader never sees half a tree.
+    (
+      flock 9
+      if [ "$(cat "$COMFYUI_DIR/.iasa_tarball" 2>/dev/null)" != "$sum" ]; then
+        rm -rf "$COMFYUI_DIR.new" && mkdir -p "$COMFYUI_DIR.new" && tar -xzf .dev/gpu/comfy.tar.gz -C "$COMFYUI_DIR.new"
+        echo "$sum" > "$COMFYUI_DIR.new/.iasa_tarball"
+        rm -rf "$COMFYUI_DIR" && mv "$COMFYUI_DIR.new" "$COMFYUI_DIR"
+      fi
+    ) 9> "$COMFYUI_DIR.lock"
   fi
   [ ! -d .dev/gpu/pylib ] || export PYTHONPATH="$PWD/.dev/gpu/pylib${PYTHONPATH:+:$PYTHONPATH}"
   export PYTHONUNBUFFERED=1
