@@ -3,15 +3,19 @@
 #
 #   bash scripts/device_tree.sh size [carry paths...]   # MiB of tracked + untracked-not-ignored files + the carry paths
 #   bash scripts/device_tree.sh hide [files...]         # move bundled weights the GPU job does not read out of the
-#                                                       # checkout (default: the student) into .dev/hidden/
+#                                                       # checkout (default: the student and both tiny-autoencoder
+#                                                       # files) into .dev/hidden/
 #   bash scripts/device_tree.sh restore                 # put them back (run it after the device calls)
 #
-# With the three bundled model files (teacher 20 MB, student 20 MB, VAE 28 MB) the checkout is ~73 MB, over what a
-# device call carries; the GPU jobs read the teacher and the VAE (distillation, tiny autoencoder), not the student.
+# With the five bundled model files (teacher 20 MB, student 20 MB, VAE 28 MB, tiny autoencoder and its preview twin
+# 23 MB each) the checkout is ~113 MiB, over the 64 MiB a device call carries; the GPU jobs read the teacher and the
+# VAE (distillation, a tiny-autoencoder stage from scratch), not the student or the tiny files (a tiny stage that
+# continues from the shipped file names it: hide the teacher instead).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 HIDDEN=.dev/hidden
-DEFAULT_HIDE=(models/diffusion_models/iasa_mini_student.safetensors)
+DEFAULT_HIDE=(models/diffusion_models/iasa_mini_student.safetensors models/vae/iasa_mini_tiny_vae.safetensors
+              models/vae_approx/lighttaew2_1_iasa_mini.safetensors)
 
 size() {
   local bytes
