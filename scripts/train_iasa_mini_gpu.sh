@@ -47,9 +47,10 @@ LONG_PART=${LONG_PART:-decoder}; LONG_LR=${LONG_LR:-3e-4}; LONG_WARMUP=${LONG_WA
 LONG_EVAL_FRAMES=${LONG_EVAL_FRAMES:-$LONG_FRAMES}; VAE_INIT=${VAE_INIT:-}
 T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH=${T_BATCH:-32}
 TINY_FRAMES=${TINY_FRAMES:-17}; TINY_CROP=${TINY_CROP:-128}; TINY_BATCH=${TINY_BATCH:-16}
-# The tiny autoencoder reaches ~20 frames back (its memory blocks at 1/4 and 1/2 the frame rate): windows no longer
-# than that teach it to lean on the zero padding at the window's start, and it falls apart past ~17 frames (run 1,
-# docs/training/tiny_vae_run1). TINY_EVAL_FRAMES checks it past its reach; TINY_EXTRA: more flags (--init, --lr, ...).
+# The tiny autoencoder is local in time (~20 frames), but the VAE it learns from is not: that VAE's latents change with
+# their position in the encoded window for ~70 frames, and a tiny decoder taught on windows of N frames breaks on
+# latents from further into a long encode (N=17 and N=65 measured, docs/training/session_2026_12_06). TINY_EVAL_FRAMES
+# checks it on longer windows than it trained on; TINY_EXTRA: more flags (--init, --lr, --no-preview-decoder, ...).
 TINY_EVAL_FRAMES=${TINY_EVAL_FRAMES:-$TINY_FRAMES}; TINY_EXTRA=${TINY_EXTRA:-}
 EVAL=${EVAL:-8}; WORKERS=${WORKERS:-16}; DEVICE=${DEVICE:-auto}
 RENDER_LIMIT=${RENDER_LIMIT:-0}; T_CLIPS=${T_CLIPS:-0}   # >0: first N clips per split / teacher clips (dry runs)
