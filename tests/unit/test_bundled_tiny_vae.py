@@ -64,13 +64,15 @@ def test_tiny_round_trip_is_close_to_the_vae_round_trip(case):
 
 def test_bundled_preview_decoder_shows_the_first_frame_from_normalised_latents(case):
     """What ComfyUI's latent previewer does with the vae_approx file: decode the sampler's normalised x0."""
-    import comfy.latent_formats
-
+    from iasa.training.comfy_env import ensure_comfy_on_path
     from iasa.training.tiny_vae import load_tiny_vae
+
+    ensure_comfy_on_path()
+    import comfy.latent_formats
 
     preview, _card = load_tiny_vae(PREVIEW)       # the same numbers as ComfyUI's TAEHV (tests/unit/test_tiny_vae.py)
     x0 = comfy.latent_formats.Wan21().process_in(case["z"][:, :, :1]).float()
     with torch.inference_mode():
         frame = preview.float().decode(x0)[:, :, :1]                  # [1, 3, 1, H, W] in 0..1
-    got = (frame[0, :, 0].movedim(0, -1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    assert psnr(got[None], case["vae"][:1]) >= 30.0, psnr(got[None], case["vae"][:1])
+    got = _uint8(frame.movedim(1, -1), 1)                            # [1, H, W, 3]
+    assert psnr(got, case["vae"][:1]) >= 30.0, psnr(got, case["vae"][:1])

@@ -20,7 +20,8 @@ def _tarball(root: pathlib.Path, marker: str) -> None:
         tar.add(src / "comfy", arcname="comfy")
 
 
-def _source_concurrently(root: pathlib.Path, unpack: pathlib.Path, n: int) -> list[str]:
+def _source_concurrently(root: pathlib.Path, unpack: pathlib.Path, n: int) -> list[list[str]]:
+    """Each of ``n`` shells sourcing gpu_env at once: [the unpacked tree's marker, its file count]."""
     script = (f'source "{REPO}/scripts/gpu_env.sh"; unset COMFYUI_DIR; gpu_env; '
               'echo "$(cat "$COMFYUI_DIR/comfy/marker.txt")"; ls "$COMFYUI_DIR/comfy" | wc -l')
     env = {"PATH": "/usr/bin:/bin", "IASA_COMFY_UNPACK_DIR": str(unpack), "HOME": str(root)}
