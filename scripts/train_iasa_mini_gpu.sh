@@ -45,6 +45,9 @@ LONG_FRAMES=${LONG_FRAMES:-97}; LONG_CROP=${LONG_CROP:-64}; LONG_BATCH=${LONG_BA
 # the first stage's (which is then skipped), e.g. the staged run-3 VAE.
 LONG_PART=${LONG_PART:-decoder}; LONG_LR=${LONG_LR:-3e-4}; LONG_WARMUP=${LONG_WARMUP:-10}
 LONG_EVAL_FRAMES=${LONG_EVAL_FRAMES:-$LONG_FRAMES}; VAE_INIT=${VAE_INIT:-}
+# LONG_EXTRA: more flags for that stage, e.g. "--warm-latents 56": train past the causal caches' warm-up (the
+# decode of a long video fell apart after ~150 frames; training/vae_stream.py says why).
+LONG_EXTRA=${LONG_EXTRA:-}
 T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH=${T_BATCH:-32}
 TINY_FRAMES=${TINY_FRAMES:-17}; TINY_CROP=${TINY_CROP:-128}; TINY_BATCH=${TINY_BATCH:-16}
 # The tiny autoencoder is local in time (~20 frames), but the VAE it learns from is not: that VAE's latents change with
@@ -96,7 +99,7 @@ run_stages() {
       --out "$W/vae_long" --init "$first_vae" --train-part "$LONG_PART" --dim "$VAE_DIM" \
       --frames "$LONG_FRAMES" --crop "$LONG_CROP" --batch "$LONG_BATCH" --steps 0 --max-minutes "$VAE_LONG_MIN" \
       --lr "$LONG_LR" --warmup "$LONG_WARMUP" --max-clips "$VAE_CLIPS" --eval-frames "$LONG_EVAL_FRAMES" \
-      --eval-clips "$EVAL" --log-every 25 --device "$DEVICE"
+      --eval-clips "$EVAL" --log-every 25 --device "$DEVICE" $LONG_EXTRA
   [ "$TEACHER_MIN" = "0" ] || stage teacher "$W/teacher/iasa_mini_teacher.safetensors" $PY iasa_cli.py training.teacher_train --data "$SHARDS" \
       --vae "$W/vae_long/iasa_mini_vae.safetensors" --latents-cache "$SHARDS.latents.safetensors" \
       --out "$W/teacher" --dim 256 --layers "$T_LAYERS" --ffn "$T_FFN" --frames "$T_FRAMES" --batch "$T_BATCH" \

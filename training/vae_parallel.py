@@ -52,17 +52,21 @@ def _run(layers, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def encode_parallel(vae, x: torch.Tensor) -> torch.Tensor:
-    """``vae.encode(x)`` (the latent mean) in one pass over the window; runs ``vae.conv1`` like the stock
-    method, so hooks on it see the same tensor."""
+def encoder_features_parallel(vae, x: torch.Tensor) -> torch.Tensor:
+    """``vae.encoder(x)`` (the input of ``vae.conv1``, which gives mean and log-variance) in one pass."""
     if (x.shape[2] - 1) % 4:
         raise ValueError(f"encode_parallel: a window of 1 + 4k frames is needed, got {x.shape[2]}")
     enc = vae.encoder
     h = enc.conv1(x)
     h = _run(enc.downsamples, h)
     h = _run(enc.middle, h)
-    h = _run(enc.head, h)
-    mu, _log_var = vae.conv1(h).chunk(2, dim=1)
+    return _run(enc.head, h)
+
+
+def encode_parallel(vae, x: torch.Tensor) -> torch.Tensor:
+    """``vae.encode(x)`` (the latent mean) in one pass over the window; runs ``vae.conv1`` like the stock
+    method, so hooks on it see the same tensor."""
+    mu, _log_var = vae.conv1(encoder_features_parallel(vae, x)).chunk(2, dim=1)
     return mu
 
 

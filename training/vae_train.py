@@ -38,6 +38,7 @@ from .model_card import provenance
 from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_optimizer, write_summary
 from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, init_from_weights, save_model
 from .vae_parallel import decode_parallel, encode_parallel
+from .vae_stream import WarmSchedule, warm_autoencode, warm_start_frame
 
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "iasa_mini_vae.safetensors"
@@ -46,7 +47,8 @@ WEIGHTS_NAME = "iasa_mini_vae.safetensors"
 class AutoEncoder(torch.nn.Module):
     """``x -> (reconstruction, mu, logvar)``: the VAE's own chunked encode/decode, or (``parallel``, the
     default) the equal whole-window pass of training/vae_parallel.py; a hook on the encoder's output conv
-    reads logvar, which ``WanVAE.encode`` drops."""
+    reads logvar, which ``WanVAE.encode`` drops. ``warm > 0``: the frames after the first ``warm`` latent
+    frames, with the caches filled by those (training/vae_stream.py)."""
 
     def __init__(self, vae: torch.nn.Module, parallel: bool = True):
         super().__init__()
@@ -59,7 +61,9 @@ class AutoEncoder(torch.nn.Module):
     def _keep(self, _m, _inp, out):
         self._conv1_out = out
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, warm: int = 0):
+        if warm:   # the first ``warm`` latent frames only fill the caches (training/vae_stream.py)
+            return warm_autoencode(self.vae, x, warm)
         mu = self._encode(x)
         logvar = self._conv1_out[:, self.vae.z_dim:]
         self._conv1_out = None
@@ -105,6 +109,16 @@ def psnr(rec: torch.Tensor, x: torch.Tensor) -> float:
     b = ((x.float() + 1) / 2).clamp(0, 1)
     mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
     return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+def psnr_per_second(rec: torch.Tensor, x: torch.Tensor, fps: int = 25) -> list[float]:
+    """PSNR (dB) of ``[B, C, T, H, W]`` clips per ``fps`` frames (the last group may be shorter), from the mean
+    squared error over clips and frames of the group: does the reconstruction fall off along the window?"""
+    a = ((rec.float() + 1) / 2).clamp(0, 1)
+    b = ((x.float() + 1) / 2).clamp(0, 1)
+    mse = ((a - b) ** 2).mean(dim=(0, 1, 3, 4))   # [T]
+    return [round(float(10 * torch.log10(1.0 / mse[i:i + fps].mean().clamp_min(1e-12))), 2)
+            for i in range(0, mse.numel(), fps)]
 
 
 @torch.no_grad()
@@ -172,6 +186,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--init", default="", help="start from these exported VAE weights (fine-tuning); --dim must match")
     p.add_argument("--train-part", choices=("all", "decoder"), default="all",
                    help="'decoder' freezes the encoder, so latents (and a teacher trained on them) stay valid")
+    p.add_argument("--warm-latents", type=int, default=0,
+                   help="train past the causal caches' warm-up: each step first runs up to this many latent frames "
+                        "(4 video frames each) without gradients, then trains --frames more (training/vae_stream.py)")
+    p.add_argument("--warm-p-zero", type=float, default=0.25,
+                   help="with --warm-latents: share of steps that train from a window's first frame instead")
     p.add_argument("--device", default="auto")
     RunConfig.add_args(p, out=".dev/runs/vae", steps=0, max_minutes=4.0, lr=1e-3, warmup=200, min_lr_frac=0.05,
                        log_every=50, checkpoint_every=1000)
@@ -190,9 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     train_clips = load_clips(a.data, "train", a.max_clips or None)
     held_clips = eval_clips(a.data, train_clips, a.eval_clips, a.eval_frames)
-    bank = FrameBank(train_clips, a.frames, dev)
-    log.info("vae: %d training clips, %d windows of %d frames, frames %dx%d; data loaded in %.1f s",
-             len(train_clips), bank.n_windows, a.frames, bank.height, bank.width, time.perf_counter() - t_start)
+    warm = WarmSchedule(a.warm_latents, a.warm_p_zero, seed=cfg.seed)
+    bank = FrameBank(train_clips, warm.window(a.frames), dev)
+    log.info("vae: %d training clips, %d windows of %d frames (%d trained, up to %d warm latents), frames %dx%d; "
+             "data loaded in %.1f s", len(train_clips), bank.n_windows, bank.window, a.frames, a.warm_latents,
+             bank.height, bank.width, time.perf_counter() - t_start)
     del train_clips
 
     vae = build_vae(VAEConfig(dim=a.dim), seed=cfg.seed, device=dev)
@@ -212,12 +233,13 @@ def main(argv: list[str] | None = None) -> dict:
     crop = a.crop or None
 
     def step_fn(step: int):
-        x = bank.sample(a.batch, crop, gen, flip=a.flip)[my]
+        w = warm(step)
+        x = bank.sample(a.batch, crop, gen, flip=a.flip)[my][:, :, :a.frames + 4 * w]
         if a.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with autocast(dev, a.amp):
-            rec, mu, logvar = train_module(x)
-        parts = recon_losses(rec, x)
+            rec, mu, logvar = train_module(x, w) if w else train_module(x)
+        parts = recon_losses(rec, x[:, :, warm_start_frame(w):])
         kl = kl_term(mu, logvar)
         loss = parts["l1"] + a.l2_weight * parts["l2"] + a.edge_weight * parts["edge"] + a.kl_weight * kl
         return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}, "kl": kl.detach()}
@@ -276,7 +298,15 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
     out["normalised_std_range"] = [float(s.min()), float(s.max())]
     rec_after = rec_before if keep_latents else reconstruct(vae, x_eval, a.eval_batch)
     out["heldout_psnr_fp32_calibrated"] = psnr(rec_after, x_eval)
+    out["heldout_psnr_per_second"] = psnr_per_second(rec_after, x_eval)
     out["calibration_max_abs_change"] = float((rec_after - rec_before).abs().max())
+    if a.init:   # the starting weights on the same held-out windows: what this stage changed
+        start = build_vae(VAEConfig(dim=a.dim), init=False)
+        init_from_weights(start, a.init, "VAE")
+        rec_start = reconstruct(start.to(dev).eval(), x_eval, a.eval_batch)
+        out["init_heldout_psnr"] = psnr(rec_start, x_eval)
+        out["init_heldout_psnr_per_second"] = psnr_per_second(rec_start, x_eval)
+        del start, rec_start
     x_train = calib_bank.windows(a.eval_clips)  # same window length: train and held-out side by side
     out["train_psnr_fp32_calibrated"] = psnr(reconstruct(vae, x_train, a.eval_batch), x_train)
     if dev.type == "cuda":  # ComfyUI runs the VAE with bf16 weights on such GPUs
@@ -292,7 +322,10 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
             "heldout_psnr_db": round(out["heldout_psnr_fp32_calibrated"], 3),
             "losses": {"l1": 1.0, "l2": a.l2_weight, "edge": a.edge_weight, "kl": a.kl_weight},
             "metrics": {k: out[k] for k in ("heldout_psnr_fp32_calibrated", "train_psnr_fp32_calibrated",
-                                            "heldout_psnr_bf16_weights", "heldout_windows") if k in out},
+                                            "heldout_psnr_bf16_weights", "heldout_windows",
+                                            "heldout_psnr_per_second", "init_heldout_psnr",
+                                            "init_heldout_psnr_per_second") if k in out},
+            **({"warm": {"latents": a.warm_latents, "p_zero": a.warm_p_zero}} if a.warm_latents else {}),
             **(card_extra or {})}
     dtype = torch.bfloat16 if a.save_dtype == "bf16" else torch.float32
     path = save_model(vae, Path(cfg.out) / WEIGHTS_NAME, card, dtype=dtype)
