@@ -34,7 +34,7 @@ from .attention import time_ms, versions
 
 log = logging.getLogger(__name__)
 
-GRID = {"block_m": (64, 128), "block_n": (64, 128), "warps": (4, 8), "stages": (2, 3, 4)}
+GRID = {"block_m": (64, 128), "block_n": (64, 128), "warps": (4, 8), "stages": (2, 3)}
 
 
 def pose_layout(frames: int, height: int, width: int, block: int, packing: str):
@@ -52,7 +52,7 @@ def candidate_options(dry: bool) -> list[dict | None]:
     """None (the pack's current choice), then the grid (CUDA only)."""
     if dry:
         return [None]
-    out: list[dict | None] = [None]
+    out: list[dict | None] = [None, {"USE_TMA": True}]   # Hopper's tensor memory accelerator, default tiles
     for bm, bn, w, s in itertools.product(GRID["block_m"], GRID["block_n"], GRID["warps"], GRID["stages"]):
         out.append({"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": s})
     return out
