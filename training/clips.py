@@ -84,6 +84,18 @@ def eval_clips(source: str | Path, train_clips: list[dict], n: int, frames: int)
     return long_enough[:n]
 
 
+def eval_window(held_clips: list[dict], frames: int) -> int:
+    """The evaluation window for ``held_clips``: ``frames``, or the shortest clip's length when that is shorter,
+    rounded down to ``1 + 4k`` frames (the Wan VAE's window; a 115-frame clip gives 113). Logged when cut."""
+    shortest = min(len(c["frames"]) for c in held_clips)
+    window = min(frames, shortest)
+    window = 1 + 4 * ((window - 1) // 4)
+    if window != frames:
+        log.warning("evaluation window cut from %d to %d frames (shortest held-out clip: %d frames)",
+                    frames, window, shortest)
+    return window
+
+
 class FrameBank:
     """All frames of a clip set as one uint8 tensor ``[N, H, W, 3]`` on ``device``; draws windows of
     ``T`` consecutive frames of one clip (uniform over all windows) with random crops."""

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as D
-from .clips import FrameBank, eval_clips, load_clips
+from .clips import FrameBank, eval_clips, eval_window, load_clips
 from .model_card import provenance
 from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_optimizer, write_summary
 from .tiny_vae import (PREVIEW_FILE, VAE_FILE, TinyVAE, build_tiny_vae, decode_with, fold_encoder_affine,
@@ -238,7 +238,7 @@ def finalize(distiller: Distiller, teacher: Teacher, held_clips: list[dict], a, 
              dev: torch.device, card_extra: dict | None = None) -> dict:
     """Held-out PSNRs, then both files for stock ComfyUI (bf16, model cards)."""
     distiller.eval()
-    held = FrameBank(held_clips, min(a.eval_frames, min(len(c["frames"]) for c in held_clips)), dev)
+    held = FrameBank(held_clips, eval_window(held_clips, a.eval_frames), dev)
     x_eval = held.windows(a.eval_clips)
     metrics = heldout_metrics(distiller, teacher, x_eval, a.eval_batch, a.amp)
     common = {"format": "TAEHV, taew2_1 layout (16 latent channels); stock VAELoader reads it as TAEHV with "

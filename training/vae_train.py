@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as D
-from .clips import FrameBank, eval_clips, load_clips
+from .clips import FrameBank, eval_clips, eval_window, load_clips
 from .model_card import provenance
 from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_optimizer, write_summary
 from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, init_from_weights, save_model
@@ -278,7 +278,7 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
     """Held-out PSNR, latent calibration (checked), export for stock VAELoader (``card_extra``: provenance
     fields for the model card, see training/model_card.py)."""
     vae.eval()
-    held = FrameBank(held_clips, min(a.eval_frames, min(len(c["frames"]) for c in held_clips)), dev)
+    held = FrameBank(held_clips, eval_window(held_clips, a.eval_frames), dev)
     x_eval = held.windows(a.eval_clips)
     try:
         calib_bank = bank.with_window(held.window)

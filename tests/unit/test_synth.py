@@ -279,6 +279,17 @@ def test_eval_clips_prefer_clips_as_long_as_the_window(tmp_path, caplog):
     assert [c["id"] for c in eval_clips(only_train, train, 1, 5)] == ["t"]
 
 
+def test_eval_window_is_one_plus_four_k_frames_within_the_shortest_clip(caplog):
+    from iasa.training.clips import eval_window
+
+    clips = [{"frames": np.zeros((n, 2, 2, 3), np.uint8)} for n in (115, 300)]
+    assert eval_window(clips, 97) == 97
+    with caplog.at_level("WARNING"):   # a 115-frame clip under a 169-frame request: 113 (1 + 4k), logged
+        assert eval_window(clips, 169) == 113
+    assert "cut from 169 to 113 frames" in caplog.text
+    assert eval_window(clips, 100) == 97
+
+
 # --------------------------------------------------------------------------------------------------
 # splits, speech corpus and the two-stage build
 # --------------------------------------------------------------------------------------------------
