@@ -14,7 +14,9 @@ and written: ``training.sharding.FSDPStateIO`` for FSDP2-sharded modules; the fi
 
 ``steps = 0`` with ``max_minutes``: the step count is measured, not guessed. After 5 untimed and 20 timed
 steps (inside the LR warm-up) the runner sets ``steps`` so the loop ends at ~97 % of the budget, and the
-cosine schedule ends there too. The number is kept in checkpoints, so a resumed run keeps it.
+cosine schedule ends there too; at step 100 it measures steps 25..100 and moves that end once more (early
+steps can be slow: a VAE stage with varying window lengths planned 186 steps from 2.1 s/step, then ran at
+0.8 s/step and used 54 % of its budget). The number is kept in checkpoints, so a resumed run keeps it.
 """
 from __future__ import annotations
 
@@ -95,6 +97,7 @@ class RunConfig:
 
 
 AUTO_WARM, AUTO_TIMED, AUTO_FILL = 5, 20, 0.97
+AUTO_REPLAN = 100   # measured again over steps 25..100: early steps can be slow (autotuning of new shapes)
 WARMUP_MAX_FRAC = 0.1  # a measured run caps its warm-up at this share of its steps
 
 
@@ -237,16 +240,20 @@ class Runner:
         if self.info.device.type == "cuda":
             torch.cuda.synchronize(self.info.device)
 
-    def _measure_steps(self, t0: float, t_probe: float) -> None:
-        """Fix ``steps`` from the measured step time so the loop fills ``max_minutes`` (rank 0 decides)."""
+    def _measure_steps(self, t0: float, t_probe: float, timed: int = AUTO_TIMED, again: bool = False) -> None:
+        """Fix ``steps`` from the step time of the last ``timed`` steps so the loop fills ``max_minutes`` (rank 0
+        decides). ``again``: the second measurement (steps 25..100), which only moves the end of the schedule."""
         self._sync()
         now = time.perf_counter()
-        per_step = (now - t_probe) / AUTO_TIMED
+        per_step = (now - t_probe) / timed
         left = self.cfg.max_minutes * 60 * AUTO_FILL - (now - t0)
         total = self.step + max(1, int(left / per_step))
+        before = self.cfg.steps
         self.cfg.steps = D.broadcast_int(total, self.info)
-        log.info("%s: %.3f s/step measured -> %d steps for a %.1f min budget", self.name, per_step,
-                 self.cfg.steps, self.cfg.max_minutes)
+        log.info("%s: %.3f s/step measured -> %d steps for a %.1f min budget%s", self.name, per_step,
+                 self.cfg.steps, self.cfg.max_minutes, f" (was {before})" if again else "")
+        if again:
+            return
         cap = max(self.step, int(WARMUP_MAX_FRAC * self.cfg.steps))
         if self.cfg.warmup > cap:  # the v2 VAE run spent 200 of its 207 steps warming up
             log.warning("%s: warm-up of %d steps is more than %d%% of the %d measured steps; shortened to %d",
@@ -268,12 +275,16 @@ class Runner:
         self._t_log = t0
         reason = "steps"
         t_probe = t0
+        auto = cfg.steps <= 0   # the step count is measured in this process (a resumed run keeps its count)
         while cfg.steps <= 0 or self.step < cfg.steps:
-            if cfg.steps <= 0 and done_here == AUTO_WARM:
+            if auto and done_here == AUTO_WARM:
                 self._sync()
                 t_probe = time.perf_counter()
-            elif cfg.steps <= 0 and done_here == AUTO_WARM + AUTO_TIMED:
-                self._measure_steps(t0, t_probe)
+            elif auto and done_here in (AUTO_WARM + AUTO_TIMED, AUTO_REPLAN):
+                first = done_here == AUTO_WARM + AUTO_TIMED
+                self._measure_steps(t0, t_probe, done_here - (AUTO_WARM if first else AUTO_WARM + AUTO_TIMED),
+                                    again=not first)
+                t_probe = time.perf_counter()
                 if self.step >= cfg.steps:
                     break
             r = self._time_up(t0, done_here) if done_here or self.should_stop is not None else ""

@@ -243,6 +243,30 @@ def test_measured_step_count_fills_the_time_budget(tmp_path, monkeypatch):
                make_optimizer(model.parameters(), cfg, torch.device("cpu")), {}, "m").run(step_fn)
 
 
+def test_measured_step_count_is_measured_again_after_slow_first_steps(tmp_path, monkeypatch, caplog):
+    """Steps 1-30 cost 40 ms, later ones 10 ms (autotuning of new shapes at the start, as in the warm VAE stage):
+    the first measurement plans too few steps; the one at step 100 moves the end so the budget is filled."""
+    from iasa.training.runner import AUTO_FILL, AUTO_REPLAN
+
+    cfg = RunConfig(out=str(tmp_path), steps=0, max_minutes=0.1, lr=1e-2, warmup=5, min_lr_frac=0.1,
+                    checkpoint_every=0, log_every=10 ** 6, resume=False)
+    runner, _, clock, model = _timed_linear_run(monkeypatch, cfg)
+    x = torch.randn(8, 4)
+
+    def step_fn(step):
+        clock[0] += 0.04 if step < 30 else 0.01
+        loss = model(x).pow(2).mean()
+        return loss, {"loss": loss.detach()}
+
+    with caplog.at_level("INFO", logger="iasa.training.runner"):
+        assert runner.run(step_fn) == "steps"
+    first_plan = 25 + int((0.1 * 60 * AUTO_FILL - 25 * 0.04) / 0.04)
+    assert f"-> {first_plan} steps" in caplog.text and "(was" in caplog.text
+    used = 30 * 0.04 + (cfg.steps - 30) * 0.01
+    assert cfg.steps > 2 * first_plan and AUTO_REPLAN < cfg.steps
+    assert 0.8 * 0.1 * 60 <= used <= 0.1 * 60   # (the first plan would have used 39 %)
+
+
 def test_measured_run_caps_a_warm_up_longer_than_a_tenth_of_its_steps(tmp_path, monkeypatch, caplog):
     """The v2 VAE run asked for 200 warm-up steps and got 207 steps in its budget: the LR never left the ramp.
     A measured run now shortens the warm-up to 10 % of the measured steps (logged), and a resumed run keeps it."""
