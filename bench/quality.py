@@ -63,6 +63,7 @@ TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
 SCORE_KEYS = ("psnr", "ssim", "psnr_face", "psnr_mouth", "psnr_hands", "psnr_moved", "mouth_audio_corr",
               "psnr_last_minus_first_second")
 FUN_CONTROL_NODES = ("WanFunControlToVideo", "Wan22FunControlToVideo")
+DECODE_NODES = ("VAEDecode", "IASALongVAEDecode")   # the frames saved are what one of these decodes
 SAMPLER_NODES = ("KSampler", "IASAStudentSampler")   # the teacher's (steps, cfg) and the student's (steps, cfg 1)
 ATTENTION_MODES = ("sparse", "dense")
 INPUT_SUBDIR = "iasa_quality"
@@ -154,7 +155,10 @@ def quality_prompt(workflow: dict, ref_image: str, pose_file: str, prefix: str,
     (load_pose,) = _node(wf, "IASALoadPose")
     (audio_pose,) = _node(wf, "IASAAudioToPose")
     sampler = _sampler(wf)
-    (decode,) = _node(wf, "VAEDecode")
+    decode = _ids(wf, DECODE_NODES)
+    if len(decode) != 1:
+        raise ValueError(f"expected one decode node ({DECODE_NODES}) in the workflow, found {len(decode)}")
+    decode = decode[0]
     fun = _ids(wf, FUN_CONTROL_NODES)
     if not fun:   # the teacher's workflow has two (positive; zero-concat negative), the student's one
         raise ValueError(f"expected a Fun-Control conditioning node ({FUN_CONTROL_NODES}) in the workflow, found none")
@@ -297,18 +301,22 @@ def _saved(images, n: int) -> np.ndarray:
 
 
 def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Path | None = None) -> list[dict]:
-    """Reconstruction through ComfyUI's stock VAE class, SaveImage quantisation: the full VAE (``vae``) and,
-    with ``tiny_path``, the tiny autoencoder (``tiny_vae``: its own encode + decode against the frames, plus
+    """Reconstruction through ComfyUI's stock VAE class, SaveImage quantisation: the full VAE (``vae``), its
+    decode in key-frame windows as IASA Long VAE Decode runs it (``vae_long_decode``, clips longer than one
+    window only; its ``seconds_per_clip`` is the decode alone) and, with ``tiny_path``, the tiny autoencoder (``tiny_vae``: its own encode + decode against the frames, plus
     ``psnr_vs_full_vae`` = its decode of the full VAE's latents against the full VAE's decode, what swapping
     the decoder in VAEDecode costs, and ``psnr_roundtrip_vs_full_vae``)."""
     import torch
 
     from .video_metrics import psnr
 
+    from ..sampling.rekeyed_decode import DEFAULT_OVERLAP, DEFAULT_WINDOW, DecodeWindows, decode_rekeyed
+
     full = stock_vae(vae_path)
     tiny = stock_vae(tiny_path) if tiny_path else None
-    per_clip: dict[str, list] = {"vae": [], "tiny_vae": []}
-    seconds: dict[str, list] = {"vae": [], "tiny_vae": []}
+    windows = DecodeWindows(DEFAULT_WINDOW, DEFAULT_OVERLAP)
+    per_clip: dict[str, list] = {"vae": [], "vae_long_decode": [], "tiny_vae": []}
+    seconds: dict[str, list] = {"vae": [], "vae_long_decode": [], "tiny_vae": []}
     for clip in clips:
         n = len(clip["frames"])
         with torch.inference_mode():
@@ -318,6 +326,11 @@ def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Pa
             rec = _saved(full.decode(lat), n)
             seconds["vae"].append(time.monotonic() - t0)
             per_clip["vae"].append(_clip_entry(clip, rec, seconds["vae"][-1]))
+            if lat.shape[2] > windows.window:   # IASA Long VAE Decode differs from VAEDecode only past one window
+                t0 = time.monotonic()
+                long_rec = _saved(decode_rekeyed(lat, full.decode, full.encode, windows), n)
+                seconds["vae_long_decode"].append(time.monotonic() - t0)
+                per_clip["vae_long_decode"].append(_clip_entry(clip, long_rec, seconds["vae_long_decode"][-1]))
             if tiny is not None:
                 t0 = time.monotonic()
                 rt = _saved(tiny.decode(tiny.encode(x)), n)
@@ -328,7 +341,7 @@ def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Pa
                 per_clip["tiny_vae"].append(entry)
         log.info("vae clip %s: %s", clip["id"], per_clip["vae"][-1])
     out = []
-    for name, path in (("vae", vae_path), ("tiny_vae", tiny_path)):
+    for name, path in (("vae", vae_path), ("vae_long_decode", vae_path), ("tiny_vae", tiny_path)):
         if per_clip[name]:
             rec = _record(name, per_clip[name], clips, steps=None, cfg=None,
                           seconds_per_clip=round(float(np.mean(seconds[name])), 2), weights=path.name)
