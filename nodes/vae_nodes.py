@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..sampling.rekeyed_decode import DEFAULT_OVERLAP, DEFAULT_WINDOW, DecodeWindows, decode_rekeyed
+from ..sampling.rekeyed_decode import (DEFAULT_KEY, DEFAULT_OVERLAP, DEFAULT_WINDOW, KEY_SOURCES, DecodeWindows,
+                                       decode_rekeyed)
 from ..training.tiny_vae import with_all_frames_at_once
 
 
@@ -44,28 +45,33 @@ class IASALongVAEDecode(io.ComfyNode):
             description="VAEDecode for long videos. A Wan 2.1 VAE decodes later frames from what it kept of the first "
                         "(key) frame; past its reach (~6 s for the bundled IASA-mini VAE) one pass falls apart, and "
                         "ComfyUI's temporal tiles cannot restart mid-video. This decodes overlapping windows and "
-                        "restarts each from a key frame: the last frame already decoded, encoded on its own. The "
-                        "overlaps are cross-faded. A video that fits one window is decoded exactly as VAEDecode does.",
+                        "restarts each from a key frame (the video's first latent, or the last frame already decoded, "
+                        "encoded on its own). The overlaps are cross-faded. A video that fits one window is decoded "
+                        "exactly as VAEDecode does.",
             inputs=[
-                io.Vae.Input("vae", tooltip="A Wan 2.1-layout VAE (the bundled iasa_mini_vae, Wan 2.1's VAE); it "
-                                            "encodes the key frames too."),
                 io.Latent.Input("samples", tooltip="The video latent to decode (e.g. from a sampler)."),
+                io.Vae.Input("vae", tooltip="A Wan 2.1-layout VAE (the bundled iasa_mini_vae, Wan 2.1's VAE); with "
+                                            "key 'decoded' it encodes the key frames too."),
                 io.Int.Input("window", default=DEFAULT_WINDOW, min=2, max=1024,
                              tooltip="Latent frames per window (4 video frames each). Keep it within the span the "
                                      "VAE decodes well in one pass: 32 (= 125 frames) for the bundled VAE."),
                 io.Int.Input("overlap", default=DEFAULT_OVERLAP, min=0, max=1022,
                              tooltip="Latent frames two windows share; cross-faded. Below window - 1."),
+                io.Combo.Input("key", options=list(KEY_SOURCES), default=DEFAULT_KEY,
+                               tooltip="The key frame each later window restarts from. first: the video's own first "
+                                       "latent (no drift, nothing re-encoded). decoded: the decoded frame just "
+                                       "before the window, encoded again (errors can add up window by window)."),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )
 
     @classmethod
-    def execute(cls, vae, samples, window, overlap) -> io.NodeOutput:
+    def execute(cls, samples, vae, window, overlap, key=DEFAULT_KEY) -> io.NodeOutput:
         latent = samples["samples"]
         compression = getattr(vae, "temporal_compression_decode", lambda: None)()
         if latent.ndim != 5 or compression != 4:
             raise ValueError(f"vae/samples: IASA Long VAE Decode needs a video VAE with 4x temporal compression (Wan "
                              f"2.1 layout) and a video latent; got a VAE with temporal compression {compression} and a "
                              f"latent of shape {tuple(latent.shape)}. Use VAEDecode for images and other VAEs.")
-        images = decode_rekeyed(latent, vae.decode, vae.encode, DecodeWindows(window, overlap))
+        images = decode_rekeyed(latent, vae.decode, vae.encode, DecodeWindows(window, overlap, key))
         return io.NodeOutput(images.reshape(-1, *images.shape[-3:]))

@@ -5,10 +5,12 @@ that key latent for as long as it is within reach (~150 frames for the IASA-mini
 pass falls apart (IASA-mini: ~28 dB in the first 4 s, ~20 dB after 6 s). ComfyUI's temporal tiles do not help:
 a tile that starts mid-video decodes its first latent as if it were a key frame, and it is not one.
 
-Here every window after the first gets a real key latent: the last decoded frame before the window, encoded on
-its own. The window is decoded as a clip ``[key, its latents]``, the key's own frame is dropped, and the overlap
-with the previous window is cross-faded (linear ramp). Frames of the first window are the stock decode's.
-Measured on a 169-frame held-out clip: frames 129-168 from ~20 dB to ~25 dB (docs/training/session_2026_12_06b).
+Here every window after the first gets a real key latent: the video's own first latent (``key="first"``; the
+decoder hardly cares which frame of the clip its key shows), or the last decoded frame before the window, encoded
+on its own (``"decoded"``; its errors carry into the next window). The window is decoded as a clip ``[key, its
+latents]``, the key's own frame is dropped, and the overlap with the previous window is cross-faded (linear
+ramp). Frames of the first window are the stock decode's. Measured on held-out clips: at 169 frames the last
+second from 19.95 to 25.15 dB, at 297 frames the mean from 23.61 to 26.20 dB (docs/training/session_2026_12_06b).
 
 Works on ComfyUI ``VAE`` objects through their ``decode``/``encode`` (any Wan-2.1-layout VAE); library code,
 no ComfyUI import.
@@ -22,6 +24,9 @@ import torch
 
 DEFAULT_WINDOW, DEFAULT_OVERLAP = 32, 8   # latent frames: 125-frame windows sharing 32 frames (best of 6 settings
                                           # on a 169-frame held-out clip, docs/training/session_2026_12_06b)
+
+KEY_SOURCES = ("first", "decoded")
+DEFAULT_KEY = "first"   # 297 frames: 26.20 dB mean against 25.46 with "decoded" (which drifts) and 23.61 in one pass
 
 Decode = Callable[[torch.Tensor], torch.Tensor]   # latent [B, C, N, h, w] -> frames [B, T, H, W, 3] (or [T, H, W, 3])
 Encode = Callable[[torch.Tensor], torch.Tensor]   # frames [T, H, W, 3] -> latent [1, C, N, h, w]
@@ -39,8 +44,11 @@ class DecodeWindows:
 
     window: int
     overlap: int
+    key: str = DEFAULT_KEY   # "first": the video's own first latent; "decoded": the frame before the window, re-encoded
 
     def __post_init__(self):
+        if self.key not in KEY_SOURCES:
+            raise ValueError(f"key: {self.key!r} is not one of {KEY_SOURCES}")
         if self.window < 2:
             raise ValueError(f"window: {self.window} latent frames is too short; use at least 2 (e.g. 24 = 93 frames)")
         if not 0 <= self.overlap < self.window - 1:
@@ -78,8 +86,11 @@ def decode_rekeyed(latent: torch.Tensor, decode: Decode, encode: Encode, windows
         spans = windows.spans(z.shape[2])
         out = _frames(decode(z[:, :, spans[0][0]:spans[0][1]]))
         for start, end in spans[1:]:
-            key_index = 4 * start - 4
-            key = encode(out[key_index:key_index + 1])
+            if windows.key == "first":
+                key = z[:, :, :1]
+            else:
+                key_index = 4 * start - 4
+                key = encode(out[key_index:key_index + 1])
             if key.ndim != 5 or key.shape[2] != 1:
                 raise ValueError(f"encode of one frame returned shape {tuple(key.shape)}; a Wan 2.1-layout VAE "
                                  "(one latent frame per image) is needed")

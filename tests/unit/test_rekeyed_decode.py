@@ -3,6 +3,9 @@ latent; a short video is one stock decode; every later window is decoded as [key
 encoded from the frame before it, the key's frame dropped, the overlap cross-faded; bad inputs name the fix."""
 from __future__ import annotations
 
+import gc
+import pathlib
+
 import pytest
 import torch
 
@@ -44,7 +47,7 @@ class FakeVAE:
 def test_later_windows_restart_from_the_decoded_frame_before_them():
     vae = FakeVAE()
     z = torch.arange(10, dtype=torch.float64).view(1, 1, 10, 1, 1)
-    out = decode_rekeyed(z, vae.decode, vae.encode, DecodeWindows(6, 2))
+    out = decode_rekeyed(z, vae.decode, vae.encode, DecodeWindows(6, 2, key="decoded"))
     v = out[0, :, 0, 0, 0]
     assert out.shape == (1, frames_of(10), 2, 2, 3) and vae.calls == 2
     # window 0 = latents 0..5 -> frames 0..20 (call 1); window 1 = latents 4..9, restarted from frame 4*4-4 = 12
@@ -72,4 +75,46 @@ def test_bad_latents_and_encoders_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="video latent"):
         decode_rekeyed(torch.zeros(1, 1, 4, 4), vae.decode, vae.encode, DecodeWindows(2, 0))
     with pytest.raises(ValueError, match="Wan 2.1-layout VAE"):
-        decode_rekeyed(torch.zeros(1, 1, 5, 1, 1), vae.decode, lambda f: torch.zeros(1, 1, 2, 1, 1), DecodeWindows(3, 1))
+        decode_rekeyed(torch.zeros(1, 1, 5, 1, 1), vae.decode, lambda f: torch.zeros(1, 1, 2, 1, 1),
+                       DecodeWindows(3, 1, key="decoded"))
+
+
+def test_key_first_restarts_every_window_from_the_videos_own_first_latent():
+    vae = FakeVAE()
+    z = torch.arange(10, dtype=torch.float64).view(1, 1, 10, 1, 1) + 50
+    out = decode_rekeyed(z, vae.decode, vae.encode, DecodeWindows(6, 2, key="first"))
+    assert not vae.encoded and vae.calls == 2            # nothing re-encoded
+    v = out[0, :, 0, 0, 0]
+    assert torch.equal(v[frames_of(6):], torch.tensor([2000.0 + 50 + j for j in (6, 7, 8, 9) for _ in range(4)]))
+    with pytest.raises(ValueError, match="key"):
+        DecodeWindows(6, 2, key="middle")
+
+
+VAE_FILE = pathlib.Path(__file__).resolve().parents[2] / "models" / "vae" / "iasa_mini_vae.safetensors"
+
+
+@pytest.mark.skipif(not VAE_FILE.is_file(), reason="needs the bundled models/vae/iasa_mini_vae.safetensors")
+def test_node_on_the_bundled_vae_through_comfyui():
+    from iasa.training.comfy_env import ensure_comfy_on_path
+
+    ensure_comfy_on_path()
+    from iasa.bench.quality import stock_vae
+    from iasa.nodes.vae_nodes import IASALongVAEDecode
+
+    vae = stock_vae(VAE_FILE)
+    g = torch.Generator().manual_seed(0)
+    short, long = (torch.randn(1, 16, n, 4, 4, generator=g) for n in (5, 12))
+    with torch.inference_mode():
+        stock_short = vae.decode(short).reshape(-1, 32, 32, 3)
+        stock_long = vae.decode(long).reshape(-1, 32, 32, 3)
+        one = IASALongVAEDecode.execute(samples={"samples": short}, vae=vae, window=8, overlap=2).args[0]
+        many = IASALongVAEDecode.execute(samples={"samples": long}, vae=vae, window=8, overlap=2).args[0]
+    assert torch.equal(one, stock_short)                       # fits one window: exactly VAEDecode
+    assert many.shape == stock_long.shape == (frames_of(12), 32, 32, 3)
+    first_restart = frames_of(6)                               # window 2 starts at latent 6
+    assert torch.equal(many[:first_restart], stock_long[:first_restart])
+    assert not torch.equal(many[first_restart:], stock_long[first_restart:])
+    with pytest.raises(ValueError, match="video latent"):
+        IASALongVAEDecode.execute(samples={"samples": torch.zeros(1, 16, 4, 4)}, vae=vae, window=8, overlap=2)
+    del vae   # while ComfyUI's modules are alive (its ModelPatcher.__del__ fails at interpreter exit)
+    gc.collect()
