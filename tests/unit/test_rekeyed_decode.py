@@ -118,3 +118,16 @@ def test_node_on_the_bundled_vae_through_comfyui():
         IASALongVAEDecode.execute(samples={"samples": torch.zeros(1, 16, 4, 4)}, vae=vae, window=8, overlap=2)
     del vae   # while ComfyUI's modules are alive (its ModelPatcher.__del__ fails at interpreter exit)
     gc.collect()
+
+
+def test_the_bench_workflow_variant_sets_every_input_of_the_node():
+    """bench/workflows/iasa_mini_student_long_decode.json is an API prompt: ComfyUI rejects a node with a required
+    input missing (a run of bench.quality was refused for the missing ``key``)."""
+    import json
+
+    from iasa.sampling.rekeyed_decode import KEY_SOURCES
+
+    wf = json.loads((pathlib.Path(__file__).resolve().parents[2] / "bench" / "workflows"
+                     / "iasa_mini_student_long_decode.json").read_text())
+    (node,) = [n for n in wf.values() if n["class_type"] == "IASALongVAEDecode"]
+    assert set(node["inputs"]) == {"samples", "vae", "window", "overlap", "key"} and node["inputs"]["key"] in KEY_SOURCES
