@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..attention.flex_kernel import build_block_mask, flex_kernel_options
 from ..attention.kernels import QuerySpec, prepare_kernel
 from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
+from ..attention.token_order import SlotOrder
 from ..pose.keypoints import PoseSequence
 from ..pose.synthetic import talking_pose
 from ..training.teacher_data import token_grid
@@ -112,8 +113,6 @@ def main(argv: list[str] | None = None) -> dict:
         kernel = prepare_kernel(layout, "flex", QuerySpec(device, dtype, a.heads, grid.seq_len, 128))
         kernel.prepare_slots()
         slot_layout = kernel.slot_layout
-        from ..attention.token_order import SlotOrder
-
         order = SlotOrder.of(slot_layout, device)
         qs, ks, vs = (order.to_slots(t, dim=2) for t in (q, k, v))
         dens = slot_layout.density()

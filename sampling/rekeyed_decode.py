@@ -95,7 +95,7 @@ def decode_rekeyed(latent: torch.Tensor, decode: Decode, encode: Encode, windows
                 raise ValueError(f"encode of one frame returned shape {tuple(key.shape)}; a Wan 2.1-layout VAE "
                                  "(one latent frame per image) is needed")
             new = _frames(decode(torch.cat([key.to(z), z[:, :, start:end]], dim=2)))[1:]   # drop the key's frame
-            first = frames_of(start) if start else 0   # frame index of the window's first latent: 4s - 3
+            first = frames_of(start)                   # frame index of the window's first latent: 4s - 3
             shared = out.shape[0] - first              # frames both windows decoded
             ramp = torch.arange(1, shared + 1, dtype=out.dtype, device=out.device) / (shared + 1)
             ramp = ramp.view(-1, 1, 1, 1)

@@ -22,10 +22,6 @@ import torch
 from .vae_parallel import decode_parallel, encoder_features_parallel
 
 
-def _conv_count(module: torch.nn.Module) -> int:
-    return sum(1 for m in module.modules() if type(m).__name__ == "CausalConv3d")
-
-
 def warm_start_frame(warm: int) -> int:
     """First frame of a window that the latent frames after the first ``warm`` ones decode to (latent 0 is
     frame 0, latent ``j >= 1`` frames ``4j-3 .. 4j``)."""
@@ -45,8 +41,10 @@ def warm_autoencode(vae, x: torch.Tensor, warm: int) -> tuple[torch.Tensor, torc
     if warm == 0:
         mu, logvar = _moments(vae, encoder_features_parallel(vae, x))
         return decode_parallel(vae, mu), mu, logvar
-    enc_cache = [None] * _conv_count(vae.encoder)
-    dec_cache = [None] * _conv_count(vae.decoder)
+    from comfy.ldm.wan.vae import count_conv3d   # the cache size the stock encode/decode use
+
+    enc_cache = [None] * count_conv3d(vae.encoder)
+    dec_cache = [None] * count_conv3d(vae.decoder)
     first = warm_start_frame(warm)
     with torch.no_grad():   # the stock first chunk (the key frame), then the rest of the warm part as one chunk
         for piece in ([x[:, :, :1]] + ([x[:, :, 1:first]] if warm > 1 else [])):
