@@ -49,6 +49,9 @@ LONG_EVAL_FRAMES=${LONG_EVAL_FRAMES:-$LONG_FRAMES}; VAE_INIT=${VAE_INIT:-}
 # decode of a long video fell apart after ~150 frames; training/vae_stream.py says why).
 LONG_EXTRA=${LONG_EXTRA:-}
 T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH=${T_BATCH:-32}
+# TEACHER_INIT: continue a teacher (e.g. the shipped one) instead of training from scratch; its VAE must be the one
+# in $W/vae_long (copy the shipped VAE there to skip both VAE stages). T_LR / T_WARMUP: its learning-rate schedule.
+TEACHER_INIT=${TEACHER_INIT:-}; T_LR=${T_LR:-4e-4}; T_WARMUP=${T_WARMUP:-200}
 TINY_FRAMES=${TINY_FRAMES:-17}; TINY_CROP=${TINY_CROP:-128}; TINY_BATCH=${TINY_BATCH:-16}
 # The tiny autoencoder is local in time (~20 frames), but the VAE it learns from is not: that VAE's latents change with
 # their position in the encoded window for ~70 frames, and a tiny decoder taught on windows of N frames breaks on
@@ -103,8 +106,9 @@ run_stages() {
   [ "$TEACHER_MIN" = "0" ] || stage teacher "$W/teacher/iasa_mini_teacher.safetensors" $PY iasa_cli.py training.teacher_train --data "$SHARDS" \
       --vae "$W/vae_long/iasa_mini_vae.safetensors" --latents-cache "$SHARDS.latents.safetensors" \
       --out "$W/teacher" --dim 256 --layers "$T_LAYERS" --ffn "$T_FFN" --frames "$T_FRAMES" --batch "$T_BATCH" \
-      --steps 0 --max-minutes "$TEACHER_MIN" --shift 3 --lr 4e-4 --render-workers "$((WORKERS - 1))" --encode-batch 32 \
-      --max-clips "$T_CLIPS" --eval-windows "$EVAL" --log-every 50 --device "$DEVICE"
+      --steps 0 --max-minutes "$TEACHER_MIN" --shift 3 --lr "$T_LR" --warmup "$T_WARMUP" \
+      --render-workers "$((WORKERS - 1))" --encode-batch 32 --max-clips "$T_CLIPS" --eval-windows "$EVAL" \
+      --log-every 50 --device "$DEVICE" ${TEACHER_INIT:+--init "$TEACHER_INIT"}
   if [ "$TINY_VAE_MIN" != "0" ]; then   # last: it must distil the VAE that ships, and never delays the teacher
     local final_vae="$W/vae_long/iasa_mini_vae.safetensors"
     [ -f "$final_vae" ] || final_vae="$W/vae/iasa_mini_vae.safetensors"
@@ -130,12 +134,14 @@ tiny_only() {  # the shards and the tiny autoencoder of an existing VAE (TINY_FR
   echo "[v2] all stages done $(date +%T)"
 }
 
-collect() {  # what is done so far -> $OUT (8 files at most)
-  [ -n "${OUT:-}" ] || return 0
+collect() {  # what is done so far -> $OUT (8 files at most); a VAE this machine did not train (its stages'
+  [ -n "${OUT:-}" ] || return 0   # summaries are missing: copied in to skip them) does not travel back
   local files=()
   for f in "$W/vae_long/iasa_mini_vae.safetensors" "$W/teacher/iasa_mini_teacher.safetensors"; do
     [ -f "$f" ] || [ "$f" != "$W/vae_long/iasa_mini_vae.safetensors" ] || f="$W/vae/iasa_mini_vae.safetensors"
-    [ -f "$f" ] && files+=("$f")
+    [ -f "$f" ] || continue
+    [ "$(basename "$f")" != iasa_mini_vae.safetensors ] || [ -f "$(dirname "$f")/summary.json" ] || continue
+    files+=("$f")
   done
   local meta
   meta=$(mktemp -d)

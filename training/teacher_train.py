@@ -264,6 +264,12 @@ def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig,
                                 "sparse": True})
         if split == "heldout":
             _preview(gt[0], dec[0], Path(cfg.out) / "preview.png")
+            if a.init:  # the starting weights on the same windows and noise: what this stage changed
+                start = build_teacher(tcfg, seed=cfg.seed, device=dev)
+                init_from_weights(start, a.init, "teacher")
+                out["init_heldout_sample_psnr"] = _sample_psnr(start.eval(), vae, clips, a, cfg, dev)[0]
+                log.info("teacher: held-out sample PSNR of --init %.2f dB", out["init_heldout_sample_psnr"])
+                del start
         log.info("teacher: %s sample PSNR %.2f dB (VAE reconstruction %.2f dB)", split, sample_psnr, vae_psnr)
     if dev.type == "cuda":
         out["fp16_rel_error"] = _fp16_check(model, a, dev)
