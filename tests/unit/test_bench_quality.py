@@ -82,7 +82,7 @@ def test_quality_prompt_keeps_the_workflow_but_drives_it_with_the_given_pose():
         assert by_type[t][1]["inputs"] == orig[t]["inputs"]
     assert ks["sampler_name"] == orig["KSampler"]["inputs"]["sampler_name"]
     save = by_type["SaveImage"][1]["inputs"]
-    assert save["images"] == [by_type["VAEDecode"][0], 0] and save["filename_prefix"] == "q/a"
+    assert save["images"] == [by_type["IASALongVAEDecode"][0], 0] and save["filename_prefix"] == "q/a"
     assert wf == json.loads(WORKFLOW.read_text())  # the input is not modified
 
 
@@ -97,7 +97,7 @@ def test_quality_prompt_drives_the_student_workflow_and_refuses_a_cfg_for_it():
     assert by_type["IASASparseAttention"][1]["inputs"]["pose"] == [pose_id, 0]
     assert by_type["Wan22FunControlToVideo"][1]["inputs"]["length"] == [pose_id, 1]
     assert by_type["IASAStudentSampler"][1]["inputs"]["steps"] == 2
-    assert by_type["SaveImage"][1]["inputs"]["images"] == [by_type["VAEDecode"][0], 0]
+    assert by_type["SaveImage"][1]["inputs"]["images"] == [by_type["IASALongVAEDecode"][0], 0]
     with pytest.raises(ValueError, match="cfg 1"):
         quality_prompt(wf, "r.png", "p.json", "q", cfg=3.0)
     both = dict(wf, **{"900": {"class_type": "KSampler", "inputs": {}}})
