@@ -291,6 +291,10 @@ class PoseNotFollowed(AssertionError):
     """The quality verdict of the trained-weights test (only this failure is the known, expected one)."""
 
 
+class StudentBehindTeacher(AssertionError):
+    """The student's verdict against the shipped teacher (the distillation issue's 0.5 dB aim)."""
+
+
 @dataclass
 class FollowPoseCase:
     """33 frames of the bundled speaker driven by 1.3 s of the demo speech, with the same poses drawn by the
@@ -353,8 +357,8 @@ def teacher_scores(client, follow_pose) -> dict:
 @pytest.mark.skipif(_trained_weights_missing() is not None, reason=_trained_weights_missing() or "")
 @pytest.mark.xfail(strict=True, raises=PoseNotFollowed, reason=(
     "the shipped IASA-mini v2 follows the pose but not yet to the aims of the IASA-mini v2 issue (measured "
-    "2026-12-02, cfg 1: PSNR to the ground truth 24.31 dB, aim 28; where the pose moved 15.26 dB to the ground "
-    "truth vs 11.66 dB for the reference copied to every frame, aim 4 dB above it). Strict: once a retrained model meets the aims this XPASSes and fails, so remove the "
+    "2026-12-06 with the stage-2 teacher, cfg 1: PSNR to the ground truth 25.34 dB, aim 28; where the pose moved "
+    "16.13 dB to the ground truth vs 11.66 dB for the reference copied to every frame, aim 4 dB above it). Strict: once a retrained model meets the aims this XPASSes and fails, so remove the "
     "marker then."))
 def test_trained_teacher_frames_follow_the_control_pose(teacher_scores):
     """The shipped teacher workflow on the follow-pose case. Following the pose means the aims of the IASA-mini
@@ -378,12 +382,17 @@ def _student_missing() -> str | None:
 
 
 @pytest.mark.skipif(_student_missing() is not None, reason=_student_missing() or "")
+@pytest.mark.xfail(strict=True, raises=StudentBehindTeacher, reason=(
+    "the shipped student was distilled from the stage-1 teacher; the stage-2 teacher shipped on 2026-12-06 is 0.67 dB "
+    "above it on this case (student 24.67 dB, teacher 25.34 dB, aim within 0.5). Strict: once the student is distilled "
+    "again from the shipped teacher (issue 9) this XPASSes and fails, so remove the marker then."))
 def test_shipped_student_keeps_the_teachers_quality_and_follows_the_pose(client, follow_pose, teacher_scores):
-    """The shipped student workflow (4 steps, no CFG) on the same case: within 0.5 dB of the teacher workflow
-    overall (the distillation issue's aim), and above the reference copied to every frame where the pose moved."""
+    """The shipped student workflow (4 steps, no CFG) on the same case: above the reference copied to every frame
+    where the pose moved, and within 0.5 dB of the teacher workflow overall (the distillation issue's aim)."""
     from iasa.harness.demo import STUDENT_WORKFLOW
 
     sc = follow_pose.scores(follow_pose.sample(client, STUDENT_WORKFLOW, "iasa_test/follow_pose_student"))
     numbers = f"student: {_numbers(sc)}; teacher: {_numbers(teacher_scores)}"
-    assert sc["overall"] >= teacher_scores["overall"] - 0.5, numbers
-    assert sc["moved"] > sc["copy_moved"], numbers
+    assert sc["moved"] > sc["copy_moved"], numbers   # a plain failure: not the expected one
+    if not sc["overall"] >= teacher_scores["overall"] - 0.5:
+        raise StudentBehindTeacher(f"more than 0.5 dB below the teacher: {numbers}")
