@@ -6,7 +6,8 @@ Default workflow: the IASA-mini talking video (bundled synthetic speaker + speec
 through stock Wan Fun-Control nodes -> mp4 with sound) when the bundled teacher and VAE are in ``models/``:
 the workflow the teacher was trained for (``iasa_mini_talking.json`` for v1, ``iasa_mini_talking_v2.json``
 for v2), or, when a v2 pair has its distilled student beside it (``models/diffusion_models/
-iasa_mini_student.safetensors``), the student workflow ``iasa_mini_student.json`` (few steps, no CFG; a
+iasa_mini_student.safetensors``) and the tiny autoencoder it encodes the pose video with (``models/vae/
+iasa_mini_tiny_vae.safetensors``), the student workflow ``iasa_mini_student.json`` (few steps, no CFG; a
 printed line says so). Otherwise the pose-video workflow, with a printed note.
 Inputs are the bundled demo files (assets/demo); the output lands in the base directory's output folder.
 ``--weights DIR`` uses ``DIR/iasa_mini_teacher.safetensors`` and ``DIR/iasa_mini_vae.safetensors`` instead of
@@ -90,20 +91,29 @@ def is_v2_student(path: pathlib.Path) -> bool:
 
 def choose_workflow(models_dir: pathlib.Path = REPO / "models") -> pathlib.Path:
     """The talking-video workflow of the bundled weights when the teacher and VAE exist: the student's when a
-    v2 pair has its student beside it, else the teacher's; without them the pose video (with a note)."""
+    v2 pair has its student and the tiny autoencoder beside it, else the teacher's; without them the pose video
+    (with a note)."""
     missing = missing_weights(models_dir)
     if not missing:
         teacher_workflow = talking_workflow_for(bundled_weights(models_dir)[TEACHER_FILE])
         student = models_dir / "diffusion_models" / STUDENT_FILE
         if not student.is_file():
             return teacher_workflow
-        if is_v2_student(student):
-            print(f"[demo] the distilled student {student} is there: running {STUDENT_WORKFLOW.name} (few steps, no "
-                  f"CFG, sparse, long video); the teacher's {MINI_V2_WORKFLOW.name} stays a template")
-            return STUDENT_WORKFLOW
-        print(f"[demo] NOTE: {student} is not used: the student workflow needs a v2 student (ref_conv weights) next "
-              f"to the v2 teacher and VAE it was distilled from; running {teacher_workflow.name} instead")
-        return teacher_workflow
+        if not is_v2_student(student):
+            print(f"[demo] NOTE: {student} is not used: the student workflow needs a v2 student (ref_conv weights) "
+                  f"next to the v2 teacher and VAE it was distilled from; running {teacher_workflow.name} instead")
+            return teacher_workflow
+        from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE   # the student workflow encodes with it
+
+        tiny = models_dir / "vae" / TINY_VAE_FILE
+        if not tiny.is_file():
+            print(f"[demo] NOTE: {student} is not used: the student workflow encodes the pose video with the tiny "
+                  f"autoencoder {tiny}, which is missing (restore it: git checkout -- models/vae/{TINY_VAE_FILE}); "
+                  f"running {teacher_workflow.name} instead")
+            return teacher_workflow
+        print(f"[demo] the distilled student {student} is there: running {STUDENT_WORKFLOW.name} (few steps, no "
+              f"CFG, sparse, long video); the teacher's {MINI_V2_WORKFLOW.name} stays a template")
+        return STUDENT_WORKFLOW
     print("[demo] NOTE: the bundled IASA-mini model is missing ("
           + ", ".join(str(p) for p in missing)
           + "); running the pose-video workflow instead (speech -> pose -> skeleton video with sound). "

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from iasa.harness.demo import (DEMO_INPUTS, MINI_V2_WORKFLOW, MINI_WEIGHTS, POSE_WORKFLOW, STUDENT_FILE,
                                STUDENT_WORKFLOW, TEACHER_FILE, VAE_FILE, choose_workflow)
+from iasa.training.tiny_vae import VAE_FILE as TINY_VAE_FILE
 from iasa.training.tiny_wan import CARD_KEY
 
 V1_KEYS = {"head.modulation": torch.zeros(1, 2, 4)}
@@ -41,14 +42,17 @@ def test_talking_workflow_needs_both_files_and_follows_the_teachers_reference_pa
 
 
 def _models(tmp_path, teacher: dict | None = V2_KEYS, vae: bool = True, student: dict | None = V2_KEYS,
-            card: dict | None = STUDENT_CARD):
-    """A models folder: teacher / VAE / student files (tensors; the student with ``card`` in its header)."""
+            card: dict | None = STUDENT_CARD, tiny: bool = True):
+    """A models folder: teacher / VAE / student / tiny-autoencoder files (tensors; the student with ``card`` in
+    its header)."""
     (tmp_path / "diffusion_models").mkdir(exist_ok=True)
     (tmp_path / "vae").mkdir(exist_ok=True)
     if teacher is not None:
         save_file(teacher, str(tmp_path / "diffusion_models" / TEACHER_FILE))
     if vae:
         (tmp_path / "vae" / VAE_FILE).write_bytes(b"x")
+    if tiny:
+        (tmp_path / "vae" / TINY_VAE_FILE).write_bytes(b"x")
     student_path = tmp_path / "diffusion_models" / STUDENT_FILE
     if student is not None:
         save_file(student, str(student_path), metadata={CARD_KEY: json.dumps(card)} if card else None)
@@ -60,6 +64,14 @@ def test_a_v2_student_beside_the_v2_pair_runs_the_student_workflow_and_says_so(t
     assert choose_workflow(tmp_path) == STUDENT_WORKFLOW
     out = capsys.readouterr().out
     assert STUDENT_FILE in out and STUDENT_WORKFLOW.name in out and "NOTE" not in out
+
+
+def test_without_the_tiny_autoencoder_the_student_steps_aside_and_says_how_to_restore_it(tmp_path, capsys):
+    _models(tmp_path, tiny=False)
+    assert choose_workflow(tmp_path) == MINI_V2_WORKFLOW
+    out = capsys.readouterr().out
+    for words in ("NOTE", STUDENT_FILE, "is not used", TINY_VAE_FILE, "git checkout", MINI_V2_WORKFLOW.name):
+        assert words in out, out
 
 
 def test_without_a_student_the_teacher_workflow_is_unchanged(tmp_path, capsys):
@@ -97,7 +109,7 @@ def test_a_broken_student_file_is_a_clear_error(tmp_path, card, bytes_, words):
 
 
 @pytest.mark.parametrize("workflow, models", [(MINI_V2_WORKFLOW, set(MINI_WEIGHTS)),
-                                              (STUDENT_WORKFLOW, {STUDENT_FILE, VAE_FILE})],
+                                              (STUDENT_WORKFLOW, {STUDENT_FILE, VAE_FILE, TINY_VAE_FILE})],
                          ids=["teacher", "student"])
 def test_talking_workflow_reads_bundled_inputs_and_models(workflow, models):
     wf = json.loads(workflow.read_text())
