@@ -182,6 +182,24 @@ def test_teacher_resume_equals_uninterrupted_run(tmp_path, vae_file):
     assert {"heldout_sample_psnr", "train_sample_psnr"} <= set(card["eval"])   # side by side
 
 
+def test_teacher_fine_tune_scores_its_init_on_the_same_windows_and_noise(tmp_path, vae_file):
+    """--init: the card holds the starting weights' held-out sample PSNR beside the new one, measured as the run
+    that made those weights measured itself (same windows, same noise)."""
+    from iasa.training import teacher_train
+    from iasa.training.tiny_wan import file_sha256
+
+    cache = tmp_path / "latents.safetensors"
+    first = teacher_train.main(_teacher_args(tmp_path / "a", vae_file, cache, "--save-dtype", "fp32"))
+    start = tmp_path / "a" / "iasa_mini_teacher.safetensors"
+    tuned = teacher_train.main(_teacher_args(tmp_path / "b", vae_file, cache, "--init", str(start), "--steps", "2",
+                                             "--warmup", "0"))
+    assert tuned["init_heldout_sample_psnr"] == pytest.approx(first["heldout_sample_psnr"], abs=1e-3)
+    assert tuned["heldout_sample_psnr"] != tuned["init_heldout_sample_psnr"]   # 2 steps at lr 4e-4 change it
+    card = json.loads((tmp_path / "b" / "iasa_mini_teacher.json").read_text())
+    assert card["eval"]["init_heldout_sample_psnr"] == tuned["init_heldout_sample_psnr"]
+    assert card["init"]["sha256"] == file_sha256(start) and card["trained_steps"] == 2
+
+
 def test_two_process_gloo_ddp_equals_one_process_on_the_global_batch(tmp_path, vae_file):
     """torchrun, 2 CPU ranks x 2 windows == 1 process x 4 windows (gradients averaged), ranks in sync."""
     from iasa.training import teacher_train
