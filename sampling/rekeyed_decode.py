@@ -91,9 +91,9 @@ def decode_rekeyed(latent: torch.Tensor, decode: Decode, encode: Encode, windows
             else:
                 key_index = 4 * start - 4
                 key = encode(out[key_index:key_index + 1])
-            if key.ndim != 5 or key.shape[2] != 1:
-                raise ValueError(f"encode of one frame returned shape {tuple(key.shape)}; a Wan 2.1-layout VAE "
-                                 "(one latent frame per image) is needed")
+                if key.ndim != 5 or key.shape[2] != 1:
+                    raise ValueError(f"encode of one frame returned shape {tuple(key.shape)}; a Wan 2.1-layout VAE "
+                                     "(one latent frame per image) is needed")
             new = _frames(decode(torch.cat([key.to(z), z[:, :, start:end]], dim=2)))[1:]   # drop the key's frame
             first = frames_of(start)                   # frame index of the window's first latent: 4s - 3
             shared = out.shape[0] - first              # frames both windows decoded

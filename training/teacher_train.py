@@ -258,18 +258,21 @@ def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig,
         clips = [c for c in clips if len(c["frames"]) >= a.frames][: a.eval_windows]
         if not clips or a.eval_windows <= 0:
             continue
-        sample_psnr, vae_psnr, gt, dec = _sample_psnr(model, vae, clips, a, cfg, dev)
+        models = [model]
+        if split == "heldout" and a.init:  # the starting weights on the same windows and noise: what this stage changed
+            models.append(build_teacher(tcfg, seed=cfg.seed, device=dev))
+            init_from_weights(models[1], a.init, "teacher")
+            models[1].eval()
+        (sample_psnr, *init_psnr), vae_psnr, gt, dec = _sample_psnr(models, vae, clips, a, cfg, dev)
+        del models
         out[f"{split}_sample_psnr"], out[f"{split}_vae_psnr"] = sample_psnr, vae_psnr
         out.setdefault("eval", {"windows": len(clips), "steps": a.eval_steps, "cfg": a.eval_cfg, "shift": a.shift,
                                 "sparse": True})
+        if init_psnr:
+            out["init_heldout_sample_psnr"] = init_psnr[0]
+            log.info("teacher: held-out sample PSNR of --init %.2f dB", init_psnr[0])
         if split == "heldout":
             _preview(gt[0], dec[0], Path(cfg.out) / "preview.png")
-            if a.init:  # the starting weights on the same windows and noise: what this stage changed
-                start = build_teacher(tcfg, seed=cfg.seed, device=dev)
-                init_from_weights(start, a.init, "teacher")
-                out["init_heldout_sample_psnr"] = _sample_psnr(start.eval(), vae, clips, a, cfg, dev)[0]
-                log.info("teacher: held-out sample PSNR of --init %.2f dB", out["init_heldout_sample_psnr"])
-                del start
         log.info("teacher: %s sample PSNR %.2f dB (VAE reconstruction %.2f dB)", split, sample_psnr, vae_psnr)
     if dev.type == "cuda":
         out["fp16_rel_error"] = _fp16_check(model, a, dev)
@@ -294,9 +297,10 @@ def finalize(model, vae, vae_card: dict, tcfg: TeacherConfig, a, cfg: RunConfig,
 
 
 @torch.no_grad()
-def _sample_psnr(model, vae, clips: list[dict], a, cfg: RunConfig, dev: torch.device):
-    """Sample the first window of each clip (a random frame of the clip as the reference, sparse attention,
-    CFG as the workflow); PSNR of the decoded sample and of the VAE reconstruction against the real frames."""
+def _sample_psnr(models: list, vae, clips: list[dict], a, cfg: RunConfig, dev: torch.device):
+    """Sample the first window of each clip with each model, from the same noise (a random frame of the clip as
+    the reference, sparse attention, CFG as the workflow). Returns the decoded samples' PSNR per model, the VAE
+    reconstruction's PSNR, the real frames and the first model's decoded samples."""
     from .vae_train import psnr, wan21_latent_format
 
     fmt = wan21_latent_format()
@@ -306,11 +310,14 @@ def _sample_psnr(model, vae, clips: list[dict], a, cfg: RunConfig, dev: torch.de
     g.manual_seed(1234)
     noise = torch.randn(hl.x0.shape, generator=g, device=dev)
     mask = window_mask(hl, torch.arange(len(hl), device=dev))
-    x0_hat = sample(model, hl.control, hl.ref_random, noise, a.eval_steps, a.shift, a.eval_cfg, a.amp, mask)
     gt = to_model_range(torch.from_numpy(np.stack([c["frames"][: a.frames] for c in clips])).to(dev))
-    dec = torch.cat([vae.decode(fmt.process_out(x0_hat[i:i + 1])).float() for i in range(len(x0_hat))])
-    rec = torch.cat([vae.decode(fmt.process_out(hl.x0[i:i + 1])).float() for i in range(len(hl.x0))])
-    return psnr(dec, gt), psnr(rec, gt), gt, dec
+
+    def decoded(x0: torch.Tensor) -> torch.Tensor:
+        return torch.cat([vae.decode(fmt.process_out(x0[i:i + 1])).float() for i in range(len(x0))])
+
+    decs = [decoded(sample(m, hl.control, hl.ref_random, noise, a.eval_steps, a.shift, a.eval_cfg, a.amp, mask))
+            for m in models]
+    return [psnr(d, gt) for d in decs], psnr(decoded(hl.x0), gt), gt, decs[0]
 
 
 @torch.no_grad()
