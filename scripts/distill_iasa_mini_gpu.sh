@@ -23,6 +23,9 @@
 # The region-loss ablation (issue 9's Table-2 row): ABLATION=1 starts a second distillation beside the first on the
 # same GPU, with --region-weight 0 (DMD only), into $W/student_dmd_only as ${NAME}_dmd_only, once the first run has
 # written the latent cache (both read it); `wait` follows both and `collect` returns both students.
+# The twin is any one-setting variant: TWIN names it (default dmd_only), TWIN_REGION is its --region-weight (default
+# 0 for dmd_only, else $REGION) and TWIN_EXTRA is appended to its flags (a repeated flag: the last one wins), e.g.
+#   ABLATION=1 TWIN=cfg1 TWIN_EXTRA="--guidance 1" ...   # the real score without CFG, beside the CFG-3 run
 # Several GPUs: NPROC=N (torchrun, DDP; --batch is global). EXTRA: more training.distill.train flags.
 # A model too big to replicate: SHARD=fsdp2 (FSDP2 per-block sharding of student, fake score, optimizer states and
 # EMA; the frozen teacher stays replicated; checkpoints and exported files are the DDP format), i.e.
@@ -47,12 +50,13 @@ S_STEPS=${S_STEPS:-4}; FRAMES=${FRAMES:-49}; BATCH=${BATCH:-16}; LR=${LR:-5e-5};
 GUIDANCE=${GUIDANCE:-3}; SHIFT=${SHIFT:-3}; REGION=${REGION:-1}; EVAL=${EVAL:-8}; EVAL_STEPS=${EVAL_STEPS:-20}
 LORA_RANK=${LORA_RANK:-64}; DEVICE=${DEVICE:-auto}; NPROC=${NPROC:-1}; TEACHER_STAGE=${TEACHER_STAGE:-1}
 WORKERS=${WORKERS:-16}; SHARD=${SHARD:-ddp}; EXTRA=${EXTRA:-}
-ABLATION=${ABLATION:-0}
+ABLATION=${ABLATION:-0}; TWIN=${TWIN:-dmd_only}; TWIN_EXTRA=${TWIN_EXTRA:-}
+if [ "$TWIN" = dmd_only ]; then TWIN_REGION=${TWIN_REGION:-0}; else TWIN_REGION=${TWIN_REGION:-$REGION}; fi
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 LOG="$W/distill.log"
-ABL_LOG="$W/distill_dmd_only.log"
-ABL_DIR="$W/student_dmd_only"
+ABL_LOG="$W/distill_$TWIN.log"
+ABL_DIR="$W/student_$TWIN"
 
 
 distill() {  # S, NAME and REGION may be overridden per call (the ablation twin)
@@ -85,7 +89,7 @@ run_stages() {
   echo "[distill] all stages done $(date +%T)"
 }
 
-ablation_stage() {  # the DMD-only twin: waits for the first run's latent cache, then distils with no region loss
+ablation_stage() {  # the twin (default DMD only): waits for the first run's latent cache, then distils its variant
   gpu_env
   local t0=$SECONDS
   while [ ! -f "$LATENTS" ]; do
@@ -94,10 +98,10 @@ ablation_stage() {  # the DMD-only twin: waits for the first run's latent cache,
     fi
     sleep 5
   done
-  echo "[distill] ablation: latent cache there after $((SECONDS - t0)) s; DMD-only distill start $(date +%T)"
-  if [ -f "$ABL_DIR/${NAME}_dmd_only.safetensors" ]; then echo "[distill] ablation: done already"; else
+  echo "[distill] ablation: latent cache there after $((SECONDS - t0)) s; $TWIN distill start $(date +%T)"
+  if [ -f "$ABL_DIR/${NAME}_$TWIN.safetensors" ]; then echo "[distill] ablation: done already"; else
     t0=$SECONDS
-    S="$ABL_DIR" NAME="${NAME}_dmd_only" REGION=0 distill
+    S="$ABL_DIR" NAME="${NAME}_$TWIN" REGION="$TWIN_REGION" EXTRA="$EXTRA $TWIN_EXTRA" distill
     echo "[distill] ablation: finished in $((SECONDS - t0)) s $(date +%T)"
   fi
   echo "[distill] ablation done $(date +%T)"
@@ -110,7 +114,7 @@ collect() {  # the students (split into 15 MiB pieces: `cat` joins them), the fi
   local parts=(-C "$(cd "$(dirname "$S")" && pwd)" "$(basename "$S")" -C "$(cd "$W" && pwd)" distill.log)
   [ -d "$ABL_DIR" ] && parts+=("$(basename "$ABL_DIR")" "$(basename "$ABL_LOG")")
   tar -czf "$OUT/distill_meta.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' "${parts[@]}" || true
-  for f in "$S/$NAME.safetensors" "$S/${NAME}_lora.safetensors" "$ABL_DIR/${NAME}_dmd_only.safetensors"; do
+  for f in "$S/$NAME.safetensors" "$S/${NAME}_lora.safetensors" "$ABL_DIR/${NAME}_$TWIN.safetensors"; do
     [ -f "$f" ] && split -b 15M -d "$f" "$OUT/$(basename "$f").part"
   done
   ls -la "$OUT"
@@ -123,7 +127,7 @@ case "${1:-run}" in
     echo "[distill] started in the background, log $LOG"
     if [ "$ABLATION" = 1 ]; then
       sleep 2; setsid nohup bash "$0" ablation-bg >> "$ABL_LOG" 2>&1 < /dev/null &
-      echo "[distill] DMD-only twin started in the background, log $ABL_LOG"
+      echo "[distill] $TWIN twin started in the background, log $ABL_LOG"
     fi ;;
   run-bg) run_stages ;;
   ablation-bg) ablation_stage ;;

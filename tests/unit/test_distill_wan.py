@@ -287,31 +287,40 @@ def test_gpu_recipe_on_two_gloo_ranks_equals_one_process_on_the_global_batch(tmp
     assert_same_updates(rerun_single(card, tmp_path / "single"), _ckpt(ddp_dir)[0])
 
 
-def test_gpu_recipe_ablation_twin_distils_dmd_only_beside_the_first_run(tmp_path, files):
-    """ABLATION=1 `start` runs a second distillation with --region-weight 0 beside the first (one process each,
-    the twin waits for the first run's latent cache); `wait` follows both and collects both students."""
+@pytest.mark.parametrize("twin_env, twin, flag", [
+    ({}, "dmd_only", "--region-weight 0"),
+    ({"TWIN": "cfg1", "TWIN_EXTRA": "--guidance 1"}, "cfg1", "--region-weight 1"),
+], ids=["dmd_only", "cfg1"])
+def test_gpu_recipe_ablation_twin_distils_its_variant_beside_the_first_run(tmp_path, files, twin_env, twin, flag):
+    """ABLATION=1 `start` runs a second distillation beside the first (one process each, the twin waits for the
+    first run's latent cache): by default with --region-weight 0 (DMD only), or the TWIN variant with TWIN_EXTRA's
+    flags appended; `wait` follows both and collects both students."""
     work, out = tmp_path / "w", tmp_path / "out"
     out.mkdir()
     cache = tmp_path / "latents.safetensors"       # not there yet: the twin must wait for the first run to write it
-    env = {**recipe_env(files, work), "NPROC": "1", "ABLATION": "1", "LATENTS": str(cache), "LORA_RANK": "0"}
+    env = {**recipe_env(files, work), "NPROC": "1", "ABLATION": "1", "LATENTS": str(cache), "LORA_RANK": "0",
+           **twin_env}
     script = str(ROOT / "scripts" / "distill_iasa_mini_gpu.sh")
     started = subprocess.run(["bash", script, "start"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert started.returncode == 0 and "DMD-only twin started" in started.stdout, started.stdout + started.stderr
+    assert started.returncode == 0 and f"{twin} twin started" in started.stdout, started.stdout + started.stderr
     waited = subprocess.run(["bash", script, "wait", "500"], cwd=ROOT, env={**env, "OUT": str(out)},
                             capture_output=True, text=True, timeout=560)
     assert waited.returncode == 0, (waited.stdout + waited.stderr)[-3000:]
-    log = (work / "distill_dmd_only.log").read_text()
+    log = (work / f"distill_{twin}.log").read_text()
     assert "latent cache there after" in log and "ablation done" in log, log[-2000:]
     _, main_card = read_weights(work / "student" / "iasa_mini_student.safetensors")
-    _, twin_card = read_weights(work / "student_dmd_only" / "iasa_mini_student_dmd_only.safetensors")
-    assert "--region-weight 1" in main_card["command"] and "--region-weight 0" in twin_card["command"]
+    _, twin_card = read_weights(work / f"student_{twin}" / f"iasa_mini_student_{twin}.safetensors")
+    assert "--region-weight 1" in main_card["command"] and flag in twin_card["command"]
+    assert main_card["distillation"]["guidance"] == 3.0
+    assert twin_card["distillation"]["guidance"] == (1.0 if twin == "cfg1" else 3.0)
+    assert twin_card["distillation"]["region_weight"] == (0.0 if twin == "dmd_only" else 1.0)
     assert twin_card["trained_steps"] == main_card["trained_steps"] == 2
     back = sorted(p.name for p in out.iterdir())
     assert back == ["distill_meta.tar.gz", "iasa_mini_student.safetensors.part00",
-                    "iasa_mini_student_dmd_only.safetensors.part00"], back
+                    f"iasa_mini_student_{twin}.safetensors.part00"], back
     with tarfile.open(out / "distill_meta.tar.gz") as tar:
         names = tar.getnames()
-    assert "student_dmd_only/eval.json" in names and "distill_dmd_only.log" in names, names
+    assert f"student_{twin}/eval.json" in names and f"distill_{twin}.log" in names, names
 
 
 def recipe_env(files, work: Path, **env_over: str) -> dict:
