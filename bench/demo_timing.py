@@ -10,7 +10,8 @@ directory (``--base``, emptied first) so nothing is cached from an earlier run; 
 ``wall_s``: server start + workflow + reading the mp4;
 ``workflow_s``: queueing the prompt -> mp4 written (pose, VAE encode, sampling, decode, mp4).
 ``decode_s``: decoding a latent of the demo's shape in this process on the CPU through ComfyUI's VAE class
-(what VAEDecode calls), with the IASA-mini VAE and, when present (``--tiny-vae``), the tiny autoencoder: as
+(what VAEDecode calls), with the IASA-mini VAE in fp32 (``vae``, ComfyUI's CPU default) and bf16 (``vae_bf16``, what
+IASA VAE Precision gives on a CPU with native bf16) and, when present (``--tiny-vae``), the tiny autoencoder: as
 stock ComfyUI runs it (frame by frame, ``tiny_vae``) and with all frames at once (``tiny_vae_parallel``).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ import soundfile as sf
 from ..harness.demo import (ASSETS, STUDENT_FILE, TEACHER_FILE, VAE_FILE, bundled_weights, choose_workflow, run_demo,
                             talking_workflow_for, weights_from_dir)
 from ..harness.server import PACK_LINK_NAME, REPO
+from ..sampling.vae_precision import with_precision
 from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE, with_all_frames_at_once
 from .quality import FUN_CONTROL_NODES, SAMPLER_NODES, repo_path, sampler_settings, stock_vae, weights_info, versions
 
@@ -43,7 +45,8 @@ def decode_seconds(vae_path: pathlib.Path, tiny_path: pathlib.Path | None, frame
     import torch
 
     latent = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, generator=torch.Generator().manual_seed(0))
-    runs = [("vae", stock_vae(vae_path))]
+    full = stock_vae(vae_path)
+    runs = [("vae", full), ("vae_bf16", with_precision(full, "bf16"))]
     if tiny_path is not None:
         fast = stock_vae(tiny_path)
         runs += [("tiny_vae", with_all_frames_at_once(fast, False)), ("tiny_vae_parallel", fast)]

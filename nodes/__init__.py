@@ -14,12 +14,12 @@ from .model_folders import register_bundled_model_folders
 from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose, IASASavePose
 from .preview_nodes import IASALatentPreview
 from .student_nodes import IASAStudentSampler, IASAStudentSigmas
-from .vae_nodes import IASALongVAEDecode, IASATinyVAEMode
+from .vae_nodes import IASALongVAEDecode, IASATinyVAEMode, IASAVAEPrecision
 
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
     IASAEmptyConditioning, IASALoadPose, IASASavePose, IASALatentPreview, IASALongVideo, IASAStudentSampler,
-    IASAStudentSigmas, IASADistillStudent, IASABuildDataset, IASATinyVAEMode, IASALongVAEDecode,
+    IASAStudentSigmas, IASADistillStudent, IASABuildDataset, IASATinyVAEMode, IASAVAEPrecision, IASALongVAEDecode,
 ]
 
 register_bundled_model_folders()

@@ -1,4 +1,5 @@
 """IASA Tiny VAE Mode: run a tiny autoencoder (TAEHV, e.g. the bundled IASA-mini one) on all frames at once.
+IASA VAE Precision: run a VAE in bf16 where the CPU computes bf16 natively (sampling/vae_precision.py).
 IASA Long VAE Decode: decode a long video in windows restarted from key frames (sampling/rekeyed_decode.py)."""
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from comfy_api.latest import io
 
 from ..sampling.rekeyed_decode import (DEFAULT_KEY, DEFAULT_OVERLAP, DEFAULT_WINDOW, KEY_SOURCES, DecodeWindows,
                                        decode_rekeyed)
+from ..sampling.vae_precision import PRECISIONS, with_precision
 from ..training.tiny_vae import with_all_frames_at_once
 
 
@@ -33,6 +35,32 @@ class IASATinyVAEMode(io.ComfyNode):
     @classmethod
     def execute(cls, vae, all_frames_at_once) -> io.NodeOutput:
         return io.NodeOutput(with_all_frames_at_once(vae, all_frames_at_once))
+
+
+class IASAVAEPrecision(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IASAVAEPrecision",
+            display_name="IASA VAE Precision",
+            category="IASA/vae",
+            description="ComfyUI runs every VAE in fp32 on a CPU. A CPU with native bf16 (AVX512-BF16 or AMX) decodes "
+                        "in bf16 about 2.3x faster (the IASA-mini VAE on 2 cores; pictures 64 dB from fp32's). This "
+                        "returns a copy of the VAE in the chosen precision; the input VAE is unchanged. The choice is "
+                        "written to the log.",
+            inputs=[
+                io.Vae.Input("vae", tooltip="A VAE loaded with VAELoader (full or tiny)."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                               tooltip="auto: bf16 on a CPU with native bf16, otherwise what ComfyUI chose (on a GPU "
+                                       "ComfyUI already picks bf16 or fp16). bf16 / fp16 / fp32: that dtype anywhere "
+                                       "(bf16 on a CPU without native bf16 is slower than fp32)."),
+            ],
+            outputs=[io.Vae.Output(display_name="vae")],
+        )
+
+    @classmethod
+    def execute(cls, vae, precision) -> io.NodeOutput:
+        return io.NodeOutput(with_precision(vae, precision))
 
 
 class IASALongVAEDecode(io.ComfyNode):

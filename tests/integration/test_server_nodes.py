@@ -37,6 +37,7 @@ PACK_NODES = {
     "IASABuildDataset": ({"videos", "output_name", "size", "fps", "max_seconds", "heldout_every", "vae", "frames"},
                          ["IASA_DATASET"]),
     "IASATinyVAEMode": ({"vae", "all_frames_at_once"}, ["VAE"]),
+    "IASAVAEPrecision": ({"vae", "precision"}, ["VAE"]),
     "IASALongVAEDecode": ({"samples", "vae", "window", "overlap", "key"}, ["IMAGE"]),
     "IASASavePose": ({"pose", "filename_prefix"}, ["STRING"]),
     "IASALatentPreview": ({"model"}, ["MODEL"]),
@@ -46,8 +47,8 @@ PACK_NODES = {
 HEAVY_WORKFLOWS = {"iasa_mini_talking_v2": "full size (169 frames in 49-frame windows, 20 steps, cfg 1) takes minutes "
                                            "of this 2-core CPU (bench/results/demo.json); it runs shrunk with random "
                                            "weights and for 33 frames with the bundled weights in test_iasa_mini.py",
-                   "iasa_mini_student": "full size (169 frames, 4 steps, 5 windows) takes ~3 minutes of this 2-core "
-                                        "CPU, most of it VAE encode and decode (bench/results/demo.json); it runs "
+                   "iasa_mini_student": "full size (169 frames, 4 steps, 5 windows) takes over a minute of this 2-core "
+                                        "CPU, most of it the VAE decode (bench/results/demo.json); it runs "
                                         "shrunk with a random student in test_student_workflow.py and for 33 frames "
                                         "with the bundled student in test_iasa_mini.py"}
 RUNNABLE_WORKFLOWS = [pytest.param(w, marks=pytest.mark.skip(reason=HEAVY_WORKFLOWS[w.stem]))
