@@ -21,8 +21,8 @@ class IASATinyVAEMode(io.ComfyNode):
             description="ComfyUI decodes and encodes with a tiny autoencoder (TAEHV layout: the bundled "
                         "iasa_mini_tiny_vae, taew2_1, lighttaew2_1) one frame at a time. This returns the same VAE "
                         "running all frames at once: the same pictures, faster on a GPU, more memory (the real-time path). "
-                        "On a CPU the frame-by-frame default was faster (169 frames at 256x256 on 2 cores: 10.8 s "
-                        "frame by frame, 25.6 s at once; bench/results/demo.json).",
+                        "On a CPU the frame-by-frame default was faster (169 frames at 256x256 on 2 cores: 12.8 s "
+                        "frame by frame, 33.0 s at once; bench/results/demo.json).",
             inputs=[
                 io.Vae.Input("vae", tooltip="A tiny autoencoder loaded with VAELoader (not a full Wan VAE)."),
                 io.Boolean.Input("all_frames_at_once", default=True,

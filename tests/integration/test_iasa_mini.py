@@ -382,10 +382,6 @@ def _student_missing() -> str | None:
 
 
 @pytest.mark.skipif(_student_missing() is not None, reason=_student_missing() or "")
-@pytest.mark.xfail(strict=True, raises=StudentBehindTeacher, reason=(
-    "the shipped student was distilled from the stage-1 teacher; the stage-2 teacher shipped on 2026-12-06 is 0.67 dB "
-    "above it on this case (student 24.67 dB, teacher 25.34 dB, aim within 0.5). Strict: once the student is distilled "
-    "again from the shipped teacher (issue 9) this XPASSes and fails, so remove the marker then."))
 def test_shipped_student_keeps_the_teachers_quality_and_follows_the_pose(client, follow_pose, teacher_scores):
     """The shipped student workflow (4 steps, no CFG) on the same case: above the reference copied to every frame
     where the pose moved, and within 0.5 dB of the teacher workflow overall (the distillation issue's aim)."""

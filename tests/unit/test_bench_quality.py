@@ -189,7 +189,7 @@ def test_vae_records_score_the_tiny_autoencoder_against_the_frames_and_the_full_
     assert [r["model"] for r in vae_records([clip], vae)] == ["vae"]
 
 
-def test_demo_timing_decodes_the_demo_latent_with_the_vae_and_the_tiny_one_in_both_modes(tmp_path):
+def test_demo_timing_decodes_the_demo_latent_with_the_vae_in_both_precisions_and_the_tiny_one_in_both_modes(tmp_path):
     import torch
 
     from iasa.bench.demo_timing import decode_seconds
@@ -200,8 +200,8 @@ def test_demo_timing_decodes_the_demo_latent_with_the_vae_and_the_tiny_one_in_bo
     vae = save_model(build_vae(VAEConfig(dim=8), seed=1), tmp_path / "vae.safetensors", {}, dtype=torch.float32)
     tiny = save_tiny_vae(build_tiny_vae(seed=2), tmp_path / "tiny.safetensors", {})
     got = decode_seconds(vae, tiny, frames=5, height=16, width=16)
-    assert set(got) == {"vae", "tiny_vae", "tiny_vae_parallel"} and all(v >= 0 for v in got.values())
-    assert set(decode_seconds(vae, None, frames=1, height=16, width=16)) == {"vae"}
+    assert set(got) == {"vae", "vae_bf16", "tiny_vae", "tiny_vae_parallel"} and all(v >= 0 for v in got.values())
+    assert set(decode_seconds(vae, None, frames=1, height=16, width=16)) == {"vae", "vae_bf16"}
 
 
 def test_sampler_settings_read_a_students_steps_from_its_card_and_a_ksamplers_from_the_workflow(tmp_path):
