@@ -126,7 +126,7 @@ def test_the_student_workflow_is_the_v2_graph_with_the_student_sampler_in_place_
     sampler (the card's steps) instead of KSampler with a negative and a flow shift."""
     student, teacher = (json.loads(w.read_text()) for w in (STUDENT_WORKFLOW, MINI_V2_WORKFLOW))
     shared = ("IASALoadAudio", "IASAAudioFeatures", "IASAAudioToPose", "IASARenderPose", "IASASparseAttention",
-              "IASALongVideo", "IASALongVAEDecode", "CreateVideo")
+              "IASALongVideo", "IASAVAEPrecision", "IASALongVAEDecode", "CreateVideo")
     def settings(wf: dict, t: str) -> list[dict]:  # the model input links to a different chain (no flow shift)
         return [{k: v for k, v in n["inputs"].items() if k != "model"} for n in wf.values() if n["class_type"] == t]
 
