@@ -12,9 +12,11 @@ Kernels:
 - ``flex``: compiled FlexAttention with a ``BlockMask`` (``flex_kernel``); compiles once per shape.
 - ``flex_eager``: uncompiled FlexAttention; computes *dense* scores with a whole-pattern mask_mod
   (CPU/test path, O(L^2) memory).
-- ``sdpa``: ``F.scaled_dot_product_attention`` with the token-level boolean mask (reference and CPU
-  path; the ``[Hl, L, L]`` mask is cached per layout, so keep L small).
-- ``auto``: xformers on CUDA when it works, else flex on CUDA, else sdpa; the fallback is logged once.
+- ``sdpa``: ``F.scaled_dot_product_attention`` with the token-level boolean mask (the reference; dense work;
+  the ``[Hl, L, L]`` mask is cached per layout, so keep L small).
+- ``grouped``: the CPU kernel (``grouped``): query blocks with the same key blocks attend together over
+  gathered keys, one SDPA per distinct key-block list; the layout's work, not dense.
+- ``auto``: xformers on CUDA when it works, else flex on CUDA; grouped off CUDA; the choice is logged once.
   A packed layout (``layout.slot_mask``: several region groups per block, masked inside) goes to flex
   on CUDA: xformers' paged mask cannot mask inside a block, so xformers runs the layout's group-padded
   twin ``layout.padded`` (more work; logged once, also when xformers is asked for by name).
@@ -36,13 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from .flex_kernel import flex_attend, flex_attend_slots, flex_block_sparse_attention, prepare_flex
+from .grouped import KeyGroup, grouped_attention, key_groups
 from .layout import BlockLayout
 from .paged_op import paged_block_sparse_attention, register_paged_plan
 from .slots import cached, check_layout_fits, validate_layout
 
 logger = logging.getLogger(__name__)
 
-KERNELS = ("auto", "xformers", "flex", "flex_eager", "sdpa")
+KERNELS = ("auto", "xformers", "flex", "flex_eager", "sdpa", "grouped")
 XFORMERS_HEAD_DIMS = (16, 32, 64, 128, 256, 512)
 
 _state_lock = threading.Lock()
@@ -143,8 +146,8 @@ def resolve_kernel(kernel: str, q: "torch.Tensor | QuerySpec", layout: BlockLayo
         return kernel
     spec = _spec(q)
     if spec.device.type != "cuda":
-        _log_once(f"block-sparse attention: using sdpa (masked reference), inputs are on {spec.device.type}, not CUDA")
-        return "sdpa"
+        _log_once(f"block-sparse attention: using grouped (the CPU kernel), inputs are on {spec.device.type}, not CUDA")
+        return "grouped"
     if layout.slot_mask is not None:
         _log_once("block-sparse attention: using flex, not xformers: the layout packs several region groups per "
                   "block and xformers could only run its group-padded twin (more work)")
@@ -231,6 +234,28 @@ class SdpaKernel(SparseKernel):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self._slot_mask, scale=scale)
 
 
+class GroupedKernel(SparseKernel):
+    """Query blocks sharing their key blocks attend together (``grouped``); same mask as :class:`SdpaKernel`."""
+
+    name = "grouped"
+
+    def __init__(self, layout, spec):
+        super().__init__(layout, spec)
+        masks = slot_order_mask(layout, torch.device("cpu"))
+        dev = spec.device
+        self.groups = [[KeyGroup(g.query_slots.to(dev), g.key_slots.to(dev), None if g.mask is None else g.mask.to(dev))
+                        for g in key_groups(layout, h, masks[h])] for h in range(masks.shape[0])]
+        self.to_slots = layout.perm.clamp_min(0).to(dev)
+        self.to_tokens = layout.slot_of_token(dev)
+
+    def run(self, q, k, v, scale):
+        q, k, v = (x.index_select(2, self.to_slots) for x in (q, k, v))
+        return grouped_attention(q, k, v, self.groups, scale).index_select(2, self.to_tokens)
+
+    def run_slots(self, q, k, v, scale):
+        return grouped_attention(q, k, v, self.groups, scale)
+
+
 class FlexKernel(SparseKernel):
     def __init__(self, layout, spec, compiled: bool):
         super().__init__(layout, spec)
@@ -301,6 +326,8 @@ def prepare_kernel(layout: BlockLayout, kernel: str, q: "torch.Tensor | QuerySpe
 def _build(layout: BlockLayout, chosen: str, spec: QuerySpec, auto: bool) -> SparseKernel:
     if chosen == "sdpa":
         return SdpaKernel(layout, spec)
+    if chosen == "grouped":
+        return GroupedKernel(layout, spec)
     if chosen in ("flex", "flex_eager"):
         return FlexKernel(layout, spec, compiled=chosen == "flex")
     return XformersKernel(layout, spec, fall_back_to_flex=auto)
