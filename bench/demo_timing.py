@@ -11,7 +11,8 @@ directory (``--base``, emptied first) so nothing is cached from an earlier run; 
 ``workflow_s``: queueing the prompt -> mp4 written (pose, VAE encode, sampling, decode, mp4).
 ``decode_s``: decoding a latent of the demo's shape in this process on the CPU through ComfyUI's VAE class
 (what VAEDecode calls), with the IASA-mini VAE in fp32 (``vae``, ComfyUI's CPU default) and bf16 (``vae_bf16``, what
-IASA VAE Precision gives on a CPU with native bf16) and, when present (``--tiny-vae``), the tiny autoencoder: as
+IASA VAE Precision gives on a CPU with native bf16; ``vae_bf16_channels_last`` also with its ``memory_format``
+``auto`` on a CPU) and, when present (``--tiny-vae``), the tiny autoencoder: as
 stock ComfyUI runs it (frame by frame, ``tiny_vae``) and with all frames at once (``tiny_vae_parallel``).
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ def decode_seconds(vae_path: pathlib.Path, tiny_path: pathlib.Path | None, frame
 
     latent = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, generator=torch.Generator().manual_seed(0))
     full = stock_vae(vae_path)
-    runs = [("vae", full), ("vae_bf16", with_precision(full, "bf16"))]
+    runs = [("vae", full), ("vae_bf16", with_precision(full, "bf16")),
+            ("vae_bf16_channels_last", with_precision(full, "bf16", memory_format="channels_last"))]
     if tiny_path is not None:
         fast = stock_vae(tiny_path)
         runs += [("tiny_vae", with_all_frames_at_once(fast, False)), ("tiny_vae_parallel", fast)]

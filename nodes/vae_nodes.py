@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..sampling.rekeyed_decode import (DEFAULT_KEY, DEFAULT_OVERLAP, DEFAULT_WINDOW, KEY_SOURCES, DecodeWindows,
                                        decode_rekeyed)
-from ..sampling.vae_precision import PRECISIONS, with_precision
+from ..sampling.vae_precision import MEMORY_FORMATS, PRECISIONS, with_precision
 from ..training.tiny_vae import with_all_frames_at_once
 
 
@@ -45,22 +45,26 @@ class IASAVAEPrecision(io.ComfyNode):
             display_name="IASA VAE Precision",
             category="IASA/vae",
             description="ComfyUI runs every VAE in fp32 on a CPU. A CPU with native bf16 (AVX512-BF16 or AMX) decodes "
-                        "in bf16 about 2.3x faster (the IASA-mini VAE on 2 cores; pictures 64 dB from fp32's). This "
-                        "returns a copy of the VAE in the chosen precision; the input VAE is unchanged. The choice is "
-                        "written to the log.",
+                        "in bf16 about 2.3x faster (the IASA-mini VAE on 2 cores; pictures 64 dB from fp32's), and "
+                        "channels-last 3-D convolutions double that again. This returns a copy of the VAE in the "
+                        "chosen precision and layout; the input VAE is unchanged. The choices are written to the log.",
             inputs=[
                 io.Vae.Input("vae", tooltip="A VAE loaded with VAELoader (full or tiny)."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
                                tooltip="auto: bf16 on a CPU with native bf16, otherwise what ComfyUI chose (on a GPU "
                                        "ComfyUI already picks bf16 or fp16). bf16 / fp16 / fp32: that dtype anywhere "
                                        "(bf16 on a CPU without native bf16 is slower than fp32)."),
+                io.Combo.Input("memory_format", options=list(MEMORY_FORMATS), default="auto", optional=True,
+                               tooltip="auto: on a CPU, lay the 3-D convolution weights out channels-last (oneDNN "
+                                       "decodes the IASA-mini VAE 2x faster in bf16, 1.3x in fp32; same pictures), "
+                                       "elsewhere leave them. channels_last / contiguous: that layout anywhere."),
             ],
             outputs=[io.Vae.Output(display_name="vae")],
         )
 
     @classmethod
-    def execute(cls, vae, precision) -> io.NodeOutput:
-        return io.NodeOutput(with_precision(vae, precision))
+    def execute(cls, vae, precision, memory_format="auto") -> io.NodeOutput:
+        return io.NodeOutput(with_precision(vae, precision, memory_format=memory_format))
 
 
 class IASALongVAEDecode(io.ComfyNode):

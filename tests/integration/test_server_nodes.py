@@ -37,7 +37,7 @@ PACK_NODES = {
     "IASABuildDataset": ({"videos", "output_name", "size", "fps", "max_seconds", "heldout_every", "vae", "frames"},
                          ["IASA_DATASET"]),
     "IASATinyVAEMode": ({"vae", "all_frames_at_once"}, ["VAE"]),
-    "IASAVAEPrecision": ({"vae", "precision"}, ["VAE"]),
+    "IASAVAEPrecision": ({"vae", "precision", "memory_format"}, ["VAE"]),
     "IASALongVAEDecode": ({"samples", "vae", "window", "overlap", "key"}, ["IMAGE"]),
     "IASASavePose": ({"pose", "filename_prefix"}, ["STRING"]),
     "IASALatentPreview": ({"model"}, ["MODEL"]),

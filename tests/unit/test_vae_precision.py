@@ -6,7 +6,8 @@ import logging
 import pytest
 import torch
 
-from iasa.sampling.vae_precision import cpu_has_native_bf16, resolve_precision, with_precision
+from iasa.sampling.vae_precision import (channels_last_convs, cpu_has_native_bf16, resolve_memory_format,
+                                        resolve_precision, with_precision)
 from iasa.training.tiny_wan import VAEConfig, build_vae
 from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
@@ -60,7 +61,7 @@ def test_bf16_copy_decodes_close_to_fp32_and_leaves_the_input_vae_alone(comfy, w
     z = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     before = {k: v.clone() for k, v in wan_vae.first_stage_model.state_dict().items()}
     with caplog.at_level(logging.INFO, logger="iasa.sampling.vae_precision"):
-        fast = IASAVAEPrecision.execute(vae=wan_vae, precision="bf16").args[0]
+        fast = IASAVAEPrecision.execute(vae=wan_vae, precision="bf16", memory_format="contiguous").args[0]
     assert "bf16 as asked" in caplog.text
     assert fast is not wan_vae and fast.vae_dtype == torch.bfloat16 and fast.patcher is not wan_vae.patcher
     assert fast.patcher.model is fast.first_stage_model
@@ -83,3 +84,35 @@ def test_auto_on_a_cpu_without_native_bf16_returns_the_same_vae_and_says_why(wan
 def test_not_a_comfyui_vae_is_refused():
     with pytest.raises(ValueError, match="vae: a VAE loaded by ComfyUI"):
         with_precision(torch.nn.Linear(2, 2), "bf16")
+
+
+@pytest.mark.parametrize("choice, device, want", [
+    ("auto", "cpu", True), ("auto", "cuda", False), ("channels_last", "cuda", True), ("contiguous", "cpu", False)])
+def test_auto_lays_convolutions_channels_last_on_the_cpu_only(choice, device, want):
+    channels_last, why = resolve_memory_format(choice, torch.device(device))
+    assert channels_last is want and why
+
+
+def test_an_unknown_memory_format_is_refused_naming_the_input():
+    with pytest.raises(ValueError, match="memory_format: 'nhwc' is not one of auto, channels_last, contiguous"):
+        resolve_memory_format("nhwc", torch.device("cpu"))
+
+
+def test_channels_last_copy_decodes_the_same_and_leaves_the_input_vae_alone(comfy, wan_vae, caplog):
+    from iasa.nodes.vae_nodes import IASAVAEPrecision
+
+    z = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    with caplog.at_level(logging.INFO, logger="iasa.sampling.vae_precision"):
+        fast = IASAVAEPrecision.execute(vae=wan_vae, precision="fp32", memory_format="auto").args[0]
+    assert "channels-last 3-D convolutions on the CPU" in caplog.text
+    assert fast is not wan_vae and fast.vae_dtype == torch.float32 and fast.patcher.model is fast.first_stage_model
+    convs = [m for m in fast.first_stage_model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last_3d) for c in convs)
+    assert all(m.weight.is_contiguous() for m in wan_vae.first_stage_model.modules() if isinstance(m, torch.nn.Conv3d))
+    torch.testing.assert_close(fast.decode(z), wan_vae.decode(z), atol=1e-5, rtol=1e-5)
+
+
+def test_channels_last_convs_counts_what_it_changed():
+    model = torch.nn.Sequential(torch.nn.Conv3d(4, 8, 3), torch.nn.Conv2d(4, 4, 1), torch.nn.Conv3d(8, 8, 1))
+    assert channels_last_convs(model) == 2
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last_3d) and model[1].weight.is_contiguous()
