@@ -7,9 +7,9 @@ it and the keys they read, and runs one ``F.scaled_dot_product_attention`` on th
 that group when the layout masks inside blocks or a key block ends in padding). The work is the layout's
 (plus nothing: no padding to a common length), and the key gathers are shared by the whole group.
 
-On the 2-core CPU, for the demo's layout (L=3584, 2 heads x 128, 20.9 % of dense work) this ran in 33.6 ms
-against 81.2 ms for masked SDPA over the whole ``[L, L]`` mask (fp32), and 66 against 288 ms for a 97-frame window
-(11.5 %): ``python iasa_cli.py bench.cpu_attention`` -> bench/results/cpu_attention.json.
+On the 2-core CPU, for the demo's layout (L=3584, 2 heads x 128, 20.9 % of dense work) this ran in 22.1 ms
+against 85.6 ms for masked SDPA over the whole ``[L, L]`` mask (fp32), and 67.5 against 302.5 ms for a 97-frame
+window (11.5 %): ``python iasa_cli.py bench.cpu_attention`` -> bench/results/cpu_attention.json.
 On CUDA the xformers and flex kernels are the fast ones: this one loops over groups in Python.
 """
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """CPU benchmark of the block-sparse kernels on the layouts the demo runs: ``grouped`` against masked SDPA.
 
-    python iasa_cli.py bench.cpu_attention [--repeats 10] [--out bench/results/cpu_attention.json]
+    python iasa_cli.py bench.cpu_attention [--target-s 1.0] [--out bench/results/cpu_attention.json]
 
 Layouts: the synthetic talking pose (pose/synthetic.py) through ``build_pose_layout`` at the IASA-mini demo's
 shapes: 256x256 pixels (16x16 tokens of 16 px), one window of the long-video wrapper (49 frames = 13 latent
 frames) with the 256 reference tokens in front, causal top-2, block 16; and the same for a 97-frame window.
 q/k/v: ``[1, 2, L, 128]`` (the IASA-mini teacher's 2 heads of 128), random, in fp32 (ComfyUI's dtype for a
-model on the CPU) and bf16. Per record: the median of ``--repeats`` calls after one warm-up for ``sdpa`` (dense
+model on the CPU) and bf16. Per record: the median call (``bench.attention.time_ms``: one warm-up, then ``--target-s`` seconds of calls) for ``sdpa`` (dense
 work under the ``[L, L]`` token mask, the reference and the CPU path before ``grouped``) and ``grouped``, the
 speed-up, and the largest difference between the two outputs.
 """
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from ..attention.grid import TokenGrid
 from ..attention.kernels import prepare_kernel
 from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
 from ..pose.synthetic import talking_pose
+from .attention import time_ms
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_attention.json"
 
@@ -42,24 +42,15 @@ def demo_layout(frames: int, size: int = 256, patch_px: int = 16, block_size: in
     return built.layout
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
-def record(frames: int, dtype: torch.dtype, repeats: int) -> dict:
+def record(frames: int, dtype: torch.dtype, target_s: float) -> dict:
     layout = demo_layout(frames)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, layout.seq_len, 128, generator=g).to(dtype) for _ in range(3))
     kernels = {name: prepare_kernel(layout, name, q) for name in ("sdpa", "grouped")}
     with torch.inference_mode():
         ref, out = (kernels[name](q, k, v) for name in ("sdpa", "grouped"))
-        ms = {name: median_ms(lambda kern=kern: kern(q, k, v), repeats) for name, kern in kernels.items()}
+        ms = {name: time_ms(lambda kern=kern: kern(q, k, v), q.device, target_s, warmup=1)
+              for name, kern in kernels.items()}
     density = layout.density()
     return {"frames": frames, "seq_len": layout.seq_len, "dtype": str(dtype).replace("torch.", ""),
             "block_density": round(density.block_density, 4), "token_density": round(density.token_density, 4),
@@ -71,11 +62,11 @@ def record(frames: int, dtype: torch.dtype, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--target-s", type=float, default=1.0, help="seconds of timed calls per kernel (at least 3 calls)")
     ap.add_argument("--frames", type=int, nargs="+", default=[49, 97])
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    rows = [record(f, dt, a.repeats) for f in a.frames for dt in (torch.float32, torch.bfloat16)]
+    rows = [record(f, dt, a.target_s) for f in a.frames for dt in (torch.float32, torch.bfloat16)]
     for r in rows:
         print(f"{r['frames']:4d} frames {r['dtype']:9s} L={r['seq_len']} density {100 * r['block_density']:.1f} %: "
               f"sdpa {r['sdpa_ms']:.1f} ms, grouped {r['grouped_ms']:.1f} ms ({r['speedup']:.2f}x), "

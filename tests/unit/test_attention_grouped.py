@@ -1,37 +1,22 @@
-"""The CPU kernel ``grouped`` (attention/grouped.py): the same attention as the masked-SDPA reference, with the
-layout's work (each query slot once, each group's keys its own key blocks), on random and pose layouts."""
+"""The CPU kernel ``grouped`` (attention/grouped.py): the same attention as the masked-SDPA reference on a packed
+pose layout, with the layout's work (each query slot once, each group's keys its own key blocks); the random-layout
+check is test_attention_kernels.py's test_eager_kernels_match_sdpa."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from iasa.attention.grid import TokenGrid
 from iasa.attention.grouped import key_groups
 from iasa.attention.kernels import block_sparse_attention, prepare_kernel, slot_order_mask
-from iasa.attention.pose_layout import SparseAttentionConfig, build_pose_layout
-from iasa.pose.synthetic import talking_pose
+from iasa.bench.cpu_attention import demo_layout
 
 from .test_attention_kernels import qkv, random_layout
 
 
-def pose_layout(block_size=8):
-    """A packed pose layout (several region groups per block, masked inside) with reference tokens."""
-    grid = TokenGrid(video_frames=4, hp=8, wp=8, ref_tokens_before=64)
-    built = build_pose_layout(talking_pose(n_frames=13, width=128, height=128), grid,
-                              SparseAttentionConfig(block_size=block_size, top_k=1))
-    assert built.layout is not None, built.fallback_reason
-    return built.layout
-
-
-@pytest.mark.parametrize("shared", [True, False])
-@pytest.mark.parametrize("scatter_padding", [False, True])
-def test_grouped_matches_sdpa_on_random_layouts(shared, scatter_padding):
-    layout = random_layout(200, 16, heads=2, density=0.25, seed=3, shared=shared, scatter_padding=scatter_padding)
-    q, k, v = qkv(2, 2, 200, 32)
-    ref = block_sparse_attention(q, k, v, layout, kernel="sdpa")
-    out = block_sparse_attention(q, k, v, layout, kernel="grouped")
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
+def pose_layout():
+    """A packed pose layout (several region groups per block, masked inside) with reference tokens: 13 frames
+    (4 latent frames) of 8x8 tokens, 64 reference tokens, block 8."""
+    return demo_layout(13, size=128, block_size=8, top_k=1)
 
 
 def test_grouped_matches_sdpa_on_a_packed_pose_layout_in_both_orders():

@@ -174,13 +174,19 @@ def test_rows_limited_to_their_own_frame():
 # ---------------------------------------------------------------------------------------------
 # flex kernel
 
+@pytest.mark.parametrize("kernel, block_size", [("flex_eager", 32), ("grouped", 16)])
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("scatter_padding", [False, True])
-def test_flex_eager_matches_sdpa(shared, scatter_padding):
-    layout = random_layout(200, 32, heads=2, density=0.25, seed=3, shared=shared, scatter_padding=scatter_padding)
+def test_eager_kernels_match_sdpa(kernel, block_size, shared, scatter_padding):
+    """flex_eager and the CPU kernel grouped (attention/grouped.py, more in test_attention_grouped.py)."""
+    layout = random_layout(200, block_size, heads=2, density=0.25, seed=3, shared=shared,
+                           scatter_padding=scatter_padding)
     q, k, v = qkv(2, 2, 200, 32)
     ref = block_sparse_attention(q, k, v, layout, kernel="sdpa")
-    out = block_sparse_attention(q, k, v, layout, kernel="flex_eager")
+    out = block_sparse_attention(q, k, v, layout, kernel=kernel)
+    assert torch.isfinite(out).all()
+    if kernel == "grouped":
+        torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
     assert (out - ref).abs().max().item() < 1e-5
 
 
