@@ -28,7 +28,7 @@ model that ignores the pose gets. Teacher records come once per ``--attention`` 
 Numbers per record (means over clips): psnr, ssim (RGB), psnr_face / psnr_mouth (lips) / psnr_hands inside
 the shards' region masks, psnr_moved (where the pose moved since frame 0: pixels that entered or left a body
 region), psnr_per_second (per second of video, mean over clips) and psnr_last_minus_first_second (drift over
-a long clip), mouth_audio_corr (bench/video_metrics.py: correlation of the mouth region's change
+a long clip), psnr_worst_frame (the lowest single frame over all clips, not a mean), mouth_audio_corr (bench/video_metrics.py: correlation of the mouth region's change
 from the first frame with the per-frame speech energy; ``mouth_audio_corr_ground_truth`` is the same on the
 real frames, for scale). ``--frames 0`` takes the teacher's training window from its model card (33 or 49
 frames: the length it was trained on, and affordable on a CPU), ``--frames -1`` whole clips; lengths are
@@ -351,6 +351,12 @@ def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Pa
     return out
 
 
+def worst_frame(per_clip: list[dict]) -> float | None:
+    """The lowest single-frame PSNR over all clips (the VAE aim: no frame below 28 dB); None without scores."""
+    vals = [p["psnr_worst_frame"] for p in per_clip if np.isfinite(p.get("psnr_worst_frame", np.nan))]
+    return round(min(vals), 4) if vals else None
+
+
 def _record(model: str, per_clip: list[dict], clips: list[dict], **extra) -> dict:
     gt_corr = [mouth_audio_corr(c["frames"][: p["frames"]], c["masks"]["lips"][: p["frames"]], c["energy"])
                for c, p in zip(clips, per_clip)]
@@ -358,6 +364,7 @@ def _record(model: str, per_clip: list[dict], clips: list[dict], **extra) -> dic
     per_second = [mean_scores([{"v": p["psnr_per_second"][i]} for p in per_clip if len(p["psnr_per_second"]) > i],
                               ("v",))["v"] for i in range(seconds)]
     return {"model": model, **extra, **mean_scores(per_clip, SCORE_KEYS), "psnr_per_second": per_second,
+            "psnr_worst_frame": worst_frame(per_clip),
             "mouth_audio_corr_ground_truth": mean_scores([{"c": v} for v in gt_corr], ("c",))["c"],
             "clips": len(per_clip), "frames_per_clip": sorted({p["frames"] for p in per_clip}),
             "per_clip": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in p.items()} for p in per_clip]}

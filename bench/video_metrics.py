@@ -87,18 +87,30 @@ def psnr_per_second(gen: np.ndarray, gt: np.ndarray, fps: float = 25.0) -> list[
     return [psnr(gen[s:s + step], gt[s:s + step]) for s in starts]
 
 
+def psnr_per_frame(gen: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """PSNR (dB) of each frame; ``inf`` for a frame equal to its ground truth."""
+    _check_pair(gen, gt)
+    mse = ((gen.astype(np.float64) - gt.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(PEAK ** 2 / mse)
+
+
 def clip_scores(gen: np.ndarray, gt: np.ndarray, masks: dict[str, np.ndarray], energy: np.ndarray,
                 fps: float = 25.0) -> dict:
     """Every number of one clip: psnr, ssim, psnr_face, psnr_mouth, psnr_hands, psnr_moved (where the pose
-    moved, :func:`moved_mask`), mouth_audio_corr, psnr_per_second and its last-minus-first drift."""
+    moved, :func:`moved_mask`), mouth_audio_corr, psnr_per_second and its last-minus-first drift, and the
+    worst frame (its PSNR and index)."""
     hands = np.asarray(masks["left_hand"], bool) | np.asarray(masks["right_hand"], bool)
     per_second = psnr_per_second(gen, gt, fps)
+    per_frame = psnr_per_frame(gen, gt)
+    worst = int(np.argmin(per_frame))
     return {"psnr": psnr(gen, gt), "ssim": ssim(gen, gt), "psnr_face": psnr(gen, gt, masks["face"]),
             "psnr_mouth": psnr(gen, gt, masks["lips"]), "psnr_hands": psnr(gen, gt, hands),
             "psnr_moved": psnr(gen, gt, moved_mask(masks)),
             "mouth_audio_corr": mouth_audio_corr(gen, masks["lips"], energy),
             "psnr_last_minus_first_second": (per_second[-1] - per_second[0]) if len(per_second) > 1 else float("nan"),
-            "psnr_per_second": [round(v, 3) for v in per_second]}
+            "psnr_per_second": [round(v, 3) for v in per_second],
+            "psnr_worst_frame": float(per_frame[worst]), "worst_frame": worst}
 
 
 def mean_scores(per_clip: list[dict], keys: tuple[str, ...]) -> dict:

@@ -220,3 +220,22 @@ def test_sampler_settings_read_a_students_steps_from_its_card_and_a_ksamplers_fr
     ks = next(n for n in json.loads(WORKFLOW.read_text()).values() if n["class_type"] == "KSampler")["inputs"]
     assert sampler_settings(json.loads(WORKFLOW.read_text()), student) == \
         {"steps": ks["steps"], "cfg": ks["cfg"], "sampler": ks["sampler_name"]}
+
+
+def test_worst_frame_is_the_lowest_single_frame_over_all_clips():
+    from iasa.bench.quality import worst_frame
+    from iasa.bench.video_metrics import MOVING_REGIONS, clip_scores, psnr_per_frame
+
+    gt = np.full((9, 8, 8, 3), 100, np.uint8)
+    gen = gt.copy()
+    gen[3] = 110                                 # frame 3: error 10 everywhere -> 28.13 dB
+    gen[6, :4] = 104                             # frame 6: error 4 on half the pixels -> 39.1 dB
+    per = psnr_per_frame(gen, gt)
+    assert per[0] == math.inf and per[3] < per[6] < math.inf
+    assert per[3] == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    masks = {k: np.zeros((9, 8, 8), bool) for k in MOVING_REGIONS}
+    sc = clip_scores(gen, gt, masks, np.linspace(0, 1, 9))
+    assert sc["worst_frame"] == 3 and sc["psnr_worst_frame"] == pytest.approx(per[3])
+    assert sc["psnr"] > sc["psnr_worst_frame"]  # pooled over the clip: higher than its worst frame
+    assert worst_frame([sc, {**sc, "psnr_worst_frame": 31.0}]) == pytest.approx(per[3], abs=1e-4)
+    assert worst_frame([{"psnr_worst_frame": math.inf}]) is None   # identical clips: no finite worst frame
