@@ -405,6 +405,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="tiny autoencoder for the 'tiny_vae' record ('none': skip; default the bundled one if present)")
     ap.add_argument("--no-teacher", action="store_true", help="no teacher records (the VAE, reference-copy and any "
                                                                   "--student records only)")
+    ap.add_argument("--no-vae", action="store_true", help="no VAE / tiny-autoencoder records (e.g. students only, "
+                                                          "the VAE already measured on the same clips)")
     ap.add_argument("--student", type=pathlib.Path, nargs="+", default=[],
                     help="distilled students, one record set each (named by the file's stem)")
     ap.add_argument("--student-workflow", type=pathlib.Path, default=STUDENT_WORKFLOW,
@@ -432,7 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
             frames = int(read_weights(a.teacher)[1].get("training", {}).get("frames", 33)) if not a.no_teacher else 33
         clips = pick_clips(a.data, a.clips, frames)
         log.info("bench.quality: %d held-out clips of %s frames", len(clips), sorted({len(c["frames"]) for c in clips}))
-        group = [reference_copy_record(clips), *vae_records(clips, a.vae, tiny)]
+        group = [reference_copy_record(clips), *([] if a.no_vae else vae_records(clips, a.vae, tiny))]
         runs = ([] if a.no_teacher else [(a.teacher, a.workflow, a.steps, a.cfg)]) + \
             [(st, a.student_workflow, [None], [None]) for st in a.student]
         for model, workflow, steps, cfg in runs:

@@ -239,3 +239,25 @@ def test_worst_frame_is_the_lowest_single_frame_over_all_clips():
     assert sc["psnr"] > sc["psnr_worst_frame"]  # pooled over the clip: higher than its worst frame
     assert worst_frame([sc, {**sc, "psnr_worst_frame": 31.0}]) == pytest.approx(per[3], abs=1e-4)
     assert worst_frame([{"psnr_worst_frame": math.inf}]) is None   # identical clips: no finite worst frame
+
+
+def test_no_vae_leaves_out_the_vae_records_and_keeps_the_baseline_and_the_students(tmp_path, monkeypatch):
+    from iasa.bench import quality
+    from iasa.bench.video_metrics import MOVING_REGIONS
+
+    T = 9
+    clip = {"id": "c", "frames": np.full((T, 8, 8, 3), 50, np.uint8), "energy": np.linspace(0, 1, T),
+            "masks": {k: np.zeros((T, 8, 8), bool) for k in (*MOVING_REGIONS, "lips")}}
+    student, vae = tmp_path / "s.safetensors", tmp_path / "v.safetensors"
+    student.write_bytes(b"x")
+    vae.write_bytes(b"x")
+    calls = []
+    monkeypatch.setattr(quality, "pick_clips", lambda data, count, frames: [clip])
+    monkeypatch.setattr(quality, "vae_records", lambda *a, **k: calls.append("vae") or [{"model": "vae"}])
+    monkeypatch.setattr(quality, "sampled_records", lambda clips, model, *a: [{"model": model.stem}])
+    monkeypatch.setattr(quality, "weights_info", lambda p: {"file": p.name})
+    common = ["--frames", "9", "--no-teacher", "--tiny-vae", "none", "--vae", str(vae), "--student", str(student)]
+    out = quality.main([*common, "--no-vae", "--out", str(tmp_path / "a.json")])
+    assert [r["model"] for r in out["records"]] == ["reference_copy", "s"] and calls == []
+    out = quality.main([*common, "--out", str(tmp_path / "b.json")])
+    assert [r["model"] for r in out["records"]] == ["reference_copy", "vae", "s"] and calls == ["vae"]
