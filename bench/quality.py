@@ -353,7 +353,7 @@ def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Pa
 
 def worst_frame(per_clip: list[dict]) -> float | None:
     """The lowest single-frame PSNR over all clips (the VAE aim: no frame below 28 dB); None without scores."""
-    vals = [p["psnr_worst_frame"] for p in per_clip if np.isfinite(p.get("psnr_worst_frame", np.nan))]
+    vals = [p["psnr_worst_frame"] for p in per_clip if np.isfinite(p["psnr_worst_frame"])]
     return round(min(vals), 4) if vals else None
 
 

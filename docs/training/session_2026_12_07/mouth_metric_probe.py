@@ -4,7 +4,7 @@ detrended by a 13- or 25-frame moving average, and with frame-to-frame change ag
 
     N=169 K=2 .iasa/venv/bin/python docs/training/session_2026_12_07/mouth_metric_probe.py   # ~12 min, 2 cores
 """
-import json, pathlib, sys, time
+import json, os, pathlib, sys, time
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT)); import iasa_cli; iasa_cli.register_package()   # noqa: E402,E702
 import numpy as np
@@ -31,11 +31,9 @@ def variants(frames, lips, energy):
     out["step"] = correlation(d, np.abs(np.diff(np.asarray(energy, np.float64)[:len(frames)])))
     return out
 
-import os
 frames_n = int(os.environ.get("N", "169")); k = int(os.environ.get("K", "2"))
 clips = pick_clips(REPO / ".dev/synth/shards", k, frames_n)
 vae = stock_vae(REPO / "models/vae/iasa_mini_vae.safetensors")
-res = []
 for c in clips:
     gt = c["frames"]; n = len(gt)
     t0 = time.time()
