@@ -8,9 +8,15 @@ allow whole (``RegionSlotMask.full_block_pairs``), and its ``mask_mod`` is that 
 Eager (uncompiled) FlexAttention ignores the block lists and evaluates ``mask_mod`` on the dense score
 matrix, so the eager path gets a ``mask_mod`` that encodes the whole pattern (block table lookup and
 key validity). It computes dense attention: a CPU/test path only.
+
+The same ``BlockMask`` runs on two compiled backends of FlexAttention: Triton (kernel ``flex``) and
+``BACKEND="FLASH"`` (kernel ``flash``), where Inductor lowers ``mask_mod`` into FlashAttention-4's CuTe-DSL
+block-sparse forward (PyPI ``flash-attn-4``, Hopper and Blackwell). The FLASH ``mask_mod`` reads int32
+tables only (``SlotRuleTables``): no boolean loads, clamps or 2-D indexing to lower.
 """
 from __future__ import annotations
 
+import importlib.util
 import threading
 from typing import Callable
 
@@ -19,6 +25,9 @@ import torch
 from .gather import ensure_recompile_limit
 from .layout import BlockLayout
 from .slots import cached, from_slots, slot_tables, to_slots
+
+BACKENDS = ("TRITON", "FLASH")
+FLASH_BLOCK_SIZE = 128   # FA4's Hopper forward fits its 128 x 128 tile to the sparse block
 
 _compiled_lock = threading.Lock()
 _compiled_flex: Callable | None = None
@@ -93,6 +102,41 @@ def _partial_block_mask_mod(layout: BlockLayout, device: torch.device) -> Callab
     return key_is_real
 
 
+def _flash_mask_mod(layout: BlockLayout, device: torch.device) -> Callable:
+    """The partial-block rule for the FLASH backend: int32 table lookups only (``SlotRuleTables``)."""
+    if layout.slot_mask is not None:
+        rule = layout.slot_mask.tables().to(device)
+
+        def slot_rule(b, h, q_idx, kv_idx):
+            return rule.allowed(q_idx, kv_idx)
+
+        return slot_rule
+    slot_real = slot_tables(layout, device).slot_valid.to(torch.int32)
+
+    def key_is_real(b, h, q_idx, kv_idx):
+        return slot_real[kv_idx] == 1
+
+    return key_is_real
+
+
+def flash_unsupported_reasons(layout: BlockLayout, device: torch.device) -> list[str]:
+    """Why the FLASH backend cannot run this layout here (empty: it can)."""
+    reasons = []
+    if device.type != "cuda":
+        reasons.append(f"inputs are on {device.type}; FlashAttention-4 needs CUDA")
+    elif torch.cuda.get_device_capability(device)[0] < 9:
+        reasons.append("FlashAttention-4's block-sparse forward needs a Hopper or newer GPU (sm90+)")
+    if layout.block_size != FLASH_BLOCK_SIZE:
+        reasons.append(f"block_size {layout.block_size}; the FLASH backend takes {FLASH_BLOCK_SIZE}")
+    try:
+        found = importlib.util.find_spec("flash_attn.cute") is not None
+    except ImportError:   # a flash_attn package without the cute subpackage
+        found = False
+    if not found:
+        reasons.append("flash_attn.cute is not installed (pip install flash-attn-4)")
+    return reasons
+
+
 def _whole_pattern_mask_mod(layout: BlockLayout, device: torch.device) -> Callable:
     in_block = _partial_block_mask_mod(layout, device)
     dense = layout.to_dense(device)
@@ -111,8 +155,11 @@ def _whole_pattern_mask_mod(layout: BlockLayout, device: torch.device) -> Callab
     return per_head_pattern
 
 
-def build_block_mask(layout: BlockLayout, device: torch.device, whole_pattern_mask_mod: bool = False):
-    """The ``BlockMask`` of a layout over the slot sequence (cached per layout and device)."""
+def build_block_mask(layout: BlockLayout, device: torch.device, whole_pattern_mask_mod: bool = False,
+                     backend: str = "TRITON"):
+    """The ``BlockMask`` of a layout over the slot sequence (cached per layout, device and mask form)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
 
     def build():
         from torch.nn.attention.flex_attention import BlockMask
@@ -120,6 +167,8 @@ def build_block_mask(layout: BlockLayout, device: torch.device, whole_pattern_ma
         p_cnt, p_idx, f_cnt, f_idx = split_full_partial(layout, device)
         if whole_pattern_mask_mod:
             mask_mod = _whole_pattern_mask_mod(layout, device)
+        elif backend == "FLASH":
+            mask_mod = _flash_mask_mod(layout, device)
         else:
             mask_mod = _partial_block_mask_mod(layout, device)
         slots = layout.num_blocks * layout.block_size
@@ -133,12 +182,15 @@ def build_block_mask(layout: BlockLayout, device: torch.device, whole_pattern_ma
             seq_lengths=(slots, slots),
         )
 
-    return cached(layout, ("flex_block_mask", str(device), whole_pattern_mask_mod), build)
+    return cached(layout, ("flex_block_mask", str(device), whole_pattern_mask_mod, backend), build)
 
 
-def flex_kernel_options(block_size: int, device: torch.device) -> dict | None:
-    """Tile sizes for CUDA when the block is not a multiple of 128 (torch 2.11 requires the sparse block
-    to be a multiple of the kernel tiles and does not shrink them itself). None: defaults."""
+def flex_kernel_options(block_size: int, device: torch.device, backend: str = "TRITON") -> dict | None:
+    """``{"BACKEND": "FLASH"}`` for the FLASH backend; for Triton, tile sizes for CUDA when the block is not
+    a multiple of 128 (torch 2.11 requires the sparse block to be a multiple of the kernel tiles and does not
+    shrink them itself). None: defaults."""
+    if backend == "FLASH":
+        return {"BACKEND": "FLASH"}
     if device.type != "cuda" or block_size % 128 == 0:
         return None
     pow2 = block_size & -block_size  # largest power of two dividing block_size
@@ -150,11 +202,18 @@ def flex_kernel_options(block_size: int, device: torch.device) -> dict | None:
     return {"BLOCK_M": min(pow2, 128), "BLOCK_N": min(pow2, 64)}
 
 
-def prepare_flex(layout: BlockLayout, device: torch.device, compiled: bool):
-    """(slot tables, BlockMask, kernel options) of a layout on ``device``: the host work, cached with the layout."""
+def prepare_flex(layout: BlockLayout, device: torch.device, compiled: bool, backend: str = "TRITON"):
+    """(slot tables, BlockMask, kernel options) of a layout on ``device``: the host work, cached with the layout.
+    ``backend="FLASH"`` needs ``compiled`` (FlashAttention-4 is reached through Inductor only) and raises
+    ``RuntimeError`` with the reasons where it cannot run."""
+    if backend == "FLASH":
+        reasons = ["eager FlexAttention has no FLASH backend"] if not compiled else []
+        reasons += flash_unsupported_reasons(layout, device)
+        if reasons:
+            raise RuntimeError("flash block-sparse kernel cannot run: " + "; ".join(reasons))
     tables = slot_tables(layout, device)
-    block_mask = build_block_mask(layout, device, whole_pattern_mask_mod=not compiled)
-    options = flex_kernel_options(layout.block_size, device) if compiled else None
+    block_mask = build_block_mask(layout, device, whole_pattern_mask_mod=not compiled, backend=backend)
+    options = flex_kernel_options(layout.block_size, device, backend) if compiled else None
     return tables, block_mask, options
 
 
@@ -185,9 +244,10 @@ def flex_block_sparse_attention(
     scale: float,
     compiled: bool = True,
     slot_order: bool = False,
+    backend: str = "TRITON",
 ) -> torch.Tensor:
     """``[B, H, L, D]`` in, ``[B, H, L, D]`` out (original token order; ``slot_order``: ``[B, H, S, D]``)."""
-    tables, block_mask, options = prepare_flex(layout, q.device, compiled)
+    tables, block_mask, options = prepare_flex(layout, q.device, compiled, backend)
     if slot_order:
         return flex_attend_slots(q, k, v, block_mask, scale, compiled, options)
     return flex_attend(q, k, v, tables, block_mask, scale, compiled, options)

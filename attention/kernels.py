@@ -10,6 +10,10 @@ Kernels:
   precision are recomputed exactly (see ``xformers_paged``). Called through the custom op of
   ``paged_op``, so compiled graphs keep it as one opaque node.
 - ``flex``: compiled FlexAttention with a ``BlockMask`` (``flex_kernel``); compiles once per shape.
+- ``flash``: the same ``BlockMask`` through FlexAttention's FLASH backend: Inductor lowers it into
+  FlashAttention-4's CuTe-DSL block-sparse forward (PyPI ``flash-attn-4``; CUDA sm90+, block 128). Never
+  picked by ``auto`` until timed against flex on the GPU (bench.attention); asked for by name, it raises
+  where it cannot run (``flex_kernel.flash_unsupported_reasons``).
 - ``flex_eager``: uncompiled FlexAttention; computes *dense* scores with a whole-pattern mask_mod
   (CPU/test path, O(L^2) memory).
 - ``sdpa``: ``F.scaled_dot_product_attention`` with the token-level boolean mask (the reference; dense work;
@@ -45,7 +49,7 @@ from .slots import cached, check_layout_fits, validate_layout
 
 logger = logging.getLogger(__name__)
 
-KERNELS = ("auto", "xformers", "flex", "flex_eager", "sdpa", "grouped")
+KERNELS = ("auto", "xformers", "flex", "flash", "flex_eager", "sdpa", "grouped")
 XFORMERS_HEAD_DIMS = (16, 32, 64, 128, 256, 512)
 
 _state_lock = threading.Lock()
@@ -257,11 +261,13 @@ class GroupedKernel(SparseKernel):
 
 
 class FlexKernel(SparseKernel):
-    def __init__(self, layout, spec, compiled: bool):
+    """FlexAttention: compiled (Triton, or FlashAttention-4 with ``backend="FLASH"``) or eager (dense scores)."""
+
+    def __init__(self, layout, spec, compiled: bool, backend: str = "TRITON"):
         super().__init__(layout, spec)
-        self.name = "flex" if compiled else "flex_eager"
+        self.name = "flash" if backend == "FLASH" else "flex" if compiled else "flex_eager"
         self.compiled = compiled
-        self.tables, self.block_mask, self.options = prepare_flex(layout, spec.device, compiled)
+        self.tables, self.block_mask, self.options = prepare_flex(layout, spec.device, compiled, backend)
 
     def run(self, q, k, v, scale):
         return flex_attend(q, k, v, self.tables, self.block_mask, scale, self.compiled, self.options)
@@ -330,6 +336,8 @@ def _build(layout: BlockLayout, chosen: str, spec: QuerySpec, auto: bool) -> Spa
         return GroupedKernel(layout, spec)
     if chosen in ("flex", "flex_eager"):
         return FlexKernel(layout, spec, compiled=chosen == "flex")
+    if chosen == "flash":
+        return FlexKernel(layout, spec, compiled=True, backend="FLASH")
     return XformersKernel(layout, spec, fall_back_to_flex=auto)
 
 

@@ -126,3 +126,60 @@ class RegionSlotMask:
         off_diag = self.frame_select.cpu().numpy() & ~np.eye(T, dtype=bool)
         cross = int(np.einsum("fr,gr,fg->", per_group, per_group, off_diag.astype(np.int64)))
         return L * L - n_video * n_video + int((per_frame ** 2).sum()) + cross
+
+    def tables(self) -> "SlotRuleTables":
+        """The same rule as int32 lookup tables (:class:`SlotRuleTables`), for kernels that compile ``mask_mod``
+        into their own language (FlexAttention's FLASH backend: CuTe DSL)."""
+        return SlotRuleTables.of(self)
+
+
+# pair_code values: what a (query frame, key frame) pair needs to be allowed
+PAIR_NEVER, PAIR_ALWAYS, PAIR_SAME_REGION = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SlotRuleTables:
+    """:class:`RegionSlotMask`'s rule as four int32 tables and one lookup chain, with no boolean tensors, no
+    clamping and no 2-D indexing, so a ``mask_mod`` built on it lowers to any kernel language::
+
+        code = pair_code[frame_code[q] * width + frame_code[k]]
+        allowed(q, k) = code == ALWAYS or (code == SAME_REGION and label_q[q] == label_k[k])
+
+    ``frame_code``: the slot's video frame, ``T`` for a global slot, ``T + 1`` for padding (``width = T + 2``).
+    ``pair_code`` ``[width * width]``: ALWAYS for a global query or key (key not padding) and for the same
+    frame, SAME_REGION for the selected cross-frame pairs, NEVER otherwise (every padding key).
+    ``label_q`` / ``label_k``: the region label; background slots get -1 as queries and -2 as keys, so they
+    never match across frames (the rule's ``label > 0``).
+    """
+
+    frame_code: torch.Tensor
+    label_q: torch.Tensor
+    label_k: torch.Tensor
+    pair_code: torch.Tensor
+    width: int
+
+    @classmethod
+    def of(cls, mask: RegionSlotMask) -> "SlotRuleTables":
+        frame = mask.slot_frame.cpu()
+        label = mask.slot_label.cpu()
+        T = int(mask.frame_select.shape[0])
+        glob, pad = T, T + 1
+        code = torch.where(frame == GLOBAL_SLOT, glob, torch.where(frame == PAD_SLOT, pad, frame))
+        pair = torch.full((T + 2, T + 2), PAIR_NEVER, dtype=torch.int32)
+        pair[:T, :T][mask.frame_select.cpu()] = PAIR_SAME_REGION
+        pair[torch.arange(T), torch.arange(T)] = PAIR_ALWAYS
+        pair[glob, :pad] = PAIR_ALWAYS
+        pair[:, glob] = PAIR_ALWAYS
+        pair[:, pad] = PAIR_NEVER
+        real_label = label > 0
+        return cls(code.to(torch.int32), torch.where(real_label, label, -1).to(torch.int32),
+                   torch.where(real_label, label, -2).to(torch.int32), pair.flatten().contiguous(), T + 2)
+
+    def to(self, device: torch.device | str | None) -> "SlotRuleTables":
+        return SlotRuleTables(self.frame_code.to(device), self.label_q.to(device), self.label_k.to(device),
+                              self.pair_code.to(device), self.width)
+
+    def allowed(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """bool, broadcast of slot indices ``q`` and ``k``: equal to ``RegionSlotMask.allowed`` (tested)."""
+        code = self.pair_code[self.frame_code[q] * self.width + self.frame_code[k]]
+        return (code == PAIR_ALWAYS) | ((code == PAIR_SAME_REGION) & (self.label_q[q] == self.label_k[k]))

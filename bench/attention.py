@@ -231,12 +231,13 @@ def errors(out: torch.Tensor, ref_rows: torch.Tensor, rows: torch.Tensor) -> tup
 
 def core_fn(kernel: str, q, k, v, layout: BlockLayout) -> Callable[[], object] | None:
     """The kernel alone on slot-ordered inputs (no gathers, no LSE correction)."""
-    if kernel == "flex":
+    if kernel in ("flex", "flash"):
+        backend = "FLASH" if kernel == "flash" else "TRITON"
         tables = slot_tables(layout, q.device)
         qs, ks, vs = (to_slots(x, tables) for x in (q, k, v))
-        bm = build_block_mask(layout, q.device)
+        bm = build_block_mask(layout, q.device, backend=backend)
         fn = compiled_flex_attention()
-        options = flex_kernel_options(layout.block_size, q.device)
+        options = flex_kernel_options(layout.block_size, q.device, backend)
         return lambda: fn(qs, ks, vs, block_mask=bm, kernel_options=options)
     if kernel == "xformers":
         from ..attention.xformers_compat import paged_splitk_op
@@ -269,7 +270,7 @@ def setup_ms(kernel: str, layout: BlockLayout, heads: int, device: torch.device)
         from ..attention.xformers_paged import build_paged_plan
 
         build_paged_plan(layout, heads, device)
-    elif kernel == "flex":
+    elif kernel in ("flex", "flash"):
         from ..attention.flex_kernel import split_full_partial
 
         split_full_partial(layout, device)

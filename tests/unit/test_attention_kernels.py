@@ -476,3 +476,19 @@ def test_slot_tables_round_trip():
     t = slot_tables(layout, torch.device("cpu"))
     assert t.num_pad == layout.perm.numel() - 77
     assert torch.equal(layout.perm[t.token_to_slot], torch.arange(77))
+
+
+def test_flash_kernel_says_why_it_cannot_run_and_auto_never_picks_it(caplog):
+    """kernel="flash" (FlexAttention's FLASH backend, FlashAttention-4) needs CUDA sm90+, block 128 and flash_attn.cute;
+    asked for where it cannot run, it raises with every reason instead of running something else."""
+    from iasa.attention.flex_kernel import flash_unsupported_reasons, flex_kernel_options
+
+    assert "flash" in kernels.KERNELS
+    assert flex_kernel_options(128, torch.device("cuda"), "FLASH") == {"BACKEND": "FLASH"}
+    layout = random_layout(64, 16, heads=2, density=0.5, seed=3)
+    reasons = flash_unsupported_reasons(layout, torch.device("cpu"))
+    assert any("CUDA" in r for r in reasons) and any("block_size 16" in r for r in reasons)
+    q, k, v = qkv(1, 2, layout.seq_len, 16)
+    with pytest.raises(RuntimeError, match="flash block-sparse kernel cannot run: .*CUDA"):
+        kernels.block_sparse_attention(q, k, v, layout, kernel="flash")
+    assert kernels.resolve_kernel("auto", q, layout) == "grouped"

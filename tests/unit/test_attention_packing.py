@@ -171,3 +171,24 @@ def test_flex_compiled_applies_the_slot_rule():
     want = naive_attention(q, k, v, reference_token_mask(labels, sel, grid))
     out = block_sparse_attention(q, k, v, layout, kernel="flex")
     assert (out - want).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("grid, block", GRIDS)
+def test_flash_mask_mod_tables_equal_the_rule(grid, block):
+    """The FLASH backend's int32-table mask_mod is the slot rule, pair for pair (packed layouts), and 'the key is a
+    real token' (group-padded layouts)."""
+    from iasa.attention.flex_kernel import _flash_mask_mod
+
+    for causal, seed in ((True, 5), (False, 6)):
+        labels, sel = _case(grid, causal, 2, seed=seed + block)
+        packed, _ = build_region_layout(labels, sel, grid, block, packing="frame")
+        s = torch.arange(packed.perm.numel())
+        tables = packed.slot_mask.tables()
+        assert all(t.dtype == torch.int32 for t in (tables.frame_code, tables.label_q, tables.label_k, tables.pair_code))
+        got = _flash_mask_mod(packed, torch.device("cpu"))(0, 0, s[:, None], s[None, :])
+        assert torch.equal(got, packed.slot_mask.materialize())
+        padded = packed.padded
+        t = torch.arange(padded.perm.numel())
+        got = _flash_mask_mod(padded, torch.device("cpu"))(0, 0, t[:, None], t[None, :])
+        n = t.numel()
+        assert torch.equal(got.expand(n, n), (padded.perm >= 0)[None, :].expand(n, n))
