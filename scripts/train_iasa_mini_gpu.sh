@@ -52,6 +52,9 @@ T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH
 # TEACHER_INIT: continue a teacher (e.g. the shipped one) instead of training from scratch; its VAE must be the one
 # in $W/vae_long (copy the shipped VAE there to skip both VAE stages). T_LR / T_WARMUP: its learning-rate schedule.
 TEACHER_INIT=${TEACHER_INIT:-}; T_LR=${T_LR:-4e-4}; T_WARMUP=${T_WARMUP:-200}
+# T_EXTRA: more teacher_train arguments, e.g. "--continuation-windows 2" (windows sliced from each clip's one encode,
+# as IASA Long Video's later windows see them); give such a run its own T_LATENTS cache file, since the
+# distillation reads the default one and rebuilds a cache that holds other windows.
 TINY_FRAMES=${TINY_FRAMES:-17}; TINY_CROP=${TINY_CROP:-128}; TINY_BATCH=${TINY_BATCH:-16}
 # The tiny autoencoder is local in time (~20 frames), but the VAE it learns from is not: that VAE's latents change with
 # their position in the encoded window for ~70 frames, and a tiny decoder taught on windows of N frames breaks on
@@ -104,11 +107,11 @@ run_stages() {
       --lr "$LONG_LR" --warmup "$LONG_WARMUP" --max-clips "$VAE_CLIPS" --eval-frames "$LONG_EVAL_FRAMES" \
       --eval-clips "$EVAL" --log-every 25 --device "$DEVICE" $LONG_EXTRA
   [ "$TEACHER_MIN" = "0" ] || stage teacher "$W/teacher/iasa_mini_teacher.safetensors" $PY iasa_cli.py training.teacher_train --data "$SHARDS" \
-      --vae "$W/vae_long/iasa_mini_vae.safetensors" --latents-cache "$SHARDS.latents.safetensors" \
+      --vae "$W/vae_long/iasa_mini_vae.safetensors" --latents-cache "${T_LATENTS:-$SHARDS.latents.safetensors}" \
       --out "$W/teacher" --dim 256 --layers "$T_LAYERS" --ffn "$T_FFN" --frames "$T_FRAMES" --batch "$T_BATCH" \
       --steps 0 --max-minutes "$TEACHER_MIN" --shift 3 --lr "$T_LR" --warmup "$T_WARMUP" \
       --render-workers "$((WORKERS - 1))" --encode-batch 32 --max-clips "$T_CLIPS" --eval-windows "$EVAL" \
-      --log-every 50 --device "$DEVICE" ${TEACHER_INIT:+--init "$TEACHER_INIT"}
+      --log-every 50 --device "$DEVICE" ${TEACHER_INIT:+--init "$TEACHER_INIT"} ${T_EXTRA:-}
   if [ "$TINY_VAE_MIN" != "0" ]; then   # last: it must distil the VAE that ships, and never delays the teacher
     local final_vae="$W/vae_long/iasa_mini_vae.safetensors"
     [ -f "$final_vae" ] || final_vae="$W/vae/iasa_mini_vae.safetensors"

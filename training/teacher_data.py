@@ -9,6 +9,13 @@ Per window of ``frames`` pixel frames (``1 + 4k``):
 * ``labels`` / ``frame_select``: the input-aware attention pattern of the window's pose (region label per
   video token, frame pairs kept by paper Eq. 1-2), the mask the sparse teacher trains with.
 
+*Continuation windows* (``continuation_per_clip``): latent frames ``j .. j+F-1`` (``j >= 1``) sliced out of
+one encode of the whole clip, for ``x0`` and ``control`` alike, with the clip's pattern at those latent frames
+(``pose_pattern(..., latent_frames)``). A window encoded on its own starts with a key latent (its first frame
+coded like an image); every window after the first of IASA Long Video starts mid-clip instead, on latents that
+continue the clip's one encode. Training on both kinds is what lets the teacher generate the later windows of a
+long video from the inputs it gets there. Their ids end in ``@L<j>`` (latent offset).
+
 Model input (``concat_cond`` order: noise first): ``[x_t (16) | control (16) | zeros (16)]`` (the start-image
 channels that Wan22FunControlToVideo leaves empty) and the reference as ``reference_latent`` ``[B, 16, h, w]``,
 which ``ref_conv`` turns into ``h/2 * w/2`` tokens in front of the video. The unconditional branch for CFG
@@ -97,14 +104,90 @@ def _render_job(job: tuple[np.ndarray, int, int, SparseAttentionConfig]) -> tupl
     return np.rint(img * 255.0).astype(np.uint8), labels, select  # exact: render_pose gives uint8 / 255
 
 
-def _iter_rendered(jobs: list, workers: int):
+def _render_clip_job(job: tuple[np.ndarray, int, int, SparseAttentionConfig, int, list[int], int]):
+    """Pose video of a clip's first ``frames`` frames and the pattern of each continuation window (latent offsets),
+    fitted to the whole clip as IASA Sparse Attention fits it under IASA Long Video."""
+    kp, width, height, config, window_latents, offsets, frames = job
+    pose = PoseSequence(kp, width, height)
+    img = render_pose(PoseSequence(kp[:frames], width, height), width, height)
+    grid = token_grid((window_latents, height // 8, width // 8))
+    patterns = []
+    for j in offsets:
+        labels, select, _ = pose_pattern(pose, grid, config, latent_frames=list(range(j, j + window_latents)))
+        patterns.append((labels, select))
+    return np.rint(img * 255.0).astype(np.uint8), patterns
+
+
+def _iter_rendered(jobs: list, workers: int, fn=_render_job):
     if workers <= 1 or len(jobs) < 2:
         for j in jobs:
-            yield _render_job(j)
+            yield fn(j)
         return
     # fork: workers only run numpy/cv2 (like DataLoader workers, safe after CUDA init).
     with mp.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
-        yield from pool.imap(_render_job, jobs, chunksize=1)
+        yield from pool.imap(fn, jobs, chunksize=1)
+
+
+def plan_continuation(lengths: list[int], frames: int, per_clip: int, rng: np.random.Generator) -> list[tuple[int, list[int]]]:
+    """``(clip, latent offsets)``: up to ``per_clip`` distinct offsets ``j >= 1`` per clip long enough for a window
+    of ``frames`` pixel frames to start one latent frame or more into the clip's one encode."""
+    f_lat = (frames - 1) // 4 + 1
+    out = []
+    for c, n in enumerate(lengths):
+        n_lat = (n - 1) // 4 + 1
+        choices = np.arange(1, n_lat - f_lat + 1)
+        if per_clip <= 0 or not len(choices):
+            continue
+        picked = rng.choice(choices, size=min(per_clip, len(choices)), replace=False)
+        out.append((c, sorted(int(j) for j in picked)))
+    return out
+
+
+def build_continuation_set(clips: list[dict], vae, frames: int, per_clip: int, device: torch.device,
+                           workers: int = 0, amp: bool = True, seed: int = 0,
+                           pattern: SparseAttentionConfig = SparseAttentionConfig()) -> LatentSet | None:
+    """Continuation windows (module docstring) of ``clips``: each clip encoded once in one pass; None if no clip
+    is long enough."""
+    from .vae_train import wan21_latent_format
+
+    fmt = wan21_latent_format()
+    rng = np.random.default_rng(seed + 1)
+    plan = plan_continuation([len(c["frames"]) for c in clips], frames, per_clip, rng)
+    if not plan:
+        return None
+    f_lat = (frames - 1) // 4 + 1
+    usable = {c: 1 + 4 * (max(offs) + f_lat - 1) for c, offs in plan}   # pixel frames encoded per clip
+    h, w = clips[0]["frames"].shape[1:3]
+    jobs = [(clips[c]["keypoints"], w, h, pattern, f_lat, offs, usable[c]) for c, offs in plan]
+    workers = workers or max(1, (os.cpu_count() or 2) - 1)
+    x0s, ctrls, refs, labels, selects, ids = [], [], [], [], [], []
+    t0 = time.perf_counter()
+    vae.eval()
+    for (c, offs), (pose_img, patterns) in zip(plan, _iter_rendered(jobs, workers, _render_clip_job)):
+        n = usable[c]
+        px = torch.from_numpy(clips[c]["frames"][None, :n]).to(device)
+        x0 = encode_normalised(vae, px, amp, fmt)
+        ctrl = encode_normalised(vae, torch.from_numpy(pose_img[None]).to(device), amp, fmt)
+        for j, (lab, sel) in zip(offs, patterns):
+            x0s.append(x0[:, :, j:j + f_lat])
+            ctrls.append(ctrl[:, :, j:j + f_lat])
+            single = clips[c]["frames"][int(rng.integers(0, len(clips[c]["frames"])))][None, None]
+            refs.append(encode_normalised(vae, torch.from_numpy(single).to(device), amp, fmt))
+            labels.append(torch.from_numpy(lab))
+            selects.append(torch.from_numpy(sel))
+            ids.append(f"{clips[c].get('id', c)}@L{j}")
+    out = LatentSet(torch.cat(x0s), torch.cat(ctrls), torch.cat(refs), torch.stack(labels).to(device),
+                    torch.stack(selects).to(device), ids)
+    log.info("teacher data: %d continuation windows of %d latent frames from %d clips in %.1f s",
+             len(out), f_lat, len(plan), time.perf_counter() - t0)
+    return out
+
+
+def join_latent_sets(a: LatentSet, b: LatentSet | None) -> LatentSet:
+    if b is None:
+        return a
+    return LatentSet(*(torch.cat([getattr(a, k), getattr(b, k).to(getattr(a, k).device)]) for k in LatentSet.TENSORS),
+                     a.ids + b.ids)
 
 
 def _worker_init() -> None:

@@ -50,8 +50,8 @@ from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_o
 from ..attention.pattern_mask import pattern_token_mask
 from ..attention.pose_layout import SparseAttentionConfig
 from .masked_attention import transformer_options
-from .teacher_data import (LatentSet, build_latent_set, concat_latent, latent_cache_meta, load_latent_set, model_input,
-                           save_latent_set)
+from .teacher_data import (LatentSet, build_continuation_set, build_latent_set, concat_latent, join_latent_sets,
+                           latent_cache_meta, load_latent_set, model_input, save_latent_set)
 from .tiny_wan import TeacherConfig, build_teacher, config_dict, file_sha256, init_from_weights, load_vae, save_model
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=49, help="pixel frames per window (1 + 4k)")
     p.add_argument("--stride", type=int, default=0, help="window stride in frames (0 = --frames)")
     p.add_argument("--max-windows-per-clip", type=int, default=0)
+    p.add_argument("--continuation-windows", type=int, default=0,
+                   help="per clip, windows sliced from the clip's one encode at latent offsets >= 1 (what IASA Long "
+                        "Video's later windows see), added to the windows encoded on their own")
     p.add_argument("--batch", type=int, default=32, help="global batch (windows), split over ranks")
     p.add_argument("--shift", type=float, default=3.0, help="flow shift for training sigmas (use it at sampling)")
     p.add_argument("--p-uncond", type=float, default=0.1, help="probability of zeroing the pose-video latent")
@@ -111,9 +114,13 @@ def get_latents(a, info: D.DistInfo, vae, dev: torch.device) -> LatentSet:
     want = {"data": str(a.data), "frames": a.frames, "stride": a.stride or a.frames, "vae_sha256": file_sha256(a.vae),
             "max_clips": a.max_clips, "max_windows_per_clip": a.max_windows_per_clip, "seed": a.seed,
             "top_k": a.top_k, "causal": not a.bidirectional}
+    continuation = getattr(a, "continuation_windows", 0)   # the distillation reads this cache too, without them
+    if continuation:   # absent when 0, so caches made before the option stay valid
+        want["continuation_windows"] = continuation
     if info.is_main:
         meta = latent_cache_meta(cache)
-        if meta is not None and any(meta.get(k) != v for k, v in want.items()):
+        if meta is not None and (any(meta.get(k) != v for k, v in want.items())
+                                 or meta.get("continuation_windows", 0) != continuation):
             log.warning("latent cache %s was made with other settings (%s); rebuilding", cache,
                         {k: meta.get(k) for k in want})
             meta = None
@@ -122,6 +129,9 @@ def get_latents(a, info: D.DistInfo, vae, dev: torch.device) -> LatentSet:
             ls = build_latent_set(clips, vae, a.frames, a.stride or a.frames, dev, batch=a.encode_batch,
                                   workers=a.render_workers, amp=a.amp == "bf16", seed=a.seed,
                                   max_per_clip=a.max_windows_per_clip, pattern=pattern_config(a))
+            ls = join_latent_sets(ls, build_continuation_set(
+                clips, vae, a.frames, continuation, dev, workers=a.render_workers, amp=a.amp == "bf16",
+                seed=a.seed, pattern=pattern_config(a)))
             save_latent_set(ls, cache, want)
     D.barrier(info)
     ls, _ = load_latent_set(cache)
