@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -403,6 +404,11 @@ def versions() -> dict:
             out[name] = importlib.import_module(name).__version__
         except Exception as exc:
             out[name] = f"unavailable ({type(exc).__name__})"
+    for dist in ("flash-attn-4", "nvidia-cutlass-dsl-libs-core"):   # the flash kernel (FlashAttention-4, CuTe DSL)
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
     try:
         from ..attention.xformers_compat import xformers_status
 
