@@ -80,6 +80,7 @@ class CallInfo:
     step: int | None
     latent_frames: tuple[int, ...] | None = None   # context window: its latent video frames ...
     total_frames: int | None = None                # ... out of this many (None: the window's last + 1)
+    pixel_start: int | None = None                 # keyed window: a clip of its own from this video pixel frame
     state: CallState | None = field(default=None, compare=False)   # None: a call not made by the wrapper
 
 
@@ -252,13 +253,19 @@ class SparseAttentionPatch:
 
     # -- layout -----------------------------------------------------------------------------------
     def layout_for(self, call: CallInfo) -> PoseLayout:
-        key = (call.grid, call.latent_frames, call.total_frames)
+        key = (call.grid, call.latent_frames, call.total_frames, call.pixel_start)
         with self._lock:
             if key not in self._layouts:
-                self._layouts[key] = build_pose_layout(
-                    self.pose, call.grid, self.config,
-                    latent_frames=list(call.latent_frames) if call.latent_frames else None,
-                    total_latent_frames=call.total_frames if call.latent_frames else None, alignment=self.alignment)
+                if call.pixel_start is not None:   # IASA Keyed Windows: the window's frames as a clip of their own
+                    alignment = dataclasses.replace(self.alignment,
+                                                    frame_offset=self.alignment.frame_offset + call.pixel_start)
+                    self._layouts[key] = build_pose_layout(self.pose, call.grid, self.config, alignment=alignment)
+                else:
+                    self._layouts[key] = build_pose_layout(
+                        self.pose, call.grid, self.config,
+                        latent_frames=list(call.latent_frames) if call.latent_frames else None,
+                        total_latent_frames=call.total_frames if call.latent_frames else None,
+                        alignment=self.alignment)
                 self.stats["layouts_built"] += 1
             return self._layouts[key]
 
@@ -272,7 +279,10 @@ class SparseAttentionPatch:
         # IASA Long Video's windows say how long the whole clip is, so the pose is fitted to the whole clip;
         # ComfyUI's own context windows don't (then the pose is fitted to frames 0 .. the window's last).
         total = getattr(window, "total_frames", None) if frames is not None else None
-        call = CallInfo(grid, step_index(transformer_options), frames, total)
+        pixel_start = getattr(window, "pixel_start", None) if window is not None else None
+        if pixel_start is not None:
+            frames = total = None
+        call = CallInfo(grid, step_index(transformer_options), frames, total, pixel_start)
         state = self.prepare_call(call, executor.class_obj, x)
         transformer_options = {**transformer_options, CALL_KEY: dataclasses.replace(call, state=state)}
         try:

@@ -9,7 +9,7 @@ from .conditioning_nodes import IASAEmptyConditioning
 from .dataset_nodes import IASABuildDataset
 from .distill_inputs import register_feature_net_folder
 from .distill_nodes import IASADistillStudent
-from .long_video_nodes import IASALongVideo
+from .long_video_nodes import IASAKeyedWindows, IASALongVideo
 from .model_folders import register_bundled_model_folders
 from .pose_nodes import IASAAudioToPose, IASAExtractPose, IASALoadPose, IASARenderPose, IASASavePose
 from .preview_nodes import IASALatentPreview
@@ -18,7 +18,7 @@ from .vae_nodes import IASALongVAEDecode, IASATinyVAEMode, IASAVAEPrecision
 
 NODES: list[type[io.ComfyNode]] = [
     IASALoadAudio, IASAAudioFeatures, IASAExtractPose, IASAAudioToPose, IASARenderPose, IASASparseAttention,
-    IASAEmptyConditioning, IASALoadPose, IASASavePose, IASALatentPreview, IASALongVideo, IASAStudentSampler,
+    IASAEmptyConditioning, IASALoadPose, IASASavePose, IASALatentPreview, IASALongVideo, IASAKeyedWindows, IASAStudentSampler,
     IASAStudentSigmas, IASADistillStudent, IASABuildDataset, IASATinyVAEMode, IASAVAEPrecision, IASALongVAEDecode,
 ]
 

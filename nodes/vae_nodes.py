@@ -3,12 +3,17 @@ IASA VAE Precision: run a VAE in bf16 where the CPU computes bf16 natively (samp
 IASA Long VAE Decode: decode a long video in windows restarted from key frames (sampling/rekeyed_decode.py)."""
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
+from ..sampling.keyed_windows import PLAN_KEY, KeyedWindowPlan, decode_windows
 from ..sampling.rekeyed_decode import (DEFAULT_KEY, DEFAULT_OVERLAP, DEFAULT_WINDOW, KEY_SOURCES, DecodeWindows,
                                        decode_rekeyed)
 from ..sampling.vae_precision import MEMORY_FORMATS, PRECISIONS, with_precision
 from ..training.tiny_vae import with_all_frames_at_once
+
+logger = logging.getLogger(__name__)
 
 
 class IASATinyVAEMode(io.ComfyNode):
@@ -79,7 +84,8 @@ class IASALongVAEDecode(io.ComfyNode):
                         "ComfyUI's temporal tiles cannot restart mid-video. This decodes overlapping windows and "
                         "restarts each from a key frame (the video's first latent, or the last frame already decoded, "
                         "encoded on its own). The overlaps are cross-faded. A video that fits one window is decoded "
-                        "exactly as VAEDecode does.",
+                        "exactly as VAEDecode does. A latent from IASA Keyed Windows is decoded window by window as "
+                        "that node planned (window, overlap and key are not used then).",
             inputs=[
                 io.Latent.Input("samples", tooltip="The video latent to decode (e.g. from a sampler)."),
                 io.Vae.Input("vae", tooltip="A Wan 2.1-layout VAE (the bundled iasa_mini_vae, Wan 2.1's VAE); with "
@@ -100,6 +106,10 @@ class IASALongVAEDecode(io.ComfyNode):
     @classmethod
     def execute(cls, samples, vae, window, overlap, key=DEFAULT_KEY) -> io.NodeOutput:
         latent = samples["samples"]
+        if PLAN_KEY in samples:   # IASA Keyed Windows: every window is a clip of its own
+            plan = KeyedWindowPlan.from_dict(samples[PLAN_KEY])
+            logger.info("IASA Long VAE Decode: %s", plan.describe())
+            return io.NodeOutput(decode_windows(latent, plan, vae.decode))
         compression = getattr(vae, "temporal_compression_decode", lambda: None)()
         if latent.ndim != 5 or compression != 4:
             raise ValueError(f"vae/samples: IASA Long VAE Decode needs a video VAE with 4x temporal compression (Wan "

@@ -178,6 +178,7 @@ class LongVideoWindow:
     window_count: int
     leading_frames: int = 0
     dim: int = 2
+    pixel_start: int | None = None   # keyed windows: the window is a clip of its own from this video pixel frame
 
     @property
     def context_length(self) -> int:
@@ -276,10 +277,13 @@ def leading_reference_frames(base_model) -> int:
 
 
 class LongVideoPatch:
-    """The window wrapper of one IASA Long Video node; shared (not copied) by every model clone."""
+    """The window wrapper of one IASA Long Video node (or, with ``keyed``, of IASA Keyed Windows: the latent holds
+    the windows one after another, each a clip of its own, and nothing is fused); shared (not copied) by every
+    model clone."""
 
-    def __init__(self, config: LongVideoConfig):
+    def __init__(self, config: LongVideoConfig, keyed=None):
         self.config = config
+        self.keyed = keyed                # a keyed_windows.KeyedWindowPlan, or None
         self.stats: Counter = Counter()
         self.between_windows = None       # called before every window (ComfyUI: the interrupt check)
         self._plans: dict[int, WindowPlan] = {}
@@ -297,14 +301,27 @@ class LongVideoPatch:
                          self._plans[total].describe(), self.config.window, self.config.overlap, self.config.fuse)
             return self._plans[total]
 
+    def keyed_plan(self, total: int, leading: int) -> WindowPlan:
+        """The keyed windows as a ``WindowPlan``: consecutive blocks, weight 1 (concatenation)."""
+        if leading:
+            raise ValueError("IASA Keyed Windows: this model keeps a reference frame in front of the video (Animate); "
+                             "keyed windows are for Fun-Control-style models, use IASA Long Video instead")
+        if total != self.keyed.latent_total:
+            raise ValueError(f"IASA Keyed Windows: the sampled latent has {total} frames but the node planned "
+                             f"{self.keyed.describe()} = {self.keyed.latent_total} latent frames; connect its latent "
+                             "output to the sampler")
+        windows = tuple(self.keyed.latent_windows())
+        return WindowPlan(total, windows, tuple(torch.ones(len(w), dtype=torch.float64) for w in windows))
+
     def apply_model_wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         self.stats["calls"] += 1
         leading = leading_reference_frames(getattr(executor, "class_obj", None))
         total = x.shape[2] - leading if x.ndim == 5 else 0
-        if x.ndim != 5 or total <= self.config.window:
+        if self.keyed is None and (x.ndim != 5 or total <= self.config.window):
             self.stats["whole_calls"] += 1
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        plan = self.plan(total)
+        plan = self.keyed_plan(total, leading) if self.keyed is not None else self.plan(total)
+        starts = self.keyed.starts if self.keyed is not None else None
         self.stats["windowed_calls"] += 1
         if control is not None:
             self._log_once("control", logging.WARNING, "IASA long video: a ControlNet-style `control` input is "
@@ -317,7 +334,8 @@ class LongVideoPatch:
             self._log_once(("slice", tuple(sliced), tuple(whole)), logging.DEBUG,
                            "IASA long video: per window sliced %s; left whole %s", sliced or "nothing",
                            whole or "nothing")
-            window = LongVideoWindow(tuple(frames), total, i, len(plan), leading)
+            window = LongVideoWindow(tuple(frames), total, i, len(plan), leading,
+                                     pixel_start=None if starts is None else starts[i])
             to = {**transformer_options, "context_window": window}
             sub_x = _take(x, 2, x_frames(frames, leading))
             y = executor(sub_x, t, sub_concat, c_crossattn, control, to, **sub_kwargs)

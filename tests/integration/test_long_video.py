@@ -190,3 +190,54 @@ def test_a_window_that_is_not_1_plus_4k_is_a_clear_node_error(client, long_model
     for w in ("window_frames", "50", "1 + 4k", "49", "53"):
         assert w in message, message
     assert_server_still_serves(client)
+
+
+def keyed_graph(with_sparse: bool, overlap: int = 8) -> dict:
+    """The clip as keyed windows: Wan22FunControlToVideo without its control video, IASA Keyed Windows (the pose
+    video per window), stock KSampler, IASA Long VAE Decode of the keyed latent."""
+    g = base_graph()
+    del g["9"]["inputs"]["control_video"]
+    model = ("10", 0)
+    if with_sparse:
+        g["11"] = sparse_node(model)
+        model = ("11", 0)
+    g["12"] = {"class_type": "IASAKeyedWindows", "inputs": {"model": list(model), "positive": ["9", 0],
+                                                            "negative": ["9", 1], "latent": ["9", 2], "vae": ["8", 0],
+                                                            "control_video": ["6", 0], "window_frames": WINDOW,
+                                                            "overlap_frames": overlap}}
+    g["20"] = ksampler(("12", 0))
+    g["20"]["inputs"].update(positive=["12", 1], negative=["12", 2], latent_image=["12", 3])
+    g["21"] = {"class_type": "IASALongVAEDecode", "inputs": {"samples": ["20", 0], "vae": ["8", 0], "window": 32,
+                                                             "overlap": 8, "key": "first"}}
+    g["22"] = {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "iasa_test/keyed"}}
+    return finish(g, ("12", 0), ("20", 0), f"iasa_test/keyed_{int(with_sparse)}_{overlap}")
+
+
+def test_keyed_windows_sample_each_window_as_a_clip_of_its_own_and_decode_the_whole_video(client, long_models):
+    """65 frames in keyed windows of 33 sharing 8 or more: 3 windows (2 would share only 1), each 9 latent frames,
+    sampled in one latent of 27 by stock KSampler, one model call per window and step, a sparse pose layout per
+    window; the decode gives back the video's 65 frames."""
+    from iasa.sampling.keyed_windows import KeyedWindowPlan
+
+    plan = KeyedWindowPlan(PIXEL_FRAMES, WINDOW, 8)
+    result = client.run(keyed_graph(with_sparse=True), timeout=900)
+    assert result.status == "success", result.error
+    f = next(f for f in saved_files(result.outputs) if f["filename"].endswith(".latent"))
+    latent = load_safetensors(client.view(f["filename"], f.get("subfolder", ""), "output"))["latent_tensor"]
+    assert latent.shape == (1, 16, plan.latent_total, SIZE // 8, SIZE // 8) == (1, 16, 27, 16, 16)
+    stats = result.outputs["31"]["stats"][0]
+    assert stats["LongVideoPatch"] == {"calls": STEPS, "windowed_calls": STEPS, "window_calls": STEPS * len(plan)}
+    assert stats["SparseAttentionPatch"]["layouts_built"] == len(plan)
+    assert "dense_fallback" not in stats["SparseAttentionPatch"]
+    frames = [f for f in saved_files(result.outputs) if f["filename"].endswith(".png")]
+    assert len(frames) == PIXEL_FRAMES
+
+
+def test_keyed_windows_name_a_short_control_video(client, long_models):
+    g = keyed_graph(with_sparse=False, overlap=4)
+    g["6"]["inputs"]["pose"] = ["3", 0]                     # the one-frame reference pose: far too short
+    result = client.run(g)
+    assert result.status == "error" and result.error["node_id"] == "12"
+    message = result.error["exception_message"]
+    assert "control_video" in message and "frames" in message, message
+    assert_server_still_serves(client)

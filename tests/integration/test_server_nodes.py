@@ -28,6 +28,8 @@ PACK_NODES = {
     "IASAEmptyConditioning": ({"tokens", "width"}, ["CONDITIONING"]),
     "IASALoadPose": ({"pose_file", "canvas_width", "canvas_height"}, ["POSE_KEYPOINT", "INT", "INT", "INT"]),
     "IASALongVideo": ({"model", "window_frames", "overlap_frames", "fuse"}, ["MODEL"]),
+    "IASAKeyedWindows": ({"model", "positive", "negative", "latent", "vae", "control_video", "window_frames",
+                          "overlap_frames"}, ["MODEL", "CONDITIONING", "CONDITIONING", "LATENT"]),
     "IASAStudentSampler": ({"model", "positive", "latent", "seed", "steps"}, ["LATENT"]),
     "IASAStudentSigmas": ({"model", "steps"}, ["SIGMAS"]),
     "IASADistillStudent": ({"teacher", "vae", "data", "student_steps", "iterations", "minutes", "shift", "guidance",
