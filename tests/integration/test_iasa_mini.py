@@ -203,11 +203,10 @@ def test_stock_loaders_load_iasa_mini_format_files(client, random_mini):
 
 def test_talking_workflow_runs_long_sparse_with_reference_tokens(client, random_mini):
     """The shipped talking workflow (Wan22FunControlToVideo ref_image -> ref_conv tokens, IASA Sparse
-    Attention, IASA Long Video), shrunk: 2.2 s of speech = 55 frames -> 14 latent frames, more than the
-    13-frame window, 128x128 (8 x 8 tokens a frame: smaller grids are refused by IASA Sparse Attention, dense
+    Attention, IASA Keyed Windows), shrunk: 2.2 s of speech = 55 frames -> 53 frames in two keyed windows of 49, 128x128 (8 x 8 tokens a frame: smaller grids are refused by IASA Sparse Attention, dense
     would be cheaper), 2 steps, random weights."""
     wf = shrunk_talking_workflow(*random_mini, seconds=2.2, size=128, steps=2)
-    assert _by_type(wf, "IASALongVideo") and _by_type(wf, "IASASparseAttention")
+    assert _by_type(wf, "IASAKeyedWindows") and _by_type(wf, "IASASparseAttention")
     result = client.run(wf, timeout=900)
     assert result.status == "success", result.error
     mp4 = next(f for f in saved_files(result.outputs) if f["filename"].endswith(".mp4"))

@@ -1,6 +1,6 @@
 """The student talking workflow (workflows/api/iasa_mini_student.json) through the real server, shrunk, with a
 random student in the IASA-mini v2 format (the real one comes from scripts/distill_iasa_mini_gpu.sh): 2.2 s of
-speech = 55 frames -> 14 latent frames, more than one 13-latent-frame window, at 128 x 128 (8 x 8 tokens a
+speech = 55 frames -> 53 frames, two keyed windows of 49 (IASA Keyed Windows), at 128 x 128 (8 x 8 tokens a
 frame, where IASA Sparse Attention's kernel is cheaper than dense). The patches' own counters (the testing
 pack's IASATestPatchStats) show that every window's self-attention went sparse."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from iasa.bench.quality import wan_length
 from iasa.harness.demo import STUDENT_WORKFLOW, saved_files
-from iasa.sampling.long_video import LongVideoConfig, LongVideoPatch
+from iasa.sampling.keyed_windows import KeyedWindowPlan
 
 from .test_iasa_mini import _by_type, install_random_mini, install_random_student, shrunk_talking_workflow
 
@@ -38,9 +38,10 @@ def _node_id(wf: dict, class_type: str) -> str:
 def test_student_workflow_runs_long_and_sparse_with_the_cards_steps(client, student_models):
     wf = shrunk_talking_workflow(*student_models, seconds=SECONDS, size=SIZE, steps=0, workflow=STUDENT_WORKFLOW)
     sampler = _node_id(wf, "IASAStudentSampler")
-    long_video, sparse = wf[_node_id(wf, "IASALongVideo")], wf[_node_id(wf, "IASASparseAttention")]
-    assert wf[sampler]["inputs"]["model"] == [_node_id(wf, "IASALongVideo"), 0]     # long video wraps sparse
-    assert long_video["inputs"]["model"] == [_node_id(wf, "IASASparseAttention"), 0]
+    keyed, sparse = wf[_node_id(wf, "IASAKeyedWindows")], wf[_node_id(wf, "IASASparseAttention")]
+    assert wf[sampler]["inputs"]["model"] == [_node_id(wf, "IASAKeyedWindows"), 0]     # keyed windows wrap sparse
+    assert wf[sampler]["inputs"]["latent"] == [_node_id(wf, "IASAKeyedWindows"), 3]
+    assert keyed["inputs"]["model"] == [_node_id(wf, "IASASparseAttention"), 0]
     assert (sparse["inputs"]["direction"], sparse["inputs"]["top_k"]) == ("causal", 2)
     assert not _by_type(wf, "KSampler") and _by_type(wf, "UNETLoader")[0]["inputs"]["unet_name"] == STUDENT
     wf["90"] = {"class_type": "IASATestPatchStats", "inputs": {"model": wf[sampler]["inputs"]["model"],
@@ -51,10 +52,8 @@ def test_student_workflow_runs_long_and_sparse_with_the_cards_steps(client, stud
     steps = len(TIMESTEPS)                                  # steps 0 = the card's
     assert {d["max"] for d in result.progress(sampler)} == {steps}
     assert result.progress(sampler)[-1]["value"] == steps
-    latent_frames = (wan_length(round(SECONDS * 25)) - 1) // 4 + 1
-    config = LongVideoConfig.from_pixel_frames(long_video["inputs"]["window_frames"],
-                                               long_video["inputs"]["overlap_frames"])
-    windows = len(LongVideoPatch(config).plan(latent_frames).windows)
+    windows = len(KeyedWindowPlan(wan_length(round(SECONDS * 25)), keyed["inputs"]["window_frames"],
+                                  keyed["inputs"]["overlap_frames"]))
     assert windows == 2
     stats = result.outputs["90"]["stats"][0]
     assert stats["LongVideoPatch"] == {"calls": steps, "windowed_calls": steps, "window_calls": steps * windows}

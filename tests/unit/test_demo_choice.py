@@ -122,20 +122,25 @@ def test_talking_workflow_reads_bundled_inputs_and_models(workflow, models):
 
 
 def test_the_student_workflow_is_the_v2_graph_with_the_student_sampler_in_place_of_cfg():
-    """Same speech, pose, conditioning, sparse attention and windows as the v2 teacher workflow; the student
+    """Same speech, pose, conditioning, sparse attention and keyed windows as the v2 teacher workflow; the student
     sampler (the card's steps) instead of KSampler with a negative and a flow shift."""
     student, teacher = (json.loads(w.read_text()) for w in (STUDENT_WORKFLOW, MINI_V2_WORKFLOW))
     shared = ("IASALoadAudio", "IASAAudioFeatures", "IASAAudioToPose", "IASARenderPose", "IASASparseAttention",
-              "IASALongVideo", "IASAVAEPrecision", "IASALongVAEDecode", "CreateVideo")
-    def settings(wf: dict, t: str) -> list[dict]:  # the model input links to a different chain (no flow shift)
-        return [{k: v for k, v in n["inputs"].items() if k != "model"} for n in wf.values() if n["class_type"] == t]
+              "IASAKeyedWindows", "IASAVAEPrecision", "IASALongVAEDecode", "CreateVideo")
+    def settings(wf: dict, t: str) -> list[dict]:  # the settings; links differ (no flow shift, the tiny encoder)
+        return [{k: v for k, v in n["inputs"].items() if not isinstance(v, list)} for n in wf.values()
+                if n["class_type"] == t]
 
     for t in shared:
         assert settings(student, t) == settings(teacher, t) and settings(student, t), t
     types = [n["class_type"] for n in student.values()]
     assert types.count("Wan22FunControlToVideo") == 1 and "KSampler" not in types and "ModelSamplingSD3" not in types
     sampler = next(n["inputs"] for n in student.values() if n["class_type"] == "IASAStudentSampler")
-    assert sampler["steps"] == 0 and student[sampler["model"][0]]["class_type"] == "IASALongVideo"
+    assert sampler["steps"] == 0 and student[sampler["model"][0]]["class_type"] == "IASAKeyedWindows"
+    for wf in (student, teacher):   # the pose video reaches the model through the keyed windows only
+        keyed = next(k for k, n in wf.items() if n["class_type"] == "IASAKeyedWindows")
+        assert all("control_video" not in n["inputs"] for n in wf.values() if n["class_type"] == "Wan22FunControlToVideo")
+        assert wf[keyed]["inputs"]["control_video"][0] in wf
 
 
 def test_linked_weights_places_the_student_beside_the_teacher_and_refuses_other_names(tmp_path):
