@@ -300,23 +300,37 @@ def _saved(images, n: int) -> np.ndarray:
     return np.clip(255.0 * images.reshape(-1, *images.shape[-3:])[:n].float().cpu().numpy(), 0, 255).astype(np.uint8)
 
 
-def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Path | None = None) -> list[dict]:
+def keyed_windows(workflow: dict) -> tuple[int, int] | None:
+    """(window_frames, overlap_frames) of the workflow's IASA Keyed Windows node, None without one."""
+    ids = _ids(workflow, ("IASAKeyedWindows",))
+    if not ids:
+        return None
+    inputs = workflow[ids[0]]["inputs"]
+    return int(inputs["window_frames"]), int(inputs["overlap_frames"])
+
+
+def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Path | None = None,
+                keyed: tuple[int, int] | None = None) -> list[dict]:
     """Reconstruction through ComfyUI's stock VAE class, SaveImage quantisation: the full VAE (``vae``), its
     decode in key-frame windows as IASA Long VAE Decode runs it (``vae_long_decode``, clips longer than one
-    window only; its ``seconds_per_clip`` is the decode alone) and, with ``tiny_path``, the tiny autoencoder (``tiny_vae``: its own encode + decode against the frames, plus
+    window only; its ``seconds_per_clip`` is the decode alone), with ``keyed`` (window and overlap frames of a
+    workflow's IASA Keyed Windows) the round trip that node and the decode make (``vae_keyed``: each window encoded
+    and decoded on its own, the overlaps cross-faded; clips longer than one window only) and, with ``tiny_path``, the tiny autoencoder (``tiny_vae``: its own encode + decode against the frames, plus
     ``psnr_vs_full_vae`` = its decode of the full VAE's latents against the full VAE's decode, what swapping
     the decoder in VAEDecode costs, and ``psnr_roundtrip_vs_full_vae``)."""
     import torch
 
     from .video_metrics import psnr
 
+    from ..sampling.keyed_windows import KeyedWindowPlan, decode_windows, encode_windows
     from ..sampling.rekeyed_decode import DEFAULT_OVERLAP, DEFAULT_WINDOW, DecodeWindows, decode_rekeyed
 
     full = stock_vae(vae_path)
     tiny = stock_vae(tiny_path) if tiny_path else None
     windows = DecodeWindows(DEFAULT_WINDOW, DEFAULT_OVERLAP)
-    per_clip: dict[str, list] = {"vae": [], "vae_long_decode": [], "tiny_vae": []}
-    seconds: dict[str, list] = {"vae": [], "vae_long_decode": [], "tiny_vae": []}
+    names = ("vae", "vae_long_decode", "vae_keyed", "tiny_vae")
+    per_clip: dict[str, list] = {k: [] for k in names}
+    seconds: dict[str, list] = {k: [] for k in names}
     for clip in clips:
         n = len(clip["frames"])
         with torch.inference_mode():
@@ -331,6 +345,12 @@ def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Pa
                 long_rec = _saved(decode_rekeyed(lat, full.decode, full.encode, windows), n)
                 seconds["vae_long_decode"].append(time.monotonic() - t0)
                 per_clip["vae_long_decode"].append(_clip_entry(clip, long_rec, seconds["vae_long_decode"][-1]))
+            plan = KeyedWindowPlan(n, *keyed) if keyed else None
+            if plan is not None and len(plan) > 1:
+                t0 = time.monotonic()
+                keyed = _saved(decode_windows(encode_windows(x, plan, full.encode), plan, full.decode), n)
+                seconds["vae_keyed"].append(time.monotonic() - t0)
+                per_clip["vae_keyed"].append(_clip_entry(clip, keyed, seconds["vae_keyed"][-1]))
             if tiny is not None:
                 t0 = time.monotonic()
                 rt = _saved(tiny.decode(tiny.encode(x)), n)
@@ -341,7 +361,7 @@ def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Pa
                 per_clip["tiny_vae"].append(entry)
         log.info("vae clip %s: %s", clip["id"], per_clip["vae"][-1])
     out = []
-    for name, path in (("vae", vae_path), ("vae_long_decode", vae_path), ("tiny_vae", tiny_path)):
+    for name, path in (("vae", vae_path), ("vae_long_decode", vae_path), ("vae_keyed", vae_path), ("tiny_vae", tiny_path)):
         if per_clip[name]:
             rec = _record(name, per_clip[name], clips, steps=None, cfg=None,
                           seconds_per_clip=round(float(np.mean(seconds[name])), 2), weights=path.name)
@@ -434,7 +454,8 @@ def main(argv: list[str] | None = None) -> dict:
             frames = int(read_weights(a.teacher)[1].get("training", {}).get("frames", 33)) if not a.no_teacher else 33
         clips = pick_clips(a.data, a.clips, frames)
         log.info("bench.quality: %d held-out clips of %s frames", len(clips), sorted({len(c["frames"]) for c in clips}))
-        group = [reference_copy_record(clips), *([] if a.no_vae else vae_records(clips, a.vae, tiny))]
+        keyed = keyed_windows(json.loads(a.workflow.read_text()))
+        group = [reference_copy_record(clips), *([] if a.no_vae else vae_records(clips, a.vae, tiny, keyed))]
         runs = ([] if a.no_teacher else [(a.teacher, a.workflow, a.steps, a.cfg)]) + \
             [(st, a.student_workflow, [None], [None]) for st in a.student]
         for model, workflow, steps, cfg in runs:

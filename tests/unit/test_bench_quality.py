@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from iasa.bench.quality import WORKFLOW, quality_prompt, wan_length
+from iasa.bench.quality import WORKFLOW, keyed_windows, quality_prompt, wan_length
 from iasa.bench.video_metrics import correlation, mean_scores, mouth_audio_corr, mouth_change, psnr, ssim
 
 
@@ -187,6 +187,15 @@ def test_vae_records_score_the_tiny_autoencoder_against_the_frames_and_the_full_
     _, same = vae_records([clip], vae, vae)
     assert same["per_clip"][0]["psnr_vs_full_vae"] == math.inf == same["per_clip"][0]["psnr_roundtrip_vs_full_vae"]
     assert [r["model"] for r in vae_records([clip], vae)] == ["vae"]
+    # With a workflow's keyed windows (here 5-frame windows sharing 2 frames on a 9-frame clip: 2 windows) the
+    # vae_keyed record is the per-window round trip; a clip of one window gets none.
+    long_clip = {**clip, "frames": rng.integers(0, 255, (9, 16, 16, 3), dtype=np.uint8),
+                 "masks": {k: np.ones((9, 16, 16), bool) for k in MOVING_REGIONS},
+                 "energy": np.linspace(0, 1, 9).astype(np.float32)}
+    records = vae_records([long_clip], vae, keyed=(5, 2))
+    assert [r["model"] for r in records] == ["vae", "vae_keyed"] and np.isfinite(records[1]["psnr"])
+    assert [r["model"] for r in vae_records([clip], vae, keyed=(5, 2))] == ["vae"]
+    assert keyed_windows(json.loads(WORKFLOW.read_text())) == (49, 8)
 
 
 def test_demo_timing_decodes_the_demo_latent_with_the_vae_in_both_precisions_and_the_tiny_one_in_both_modes(tmp_path):
