@@ -348,9 +348,9 @@ def vae_records(clips: list[dict], vae_path: pathlib.Path, tiny_path: pathlib.Pa
             plan = KeyedWindowPlan(n, *keyed) if keyed else None
             if plan is not None and len(plan) > 1:
                 t0 = time.monotonic()
-                keyed = _saved(decode_windows(encode_windows(x, plan, full.encode), plan, full.decode), n)
+                keyed_rec = _saved(decode_windows(encode_windows(x, plan, full.encode), plan, full.decode), n)
                 seconds["vae_keyed"].append(time.monotonic() - t0)
-                per_clip["vae_keyed"].append(_clip_entry(clip, keyed, seconds["vae_keyed"][-1]))
+                per_clip["vae_keyed"].append(_clip_entry(clip, keyed_rec, seconds["vae_keyed"][-1]))
             if tiny is not None:
                 t0 = time.monotonic()
                 rt = _saved(tiny.decode(tiny.encode(x)), n)

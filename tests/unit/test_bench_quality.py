@@ -192,8 +192,9 @@ def test_vae_records_score_the_tiny_autoencoder_against_the_frames_and_the_full_
     long_clip = {**clip, "frames": rng.integers(0, 255, (9, 16, 16, 3), dtype=np.uint8),
                  "masks": {k: np.ones((9, 16, 16), bool) for k in MOVING_REGIONS},
                  "energy": np.linspace(0, 1, 9).astype(np.float32)}
-    records = vae_records([long_clip], vae, keyed=(5, 2))
+    records = vae_records([long_clip, {**long_clip, "id": "d"}], vae, keyed=(5, 2))
     assert [r["model"] for r in records] == ["vae", "vae_keyed"] and np.isfinite(records[1]["psnr"])
+    assert len(records[1]["per_clip"]) == 2
     assert [r["model"] for r in vae_records([clip], vae, keyed=(5, 2))] == ["vae"]
     assert keyed_windows(json.loads(WORKFLOW.read_text())) == (49, 8)
 
