@@ -445,6 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit(f"bench.quality: --tiny-vae {tiny} not found")
         log.warning("bench.quality: no tiny autoencoder at %s (train it: training/tiny_vae_train.py); no tiny_vae record", tiny)
         tiny = None
+    keyed = keyed_windows(json.loads(a.workflow.read_text()))
     t0 = time.monotonic()
     records = []
     for frames in a.frames:
@@ -454,7 +455,6 @@ def main(argv: list[str] | None = None) -> dict:
             frames = int(read_weights(a.teacher)[1].get("training", {}).get("frames", 33)) if not a.no_teacher else 33
         clips = pick_clips(a.data, a.clips, frames)
         log.info("bench.quality: %d held-out clips of %s frames", len(clips), sorted({len(c["frames"]) for c in clips}))
-        keyed = keyed_windows(json.loads(a.workflow.read_text()))
         group = [reference_copy_record(clips), *([] if a.no_vae else vae_records(clips, a.vae, tiny, keyed))]
         runs = ([] if a.no_teacher else [(a.teacher, a.workflow, a.steps, a.cfg)]) + \
             [(st, a.student_workflow, [None], [None]) for st in a.student]

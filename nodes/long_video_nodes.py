@@ -9,6 +9,14 @@ from ..sampling.keyed_windows import PLAN_KEY, KeyedWindowPlan, encode_windows
 from ..sampling.long_video import FUSE_MODES, LongVideoConfig, LongVideoPatch, apply_long_video
 
 
+def window_frames_input(use: str) -> io.Int.Input:
+    """The ``window_frames`` input of both long-video nodes: the model's trained length in video frames."""
+    return io.Int.Input("window_frames", default=49, min=5, max=4097, step=4,
+                        tooltip="Frames per window, in video frames (1 + 4k). Use the length the model was trained "
+                                "on (the `frames` of its model card): 49 for IASA-mini v2 (13 latent frames), 81 for "
+                                "Wan 2.1/2.2. " + use)
+
+
 class IASALongVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -27,11 +35,8 @@ class IASALongVideo(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The video model to patch (Wan 2.1/2.2 family: T2V, I2V, Fun-Control, "
                                                 "VACE, Animate; IASA-mini), with or without IASA Sparse Attention."),
-                io.Int.Input("window_frames", default=49, min=5, max=4097, step=4,
-                             tooltip="Frames per window, in video frames (1 + 4k). Use the length the model was "
-                                     "trained on (the `frames` of its model card): 49 for IASA-mini v2 (13 latent "
-                                     "frames), 81 for Wan 2.1/2.2. Longer clips are split into windows of this "
-                                     "length; shorter ones run unchanged."),
+                window_frames_input("Longer clips are split into windows of this length; shorter ones run "
+                                    "unchanged."),
                 io.Int.Input("overlap_frames", default=16, min=0, max=4096, step=4,
                              tooltip="Video frames shared by neighbouring windows, where their predictions are "
                                      "blended (rounded up to whole latent frames of 4 video frames; must be "
@@ -77,9 +82,7 @@ class IASAKeyedWindows(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The Wan 2.1-layout VAE that encodes the control video."),
                 io.Image.Input("control_video", tooltip="The pose video (IASA Render Pose), at least as long as the "
                                                         "video."),
-                io.Int.Input("window_frames", default=49, min=5, max=4097, step=4,
-                             tooltip="Frames per window (1 + 4k): the length the model was trained on (49 for "
-                                     "IASA-mini, 81 for Wan 2.2 Fun)."),
+                window_frames_input("The video is covered by the fewest such windows that share overlap_frames."),
                 io.Int.Input("overlap_frames", default=8, min=0, max=4096,
                              tooltip="Video frames neighbouring windows share, cross-faded in the decode."),
             ],
@@ -109,7 +112,8 @@ class IASAKeyedWindows(io.ComfyNode):
         control = encode_windows(video, plan, vae.encode)
         channels = control.shape[1]
         shape = (samples.shape[0], channels, plan.latent_total, samples.shape[-2], samples.shape[-1])
-        empty = comfy.latent_formats.Wan21().process_out(torch.zeros(shape)).repeat(1, 2, 1, 1, 1)
+        fmt = comfy.latent_formats.Wan22() if channels == 48 else comfy.latent_formats.Wan21()   # as the stock node
+        empty = fmt.process_out(torch.zeros(shape)).repeat(1, 2, 1, 1, 1)
         with_control = empty.clone()
         with_control[:, :channels] = control.to(empty.dtype)
         mask = torch.ones((1, 4, plan.latent_total, shape[-2], shape[-1]))

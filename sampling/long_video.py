@@ -284,6 +284,9 @@ class LongVideoPatch:
     def __init__(self, config: LongVideoConfig, keyed=None):
         self.config = config
         self.keyed = keyed                # a keyed_windows.KeyedWindowPlan, or None
+        self._keyed_plan = None if keyed is None else WindowPlan(   # consecutive blocks, weight 1: concatenation
+            keyed.latent_total, tuple(keyed.latent_windows()),
+            tuple(torch.ones(keyed.window_latents, dtype=torch.float64) for _ in range(len(keyed))))
         self.stats: Counter = Counter()
         self.between_windows = None       # called before every window (ComfyUI: the interrupt check)
         self._plans: dict[int, WindowPlan] = {}
@@ -302,7 +305,7 @@ class LongVideoPatch:
             return self._plans[total]
 
     def keyed_plan(self, total: int, leading: int) -> WindowPlan:
-        """The keyed windows as a ``WindowPlan``: consecutive blocks, weight 1 (concatenation)."""
+        """The keyed windows' ``WindowPlan``, after checking the call fits it."""
         if leading:
             raise ValueError("IASA Keyed Windows: this model keeps a reference frame in front of the video (Animate); "
                              "keyed windows are for Fun-Control-style models, use IASA Long Video instead")
@@ -310,8 +313,7 @@ class LongVideoPatch:
             raise ValueError(f"IASA Keyed Windows: the sampled latent has {total} frames but the node planned "
                              f"{self.keyed.describe()} = {self.keyed.latent_total} latent frames; connect its latent "
                              "output to the sampler")
-        windows = tuple(self.keyed.latent_windows())
-        return WindowPlan(total, windows, tuple(torch.ones(len(w), dtype=torch.float64) for w in windows))
+        return self._keyed_plan
 
     def apply_model_wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         self.stats["calls"] += 1

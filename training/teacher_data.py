@@ -42,6 +42,7 @@ from ..attention.pose_layout import SparseAttentionConfig, pose_pattern
 from ..pose.keypoints import PoseSequence
 from ..pose.render import render_pose
 from .clips import to_model_range
+from .tiny_vae import latent_frames, pixel_frames
 from .vae_parallel import encode_parallel
 
 log = logging.getLogger(__name__)
@@ -131,11 +132,10 @@ def _iter_rendered(jobs: list, workers: int, fn=_render_job):
 def plan_continuation(lengths: list[int], frames: int, per_clip: int, rng: np.random.Generator) -> list[tuple[int, list[int]]]:
     """``(clip, latent offsets)``: up to ``per_clip`` distinct offsets ``j >= 1`` per clip long enough for a window
     of ``frames`` pixel frames to start one latent frame or more into the clip's one encode."""
-    f_lat = (frames - 1) // 4 + 1
+    f_lat = latent_frames(frames)
     out = []
     for c, n in enumerate(lengths):
-        n_lat = (n - 1) // 4 + 1
-        choices = np.arange(1, n_lat - f_lat + 1)
+        choices = np.arange(1, latent_frames(n) - f_lat + 1)
         if per_clip <= 0 or not len(choices):
             continue
         picked = rng.choice(choices, size=min(per_clip, len(choices)), replace=False)
@@ -155,8 +155,8 @@ def build_continuation_set(clips: list[dict], vae, frames: int, per_clip: int, d
     plan = plan_continuation([len(c["frames"]) for c in clips], frames, per_clip, rng)
     if not plan:
         return None
-    f_lat = (frames - 1) // 4 + 1
-    usable = {c: 1 + 4 * (max(offs) + f_lat - 1) for c, offs in plan}   # pixel frames encoded per clip
+    f_lat = latent_frames(frames)
+    usable = {c: pixel_frames(max(offs) + f_lat) for c, offs in plan}   # pixel frames encoded per clip
     h, w = clips[0]["frames"].shape[1:3]
     jobs = [(clips[c]["keypoints"], w, h, pattern, f_lat, offs, usable[c]) for c, offs in plan]
     workers = workers or max(1, (os.cpu_count() or 2) - 1)
