@@ -19,7 +19,8 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
   shift-5 student schedule (the repo's ``StudentSchedule.default``: 4 steps = timesteps 1000, 937.5, 833.3,
   625), strict (a dense fallback raises),
   cfg 1, sampler lcm, through ``comfy.sample.sample_custom`` (SamplerCustom). ``student_dense``: the same
-  without the patch. ``teacher`` (the baseline): dense, 20 steps of the ``simple`` schedule, cfg 5 (cond and
+  without the patch. ``student_no_self_attention`` (a diagnostic): the same with video self-attention returning
+  v, the floor of any attention kernel in this path. ``teacher`` (the baseline): dense, 20 steps of the ``simple`` schedule, cfg 5 (cond and
   uncond batched), euler, stock Wan VAE.
 * VAEs, built by ``comfy.sd.VAE`` from state dicts (what VAELoader does): ``wan`` = the Wan 2.1 VAE at its real
   width 96; ``tiny`` = the taew2_1-layout tiny autoencoder (``training/tiny_vae.py``), run with all frames at
@@ -75,6 +76,7 @@ from ..training.tiny_vae import build_tiny_vae, latent_frames, pixel_frames, wit
 from ..training.tiny_wan import LATENT_CHANNELS, TeacherConfig, VAEConfig, build_teacher, build_vae
 from . import floors
 from .realtime_report import aims, markdown_table
+from .wan_forward import self_attention_override, with_override
 
 RESULTS = Path(__file__).parent / "results" / "realtime.json"
 WAN_1_3B = dict(dim=1536, num_layers=30, ffn_dim=8960)
@@ -83,7 +85,11 @@ CONTEXT_TOKENS = 512
 SHIFT = 5.0
 TEACHER = {"steps": 20, "cfg": 5.0, "sampler": "euler", "scheduler": "simple"}
 STUDENT = {"cfg": 1.0, "sampler": "lcm"}
-VARIANTS = ("student", "student_dense", "teacher")
+# student_no_self_attention: the student's pipeline with video self-attention returning v (a diagnostic, not a
+# result): the floor any attention kernel can reach in this compiled path, so a record's DiT ms splits into
+# attention and the rest.
+NO_SELF_ATTENTION = "student_no_self_attention"
+VARIANTS = ("student", "student_dense", NO_SELF_ATTENTION, "teacher")
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,8 @@ class RealtimeBench:
                 patch = SparseAttentionPatch(self.poses[shape], self.layout_config, kernel=self.a.kernel, strict=True)
                 m = apply_sparse_attention(m, patch)
                 self.patches[key] = patch
+            elif spec.variant == NO_SELF_ATTENTION:
+                m = with_override(m, self_attention_override("none"))
             self.eager[key] = m
             if self.a.compile != "none":
                 from comfy_api.torch_helpers import set_torch_compile_wrapper
@@ -332,6 +340,7 @@ def term_floors(spec: Spec, shape: Shape, bench: "RealtimeBench", dit: dict, vae
     """Floor ms of each term of one pipeline (see the module docstring) and the FPS they allow."""
     forwards = spec.steps * (2 if spec.cfg != 1.0 else 1)
     attn = dit["self_attention_exact"] if spec.sparse else dit["self_attention_dense"]
+    attn = 0.0 if spec.variant == NO_SELF_ATTENTION else attn
     peak = fl["matmul"]["tflops"]
     px = bench.video[shape].numel() * 4       # float32 IMAGE on the host, copied in (encode) and out (decode)
     floor = {"ms_encode": floors.floor_ms(vae["encode_flops"], peak) + floors.copy_ms(px, fl["copy"]["h2d_gbps"]),
@@ -348,7 +357,8 @@ def _total(run: dict) -> float:
 
 def record(spec: Spec, runs: list[dict], chunk_runs: list[dict], bench: "RealtimeBench", fl: dict) -> dict:
     rec = {"variant": spec.variant, "steps": spec.steps, "vae": spec.vae, "cfg": spec.cfg,
-           "attention": f"iasa_{bench.a.kernel}" if spec.sparse else "dense",
+           "attention": f"iasa_{bench.a.kernel}" if spec.sparse else (
+               "none (diagnostic)" if spec.variant == NO_SELF_ATTENTION else "dense"),
            **{k: round(statistics.median(r[k] for r in runs), 2) for k in ("ms_encode", "ms_dit", "ms_decode")}}
     rec["ms_total"] = round(statistics.median(_total(r) for r in runs), 2)
     rec["fps"] = round(bench.shape.frames / (rec["ms_total"] / 1000), 2)
@@ -374,6 +384,8 @@ def specs_for(a: argparse.Namespace) -> list[Spec]:
         out += [Spec("student", n, v) for v in a.vaes for n in a.steps]
     if "student_dense" in a.variants:
         out.append(Spec("student_dense", max(a.steps), "tiny" if "tiny" in a.vaes else a.vaes[0]))
+    if NO_SELF_ATTENTION in a.variants:
+        out.append(Spec(NO_SELF_ATTENTION, max(a.steps), "tiny" if "tiny" in a.vaes else a.vaes[0]))
     if "teacher" in a.variants:
         out.append(Spec("teacher", a.teacher_steps, "wan" if "wan" in a.vaes else a.vaes[0]))
     return out

@@ -69,18 +69,23 @@ def test_cpu_dry_run_through_comfyui_with_the_patch_and_compiled_blocks(tmp_path
 
     out = tmp_path / "rt.json"
     result = main(["--tiny", "--compile", "eager", "--out", str(out), "--steps", "1", "--vaes", "tiny",
-                   "--variants", "student", "teacher", "--teacher-steps", "1", "--repeats", "1"])
+                   "--variants", "student", "student_no_self_attention", "teacher", "--teacher-steps", "1",
+                   "--repeats", "1"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=str))
     assert {"command", "gpu", "versions"} <= set(result) and result["command"].startswith("python iasa_cli.py bench.realtime")
     assert "CPU dry run" in result["gpu"] and result["versions"]["comfyui"] == "0.3.75"
     assert result["shape"]["tokens"] == 3 * 4 * 6 + 4 * 6          # 3 latent frames of 4x6 tokens + reference
-    student, teacher = result["records"]
-    for rec in (student, teacher):
+    student, no_attention, teacher = result["records"]
+    for rec in (student, no_attention, teacher):
         assert {"variant", "steps", "vae", "ms_encode", "ms_dit", "ms_decode", "fps", "first_chunk_ms"} <= set(rec)
         assert rec["fps"] == pytest.approx(9 / (rec["ms_total"] / 1000), abs=0.006)   # rounded to 0.01
         assert all(rec["floor"][k] > 0 for k in ("ms_encode", "ms_dit", "ms_decode", "first_chunk_ms"))
     assert (student["variant"], student["vae"], student["attention"]) == ("student", "tiny", "iasa_sdpa")
     assert student["sparse_calls"]["sparse"] > 0 and teacher["sparse_calls"] == {}
+    # the diagnostic: the student's path with self-attention returning v, whose floor has no attention term
+    assert (no_attention["variant"], no_attention["attention"], no_attention["cfg"]) == (
+        "student_no_self_attention", "none (diagnostic)", 1.0)
+    assert no_attention["sparse_calls"] == {} and no_attention["floor"]["ms_dit"] < student["floor"]["ms_dit"]
     assert (teacher["cfg"], teacher["speedup_vs_teacher"]) == (5.0, 1.0)
     # the teacher runs cond + uncond: twice the student's forwards at the same step count and shape
     assert teacher["floor"]["ms_dit"] > 1.5 * student["floor"]["ms_dit"]
