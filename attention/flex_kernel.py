@@ -16,6 +16,7 @@ tables only (``SlotRuleTables``): no boolean loads, clamps or 2-D indexing to lo
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import threading
 from typing import Callable
@@ -124,17 +125,23 @@ def flash_unsupported_reasons(layout: BlockLayout, device: torch.device) -> list
     reasons = []
     if device.type != "cuda":
         reasons.append(f"inputs are on {device.type}; FlashAttention-4 needs CUDA")
+    elif not torch.cuda.is_available():
+        reasons.append("CUDA is not available")
     elif torch.cuda.get_device_capability(device)[0] < 9:
         reasons.append("FlashAttention-4's block-sparse forward needs a Hopper or newer GPU (sm90+)")
     if layout.block_size != FLASH_BLOCK_SIZE:
         reasons.append(f"block_size {layout.block_size}; the FLASH backend takes {FLASH_BLOCK_SIZE}")
-    try:
-        found = importlib.util.find_spec("flash_attn.cute") is not None
-    except ImportError:   # a flash_attn package without the cute subpackage
-        found = False
-    if not found:
+    if not flash_attn_cute_installed():
         reasons.append("flash_attn.cute is not installed (pip install flash-attn-4)")
     return reasons
+
+
+@functools.cache
+def flash_attn_cute_installed() -> bool:
+    try:
+        return importlib.util.find_spec("flash_attn.cute") is not None
+    except ImportError:   # a flash_attn package without the cute subpackage
+        return False
 
 
 def _whole_pattern_mask_mod(layout: BlockLayout, device: torch.device) -> Callable:

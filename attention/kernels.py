@@ -11,16 +11,18 @@ Kernels:
   ``paged_op``, so compiled graphs keep it as one opaque node.
 - ``flex``: compiled FlexAttention with a ``BlockMask`` (``flex_kernel``); compiles once per shape.
 - ``flash``: the same ``BlockMask`` through FlexAttention's FLASH backend: Inductor lowers it into
-  FlashAttention-4's CuTe-DSL block-sparse forward (PyPI ``flash-attn-4``; CUDA sm90+, block 128). Never
-  picked by ``auto`` until timed against flex on the GPU (bench.attention); asked for by name, it raises
-  where it cannot run (``flex_kernel.flash_unsupported_reasons``).
+  FlashAttention-4's CuTe-DSL block-sparse forward (PyPI ``flash-attn-4``; CUDA sm90+, block 128). The
+  fastest measured on Hopper: the compiled Wan-1.3B student's attention 435 against flex's 613 ms over 4
+  steps on one H100, same machine (docs/training/session_2026_12_07c). Asked for by name, it raises where it
+  cannot run (``flex_kernel.flash_unsupported_reasons``).
 - ``flex_eager``: uncompiled FlexAttention; computes *dense* scores with a whole-pattern mask_mod
   (CPU/test path, O(L^2) memory).
 - ``sdpa``: ``F.scaled_dot_product_attention`` with the token-level boolean mask (the reference; dense work;
   the ``[Hl, L, L]`` mask is cached per layout, so keep L small).
 - ``grouped``: the CPU kernel (``grouped``): query blocks with the same key blocks attend together over
   gathered keys, one SDPA per distinct key-block list; the layout's work, not dense.
-- ``auto``: xformers on CUDA when it works, else flex on CUDA; grouped off CUDA; the choice is logged once.
+- ``auto``: on CUDA flash where it can run, else xformers when it works, else flex; grouped off CUDA; the
+  choice and why the faster kernels were passed over are logged once.
   A packed layout (``layout.slot_mask``: several region groups per block, masked inside) goes to flex
   on CUDA: xformers' paged mask cannot mask inside a block, so xformers runs the layout's group-padded
   twin ``layout.padded`` (more work; logged once, also when xformers is asked for by name).
@@ -41,7 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .flex_kernel import flex_attend, flex_attend_slots, flex_block_sparse_attention, prepare_flex
+from .flex_kernel import (flash_unsupported_reasons, flex_attend, flex_attend_slots, flex_block_sparse_attention,
+                          prepare_flex)
 from .grouped import KeyGroup, grouped_attention, key_groups
 from .layout import BlockLayout
 from .paged_op import paged_block_sparse_attention, register_paged_plan
@@ -152,6 +155,12 @@ def resolve_kernel(kernel: str, q: "torch.Tensor | QuerySpec", layout: BlockLayo
     if spec.device.type != "cuda":
         _log_once(f"block-sparse attention: using grouped (the CPU kernel), inputs are on {spec.device.type}, not CUDA")
         return "grouped"
+    flash_reasons = flash_unsupported_reasons(layout, spec.device)
+    if not flash_reasons:
+        _log_once("block-sparse attention: using flash (FlashAttention-4's block-sparse forward through "
+                  "FlexAttention), the fastest measured on Hopper; kernel=flex runs the Triton kernel instead")
+        return "flash"
+    _log_once("block-sparse attention: not using flash (the fastest on Hopper): " + "; ".join(flash_reasons))
     if layout.slot_mask is not None:
         _log_once("block-sparse attention: using flex, not xformers: the layout packs several region groups per "
                   "block and xformers could only run its group-padded twin (more work)")

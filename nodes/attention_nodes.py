@@ -52,9 +52,11 @@ class IASASparseAttention(io.ComfyNode):
                 io.Int.Input("dense_steps", default=0, min=0, max=1000,
                              tooltip="Keep the first N sampling steps dense."),
                 io.Combo.Input("kernel", options=list(KERNELS), default="auto",
-                               tooltip="auto: xformers paged kernel on CUDA, else FlexAttention; on the CPU grouped "
-                                       "(query blocks sharing their key blocks attend together). sdpa is the "
-                                       "exact reference (dense work under a mask)."),
+                               tooltip="auto: on a Hopper GPU with flash-attn-4 installed and block_size 128, "
+                                       "flash (FlashAttention-4, the fastest measured); else the xformers paged "
+                                       "kernel on CUDA, else FlexAttention; on the CPU grouped (query blocks "
+                                       "sharing their key blocks attend together). sdpa is the exact reference "
+                                       "(dense work under a mask)."),
                 io.Boolean.Input("strict", default=False, optional=True,
                                  tooltip="Off: a self-attention call that cannot run sparse (no person in the pose, "
                                          "an unknown token layout, ...) runs dense, with a warning in the log once "

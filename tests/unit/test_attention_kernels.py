@@ -478,7 +478,7 @@ def test_slot_tables_round_trip():
     assert torch.equal(layout.perm[t.token_to_slot], torch.arange(77))
 
 
-def test_flash_kernel_says_why_it_cannot_run_and_auto_never_picks_it(caplog):
+def test_flash_kernel_says_why_it_cannot_run(caplog):
     """kernel="flash" (FlexAttention's FLASH backend, FlashAttention-4) needs CUDA sm90+, block 128 and flash_attn.cute;
     asked for where it cannot run, it raises with every reason instead of running something else."""
     from iasa.attention.flex_kernel import flash_unsupported_reasons, flex_kernel_options
@@ -492,3 +492,25 @@ def test_flash_kernel_says_why_it_cannot_run_and_auto_never_picks_it(caplog):
     with pytest.raises(RuntimeError, match="flash block-sparse kernel cannot run: .*CUDA"):
         kernels.block_sparse_attention(q, k, v, layout, kernel="flash")
     assert kernels.resolve_kernel("auto", q, layout) == "grouped"
+
+
+def test_auto_picks_flash_where_it_can_run_and_says_why_not_elsewhere(monkeypatch, caplog):
+    """On CUDA, auto takes flash (the fastest measured on Hopper) when flash_unsupported_reasons is empty, and
+    otherwise logs those reasons once and goes on to xformers / flex as before."""
+    monkeypatch.setattr(kernels, "_logged", set())
+    layout = random_layout(1024, 128, heads=2, density=0.5, seed=3)
+    fake_q = kernels.QuerySpec(torch.device("cuda"), torch.bfloat16, 2, 1024, 64)   # what a CUDA q looks like
+    monkeypatch.setattr(kernels, "flash_unsupported_reasons", lambda layout, device: [])
+    with caplog.at_level(logging.WARNING, logger="iasa.attention.kernels"):
+        assert kernels.resolve_kernel("auto", fake_q, layout) == "flash"
+        assert kernels.resolve_kernel("flex", fake_q, layout) == "flex"     # by name: what was asked for
+    assert any("using flash" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    why = "flash_attn.cute is not installed (pip install flash-attn-4)"
+    monkeypatch.setattr(kernels, "flash_unsupported_reasons", lambda layout, device: [why])
+    monkeypatch.setattr(kernels, "xformers_unsupported_reasons", lambda spec, layout: ["no xformers here"])
+    with caplog.at_level(logging.WARNING, logger="iasa.attention.kernels"):
+        assert kernels.resolve_kernel("auto", fake_q, layout) == "flex"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("not using flash" in m and why in m for m in messages)
+    assert any("using flex instead of xformers: no xformers here" in m for m in messages)
