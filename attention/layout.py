@@ -177,9 +177,10 @@ def _identity_perm(seq_len: int, block_size: int) -> torch.Tensor:
 PACKINGS = ("frame", "group")
 
 
-def region_block_mask(groups: BlockGroups, frame_select: np.ndarray) -> np.ndarray:
+def region_block_mask(groups: BlockGroups, frame_select: np.ndarray, reference_itself: bool = False) -> np.ndarray:
     """bool [nb, nb] block pattern: same frame dense, blocks sharing a region across selected frames,
-    global dense. With several groups per block it keeps every block pair holding an allowed token pair."""
+    global dense (with ``reference_itself`` global query blocks keep only global key blocks). With several
+    groups per block it keeps every block pair holding an allowed token pair."""
     bf, bits = groups.block_frame, groups.block_labels
     glob = bf < 0
     f = np.where(glob, 0, bf)
@@ -187,11 +188,12 @@ def region_block_mask(groups: BlockGroups, frame_select: np.ndarray) -> np.ndarr
     region_bits = bits & ~np.int64(1 << LABELS["background"])
     cross = ((region_bits[:, None] & region_bits[None, :]) != 0) & frame_select[f[:, None], f[None, :]]
     cross &= ~glob[:, None] & ~glob[None, :]
-    return same_frame | cross | glob[:, None] | glob[None, :]
+    glob_rows = glob[:, None] & glob[None, :] if reference_itself else glob[:, None]
+    return same_frame | cross | glob_rows | glob[None, :]
 
 
 def build_region_layout(labels: np.ndarray, frame_select: np.ndarray, grid: TokenGrid, block_size: int,
-                        packing: str = "frame") -> tuple[BlockLayout, BlockGroups]:
+                        packing: str = "frame", reference_itself: bool = False) -> tuple[BlockLayout, BlockGroups]:
     """The input-aware block layout.
 
     ``labels`` uint8 [T, hp, wp] region label per video token (T = ``grid.video_frames``),
@@ -243,11 +245,11 @@ def build_region_layout(labels: np.ndarray, frame_select: np.ndarray, grid: Toke
     token_label = np.full(grid.seq_len, -1, np.int64)
     token_label[grid.video_token_offset: grid.video_token_offset + grid.video_tokens] = flat.ravel()
     groups = _block_groups(perm, token_frame, token_label, block_size)
-    mask = region_block_mask(groups, frame_select)
+    mask = region_block_mask(groups, frame_select, reference_itself)
     layout = layout_from_block_mask(mask, torch.from_numpy(perm), block_size, grid.seq_len)
     if packing == "frame" and _shares_blocks(groups):
-        layout.slot_mask = RegionSlotMask.from_slots(perm, token_frame, token_label, frame_select)
-        layout.padded, _ = build_region_layout(labels, frame_select, grid, block_size, packing="group")
+        layout.slot_mask = RegionSlotMask.from_slots(perm, token_frame, token_label, frame_select, reference_itself)
+        layout.padded, _ = build_region_layout(labels, frame_select, grid, block_size, "group", reference_itself)
     return layout, groups
 
 

@@ -27,10 +27,12 @@ class PosePattern:
         return self.global_before + int(np.prod(self.labels.shape))
 
 
-def pattern_token_mask(labels: torch.Tensor, frame_select: torch.Tensor, global_before: int = 0) -> torch.Tensor:
+def pattern_token_mask(labels: torch.Tensor, frame_select: torch.Tensor, global_before: int = 0,
+                       reference_itself: bool = False) -> torch.Tensor:
     """bool ``[B, L, L]`` (rows: queries) for labels ``[B, F, hp, wp]`` and frame_select ``[B, F, F]``.
 
-    allowed(q, k) = q or k global | same latent frame | (same non-background region and frame pair selected)
+    allowed(q, k) = q or k global | same latent frame | (same non-background region and frame pair selected);
+    with ``reference_itself`` a global query attends to global keys only.
     """
     if labels.ndim != 4 or frame_select.ndim != 3 or frame_select.shape[0] != labels.shape[0] \
             or frame_select.shape[1] != labels.shape[1] or frame_select.shape[2] != labels.shape[1]:
@@ -48,4 +50,6 @@ def pattern_token_mask(labels: torch.Tensor, frame_select: torch.Tensor, global_
     n = global_before + f * per
     out = torch.ones(b, n, n, dtype=torch.bool, device=labels.device)
     out[:, global_before:, global_before:] = video
+    if reference_itself:
+        out[:, :global_before, global_before:] = False
     return out

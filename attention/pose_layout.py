@@ -27,6 +27,14 @@ from .token_regions import check_regions, region_token_counts, token_labels
 log = logging.getLogger(__name__)
 
 
+# What the global tokens (the reference picture's ref_conv tokens) attend to as queries. "everything": the whole
+# sequence, as in dense attention (what the bundled models were trained with). "itself": the global tokens only,
+# so the reference never reads the video; every video token still attends to the reference. At 480p x 81 frames
+# the reference's rows are 34 % of the Wan-1.3B student's kept blocks (docs/training/session_2026_12_07c); a
+# causal student's reference then no longer depends on any frame (a stream can compute it once).
+REFERENCE_ATTENDS = ("everything", "itself")
+
+
 @dataclass(frozen=True)
 class SparseAttentionConfig:
     """Knobs of the input-aware pattern (defaults: paper figure K=2, causal student, all regions)."""
@@ -39,6 +47,7 @@ class SparseAttentionConfig:
     frame_pose: str = "mean"                # pose of a latent frame: "mean" or "last" of its pixel frames
     min_shared_points: int = 3              # upper-body points visible in both frames to score a pair
     packing: str = "frame"                  # "frame": groups of a frame share blocks (masked inside), "group": padded
+    reference_attends: str = "everything"   # what global (ref_conv) query tokens attend to: REFERENCE_ATTENDS
 
     def __post_init__(self):
         if self.top_k < 0:
@@ -49,6 +58,12 @@ class SparseAttentionConfig:
             raise ValueError(f"frame_pose: unknown mode {self.frame_pose!r}; choose from {FRAME_POSE_MODES}")
         if self.packing not in PACKINGS:
             raise ValueError(f"packing: unknown {self.packing!r}; choose from {PACKINGS}")
+        if self.reference_attends not in REFERENCE_ATTENDS:
+            raise ValueError(f"reference_attends: unknown {self.reference_attends!r}; choose from {REFERENCE_ATTENDS}")
+
+    @property
+    def reference_itself(self) -> bool:
+        return self.reference_attends == "itself"
         object.__setattr__(self, "regions", check_regions(self.regions))
 
 
@@ -111,7 +126,7 @@ def build_pose_layout(
         return _fallback(out, f"no token of the {grid.hp}x{grid.wp} grid falls in a chosen region "
                               f"({', '.join(config.regions)}); is the pose on the video's canvas?")
     out.layout, out.groups = build_region_layout(out.labels, out.frame_select, grid, config.block_size,
-                                                 config.packing)
+                                                 config.packing, config.reference_itself)
     counts = region_token_counts(out.labels)
     if grid.global_tokens:
         counts["global"] = grid.global_tokens
@@ -136,7 +151,7 @@ def block_size_problem(plan: PoseLayout) -> str:
     better = []
     for bs in BLOCK_SIZE_CHOICES:
         if bs < cfg.block_size:
-            layout, _ = build_region_layout(plan.labels, plan.frame_select, grid, bs, cfg.packing)
+            layout, _ = build_region_layout(plan.labels, plan.frame_select, grid, bs, cfg.packing, cfg.reference_itself)
             d = layout.density().block_density
             if d < 1.0:
                 better.append(f"{bs} ({100 * d:.0f} %)")

@@ -9,6 +9,10 @@ objects: a small class with ``materialize()``)::
     allowed(q, k) = key k is a real token and (global(q) or global(k) or frame(q) == frame(k)
                     or (label(q) == label(k) > 0 and frame_select[frame(q), frame(k)]))
 
+With ``reference_itself`` a global query attends to global keys only (``global(q)`` becomes
+``global(q) and global(k)``): the reference tokens no longer read the video (see
+``pose_layout.REFERENCE_ATTENDS``).
+
 It is the rule of tests/unit/attention_reference.py, indexed by slot instead of token.
 """
 from __future__ import annotations
@@ -34,6 +38,7 @@ class RegionSlotMask:
     slot_frame: torch.Tensor
     slot_label: torch.Tensor
     frame_select: torch.Tensor
+    reference_itself: bool = False
 
     def __post_init__(self):
         S = self.slot_frame.shape
@@ -48,7 +53,7 @@ class RegionSlotMask:
 
     @classmethod
     def from_slots(cls, perm: np.ndarray, token_frame: np.ndarray, token_label: np.ndarray,
-                   frame_select: np.ndarray) -> "RegionSlotMask":
+                   frame_select: np.ndarray, reference_itself: bool = False) -> "RegionSlotMask":
         """From a slot permutation (``-1`` padding) and per-token frame (-1 global) and label."""
         perm = np.asarray(perm, np.int64)
         real = perm >= 0
@@ -56,21 +61,22 @@ class RegionSlotMask:
         frame = np.where(real, np.asarray(token_frame, np.int64)[src], PAD_SLOT)
         label = np.where(real & (frame >= 0), np.asarray(token_label, np.int64)[src], -1)
         return cls(torch.from_numpy(frame), torch.from_numpy(label),
-                   torch.from_numpy(np.ascontiguousarray(frame_select, dtype=bool)))
+                   torch.from_numpy(np.ascontiguousarray(frame_select, dtype=bool)), bool(reference_itself))
 
     @property
     def num_slots(self) -> int:
         return int(self.slot_frame.numel())
 
     def to(self, device: torch.device | str | None) -> "RegionSlotMask":
-        return RegionSlotMask(self.slot_frame.to(device), self.slot_label.to(device), self.frame_select.to(device))
+        return RegionSlotMask(self.slot_frame.to(device), self.slot_label.to(device), self.frame_select.to(device),
+                              self.reference_itself)
 
     def allowed(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """bool, broadcast of slot indices ``q`` and ``k`` (tensors on this mask's device): the rule above.
         Usable as (the body of) a FlexAttention ``mask_mod``."""
         fq, fk = self.slot_frame[q], self.slot_frame[k]
         lq, lk = self.slot_label[q], self.slot_label[k]
-        glob = (fq == GLOBAL_SLOT) | (fk == GLOBAL_SLOT)
+        glob = (fk == GLOBAL_SLOT) if self.reference_itself else (fq == GLOBAL_SLOT) | (fk == GLOBAL_SLOT)
         cross = (lq == lk) & (lq > 0) & self.frame_select[fq.clamp(min=0), fk.clamp(min=0)]
         return (fk != PAD_SLOT) & (glob | (fq == fk) | cross)
 
@@ -109,7 +115,8 @@ class RegionSlotMask:
         same = video[:, None] & video[None, :] & (frame[:, None] == frame[None, :])
         cross = (video[:, None] & video[None, :] & (label[:, None] == label[None, :]) & (label[:, None] > 0)
                  & sel[fi, fj])
-        return (glob[:, None] | glob[None, :] | same | cross) & ~pad[None, :]
+        glob_q = glob[:, None] & glob[None, :] if self.reference_itself else glob[:, None]
+        return (glob_q | glob[None, :] | same | cross) & ~pad[None, :]
 
     def allowed_pairs(self) -> int:
         """Number of allowed (query, key) pairs of real tokens, in closed form from group sizes."""
@@ -125,7 +132,8 @@ class RegionSlotMask:
         per_group[:, 0] = 0                                                    # background: no cross-frame
         off_diag = self.frame_select.cpu().numpy() & ~np.eye(T, dtype=bool)
         cross = int(np.einsum("fr,gr,fg->", per_group, per_group, off_diag.astype(np.int64)))
-        return L * L - n_video * n_video + int((per_frame ** 2).sum()) + cross
+        reference_rows = (L - n_video) * n_video if self.reference_itself else 0   # global queries, video keys
+        return L * L - n_video * n_video + int((per_frame ** 2).sum()) + cross - reference_rows
 
     def tables(self) -> "SlotRuleTables":
         """The same rule as int32 lookup tables (:class:`SlotRuleTables`), for kernels that compile ``mask_mod``
@@ -146,7 +154,8 @@ class SlotRuleTables:
         allowed(q, k) = code == ALWAYS or (code == SAME_REGION and label_q[q] == label_k[k])
 
     ``frame_code``: the slot's video frame, ``T`` for a global slot, ``T + 1`` for padding (``width = T + 2``).
-    ``pair_code`` ``[width * width]``: ALWAYS for a global query or key (key not padding) and for the same
+    ``pair_code`` ``[width * width]``: ALWAYS for a global key, for a global query (key not padding; unless
+    ``reference_itself``) and for the same
     frame, SAME_REGION for the selected cross-frame pairs, NEVER otherwise (every padding key).
     ``label_q`` / ``label_k``: the region label; background slots get -1 as queries and -2 as keys, so they
     never match across frames (the rule's ``label > 0``).
@@ -168,7 +177,8 @@ class SlotRuleTables:
         pair = torch.full((T + 2, T + 2), PAIR_NEVER, dtype=torch.int32)
         pair[:T, :T][mask.frame_select.cpu()] = PAIR_SAME_REGION
         pair[torch.arange(T), torch.arange(T)] = PAIR_ALWAYS
-        pair[glob, :pad] = PAIR_ALWAYS
+        if not mask.reference_itself:
+            pair[glob, :pad] = PAIR_ALWAYS
         pair[:, glob] = PAIR_ALWAYS
         pair[:, pad] = PAIR_NEVER
         real_label = label > 0

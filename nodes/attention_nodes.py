@@ -8,7 +8,8 @@ from comfy_api.latest import io
 from ..attention.alignment import VideoAlignment
 from ..attention.kernels import KERNELS
 from ..attention.patch import DenseFallbackError, SparseAttentionPatch, apply_sparse_attention, check_wan_model
-from ..attention.pose_layout import BlockSizeError, PoseLayout, SparseAttentionConfig, build_pose_layout
+from ..attention.pose_layout import (REFERENCE_ATTENDS, BlockSizeError, PoseLayout, SparseAttentionConfig,
+                                     build_pose_layout)
 from ..attention.preview import layout_summary, render_layout_preview
 from ..attention.wan_grid import preview_grid
 from ..pose.keypoints import from_pose_keypoint
@@ -79,6 +80,12 @@ class IASASparseAttention(io.ComfyNode):
                 io.Int.Input("length", default=0, min=0, max=100_000, optional=True,
                              tooltip="Video length in frames for the preview when no conditioning is connected "
                                      "(0 = the pose's length)."),
+                io.Combo.Input("reference_attends", options=list(REFERENCE_ATTENDS), default="everything",
+                               optional=True,
+                               tooltip="What the reference picture's tokens (ref_conv) attend to. everything: the "
+                                       "whole video, as dense attention does (the bundled models were trained so). "
+                                       "itself: only each other, a third less attention work at 480p; a model "
+                                       "not trained so changes its output, so compare before switching."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -90,13 +97,13 @@ class IASASparseAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, pose, top_k, direction, face, hands, arms, torso, block_size, dense_blocks,
                 dense_steps, kernel, strict=False, conditioning=None, frame_offset=0, width=0, height=0,
-                length=0) -> io.NodeOutput:
+                length=0, reference_attends="everything") -> io.NodeOutput:
         check_wan_model(model)
         seq = from_pose_keypoint(pose, input_name="pose")
         switches = {"face": face, "hands": hands, "arms": arms, "torso": torso}
         regions = tuple(r for name, rs in REGION_SWITCHES if switches[name] for r in rs)
         config = SparseAttentionConfig(top_k=top_k, causal=direction == "causal", regions=regions,
-                                       block_size=block_size)
+                                       block_size=block_size, reference_attends=reference_attends)
         alignment = VideoAlignment(frame_offset=frame_offset)
         patch = SparseAttentionPatch(seq, config, kernel=kernel, dense_blocks=dense_blocks, dense_steps=dense_steps,
                                      strict=strict, alignment=alignment)

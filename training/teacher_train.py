@@ -151,10 +151,12 @@ def teacher_velocity(model, x_t: torch.Tensor, sigma: torch.Tensor, control: tor
                  reference_latent=ref[:, :, 0], transformer_options=transformer_options(mask))
 
 
-def window_mask(lat: LatentSet, idx: torch.Tensor) -> torch.Tensor:
-    """Input-aware token mask of windows ``idx`` (ref_conv tokens global)."""
+def window_mask(lat: LatentSet, idx: torch.Tensor, reference_itself: bool = False) -> torch.Tensor:
+    """Input-aware token mask of windows ``idx`` (ref_conv tokens global; with ``reference_itself`` they attend
+    to each other only, ``SparseAttentionConfig.reference_attends="itself"``)."""
     h, w = lat.x0.shape[-2:]
-    return pattern_token_mask(lat.labels[idx], lat.frame_select[idx], global_before=(h // 2) * (w // 2))
+    return pattern_token_mask(lat.labels[idx], lat.frame_select[idx], global_before=(h // 2) * (w // 2),
+                              reference_itself=reference_itself)
 
 
 class TeacherStep:

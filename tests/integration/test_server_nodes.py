@@ -24,7 +24,7 @@ PACK_NODES = {
     "IASARenderPose": ({"pose", "width", "height", "body", "face", "hands"}, ["IMAGE"]),
     "IASASparseAttention": ({"model", "pose", "top_k", "direction", "face", "hands", "arms", "torso", "block_size",
                              "dense_blocks", "dense_steps", "kernel", "strict", "conditioning", "frame_offset", "width",
-                             "height", "length"}, ["MODEL", "IMAGE", "STRING"]),
+                             "height", "length", "reference_attends"}, ["MODEL", "IMAGE", "STRING"]),
     "IASAEmptyConditioning": ({"tokens", "width"}, ["CONDITIONING"]),
     "IASALoadPose": ({"pose_file", "canvas_width", "canvas_height"}, ["POSE_KEYPOINT", "INT", "INT", "INT"]),
     "IASALongVideo": ({"model", "window_frames", "overlap_frames", "fuse"}, ["MODEL"]),

@@ -4,6 +4,7 @@
 original token order, without permutation or blocks:
 
     allowed(q, k) = global(q) or global(k)                      reference / extra tokens: dense both ways
+                                                                (reference_itself: global(q) and global(k))
                     or frame(q) == frame(k)                     Eq. 3, same latent frame: dense
                     or (label(q) == label(k) != background      Eq. 3, same region across frames ...
                         and select[frame(q), frame(k)])         ... of a frame kept by Eq. 1-2
@@ -27,8 +28,10 @@ def token_frame_and_label(labels: np.ndarray, grid: TokenGrid) -> tuple[torch.Te
     return frame, label
 
 
-def reference_token_mask(labels: np.ndarray, frame_select: np.ndarray, grid: TokenGrid) -> torch.Tensor:
-    """bool [L, L] (rows: queries) of the input-aware mask, by broadcasting over token pairs."""
+def reference_token_mask(labels: np.ndarray, frame_select: np.ndarray, grid: TokenGrid,
+                         reference_itself: bool = False) -> torch.Tensor:
+    """bool [L, L] (rows: queries) of the input-aware mask, by broadcasting over token pairs; with
+    ``reference_itself`` a global query attends to global keys only."""
     frame, label = token_frame_and_label(labels, grid)
     sel = torch.as_tensor(np.asarray(frame_select, bool))
     glob = frame < 0
@@ -37,7 +40,8 @@ def reference_token_mask(labels: np.ndarray, frame_select: np.ndarray, grid: Tok
     f = frame.clamp(min=0)
     same_region = (label[:, None] == label[None, :]) & (label[:, None] > 0)
     cross = same_region & sel[f[:, None], f[None, :]] & ~glob[:, None] & ~glob[None, :]
-    return glob[:, None] | glob[None, :] | same_frame | cross
+    glob_rows = glob[:, None] & glob[None, :] if reference_itself else glob[:, None]
+    return glob_rows | glob[None, :] | same_frame | cross
 
 
 def emulated_attend(q, k_pool, v_pool, bias, scale, need_lse):

@@ -137,6 +137,29 @@ def test_extra_tokens_are_global_in_a_pose_layout():
     assert plan.density.region_tokens["global"] == 192
 
 
+def test_reference_attends_itself_drops_only_the_reference_rows_to_the_video():
+    """reference_attends="itself": the ref_conv tokens attend to each other only; every video token still attends
+    to them and the video pattern is unchanged; the training mask is the same rule; fewer blocks are kept."""
+    from iasa.attention.pattern_mask import pattern_token_mask
+
+    pose = talking_pose(17, 128, 128, seed=2)
+    grid = TokenGrid.from_latent_shape((5, 16, 16), ref_tokens_before=64)
+    full = build_pose_layout(pose, grid, SparseAttentionConfig(block_size=8))
+    own = build_pose_layout(pose, grid, SparseAttentionConfig(block_size=8, reference_attends="itself"))
+    m, m_full = own.layout.token_mask()[0], full.layout.token_mask()[0]
+    assert torch.equal(m, reference_token_mask(own.labels, own.frame_select, grid, reference_itself=True))
+    glob = torch.from_numpy(grid.token_frames() < 0)
+    assert m[glob][:, glob].all() and not m[glob][:, ~glob].any() and m[:, glob].all()
+    assert torch.equal(m[~glob], m_full[~glob]) and m_full[glob].all()
+    assert own.density.token_density == pytest.approx(m.double().mean().item(), rel=1e-12)
+    assert own.density.kept_block_pairs < full.density.kept_block_pairs
+    got = pattern_token_mask(torch.from_numpy(own.labels)[None], torch.from_numpy(own.frame_select)[None],
+                             global_before=64, reference_itself=True)
+    assert torch.equal(got[0], m)
+    with pytest.raises(ValueError, match="reference_attends: unknown 'video'; choose from"):
+        SparseAttentionConfig(reference_attends="video")
+
+
 def test_bidirectional_option_reaches_future_frames():
     pose = talking_pose(17, 128, 128, seed=5)
     grid = TokenGrid.from_latent_shape((5, 16, 16))

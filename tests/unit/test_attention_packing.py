@@ -40,14 +40,15 @@ def _case(grid: TokenGrid, causal: bool, k: int, seed: int):
     return labels, select_frames(rng.uniform(0, 1, (grid.video_frames,) * 2), k, causal)
 
 
+@pytest.mark.parametrize("reference_itself", [False, True])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("grid, block", GRIDS)
-def test_packed_layout_equals_the_oracle_and_costs_less(grid, block, causal):
+def test_packed_layout_equals_the_oracle_and_costs_less(grid, block, causal, reference_itself):
     for k in (1, 2):
         labels, sel = _case(grid, causal, k, seed=grid.seq_len + block + k)
-        ref = reference_token_mask(labels, sel, grid)
-        packed, groups = build_region_layout(labels, sel, grid, block, packing="frame")
-        padded, _ = build_region_layout(labels, sel, grid, block, packing="group")
+        ref = reference_token_mask(labels, sel, grid, reference_itself)
+        packed, groups = build_region_layout(labels, sel, grid, block, "frame", reference_itself)
+        padded, _ = build_region_layout(labels, sel, grid, block, "group", reference_itself)
         assert packed.slot_mask is not None and packed.padded is not None   # small groups do share blocks
         assert padded.slot_mask is None
         for lay in (packed, packed.padded, padded):
@@ -68,26 +69,32 @@ def test_packed_layout_equals_the_oracle_and_costs_less(grid, block, causal):
         assert torch.equal(packed.token_mask(rows=rows)[0], ref[rows])
 
 
-def test_slot_mask_materializes_the_rule_in_slot_order():
+@pytest.mark.parametrize("reference_itself", [False, True])
+def test_slot_mask_materializes_the_rule_in_slot_order(reference_itself):
     grid, block = TokenGrid(video_frames=3, hp=4, wp=5, ref_tokens_before=7), 8   # padding in every frame
     labels, sel = _case(grid, True, 2, seed=3)
-    layout, _ = build_region_layout(labels, sel, grid, block)
+    layout, _ = build_region_layout(labels, sel, grid, block, reference_itself=reference_itself)
     m = layout.slot_mask.materialize()
     assert m.shape == (layout.perm.numel(),) * 2 and torch.equal(layout.slot_mask.to_dense(), m)
     slot = layout.slot_of_token()
-    assert torch.equal(m[slot][:, slot], reference_token_mask(labels, sel, grid))
+    ref = reference_token_mask(labels, sel, grid, reference_itself)
+    assert torch.equal(m[slot][:, slot], ref)
+    glob = torch.from_numpy(grid.token_frames() < 0)
+    assert ref[:, glob].all()                                                 # everything sees the reference
+    assert (not ref[glob][:, ~glob].any()) if reference_itself else ref[glob].all()   # what the reference sees
     pad = layout.perm < 0
     assert pad.any() and not m[:, pad].any()                                  # padding never acts as a key
-    assert layout.slot_mask.allowed_pairs() == int(reference_token_mask(labels, sel, grid).sum())
+    assert layout.slot_mask.allowed_pairs() == int(ref.sum())
     assert bool((layout.slot_mask.slot_frame[pad] == PAD_SLOT).all())
     with pytest.raises(ValueError, match="slot_frame"):
         RegionSlotMask(torch.zeros(4, dtype=torch.int64), torch.zeros(3, dtype=torch.int64), torch.ones(1, 1, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("reference_itself", [False, True])
 @pytest.mark.parametrize("grid, block", GRIDS)
-def test_full_block_pairs_are_sound_and_flex_lists_cover_the_pattern(grid, block):
+def test_full_block_pairs_are_sound_and_flex_lists_cover_the_pattern(grid, block, reference_itself):
     labels, sel = _case(grid, False, 2, seed=11)
-    layout, _ = build_region_layout(labels, sel, grid, block)
+    layout, _ = build_region_layout(labels, sel, grid, block, reference_itself=reference_itself)
     full = layout.slot_mask.full_block_pairs(block)
     m = layout.slot_mask.materialize()
     nb = layout.num_blocks
@@ -105,13 +112,14 @@ def test_full_block_pairs_are_sound_and_flex_lists_cover_the_pattern(grid, block
         assert all(full[i, j] for j in whole) and not any(full[i, j] for j in part)
 
 
-@pytest.mark.parametrize("grid, block", GRIDS[:3])
-def test_sdpa_and_flex_eager_on_packed_layouts_equal_naive_attention(grid, block):
+@pytest.mark.parametrize("reference_itself", [False, True])
+@pytest.mark.parametrize("grid, block", GRIDS[:3] + GRIDS[4:])
+def test_sdpa_flex_eager_and_grouped_on_packed_layouts_equal_naive_attention(grid, block, reference_itself):
     labels, sel = _case(grid, True, 2, seed=5)
-    layout, _ = build_region_layout(labels, sel, grid, block)
+    layout, _ = build_region_layout(labels, sel, grid, block, reference_itself=reference_itself)
     q, k, v = qkv(2, 3, grid.seq_len, 16)
-    want = naive_attention(q, k, v, reference_token_mask(labels, sel, grid))
-    for kernel in ("sdpa", "flex_eager"):
+    want = naive_attention(q, k, v, reference_token_mask(labels, sel, grid, reference_itself))
+    for kernel in ("sdpa", "flex_eager", "grouped"):
         out = block_sparse_attention(q, k, v, layout, kernel=kernel)
         assert (out - want).abs().max().item() < 1e-5, kernel
 
@@ -173,15 +181,16 @@ def test_flex_compiled_applies_the_slot_rule():
     assert (out - want).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("reference_itself", [False, True])
 @pytest.mark.parametrize("grid, block", GRIDS)
-def test_flash_mask_mod_tables_equal_the_rule(grid, block):
+def test_flash_mask_mod_tables_equal_the_rule(grid, block, reference_itself):
     """The FLASH backend's int32-table mask_mod is the slot rule, pair for pair (packed layouts), and 'the key is a
     real token' (group-padded layouts)."""
     from iasa.attention.flex_kernel import _flash_mask_mod
 
     for causal, seed in ((True, 5), (False, 6)):
         labels, sel = _case(grid, causal, 2, seed=seed + block)
-        packed, _ = build_region_layout(labels, sel, grid, block, packing="frame")
+        packed, _ = build_region_layout(labels, sel, grid, block, "frame", reference_itself)
         s = torch.arange(packed.perm.numel())
         tables = packed.slot_mask.tables()
         assert all(t.dtype == torch.int32 for t in (tables.frame_code, tables.label_q, tables.label_k, tables.pair_code))

@@ -167,6 +167,29 @@ def test_region_term_with_a_window_limit_decodes_and_scores_only_the_first_windo
     assert float(x0.grad[0].abs().sum()) > 0 and float(x0.grad[1:].abs().max()) == 0.0
 
 
+def test_a_student_whose_reference_attends_itself_gets_its_own_mask_and_the_scores_keep_theirs(dataset):
+    """--reference-attends itself: cond["student_mask"] drops only the reference rows to the video; the student runs
+    under it, the teacher and the fake score under the window's mask."""
+    _, lat, _ = dataset
+    gen = torch.Generator().manual_seed(3)
+    same = DistillData(lat, 2, slice(0, 2)).draw(torch.Generator().manual_seed(3))
+    batch = DistillData(lat, 2, slice(0, 2), student_reference_itself=True).draw(gen)
+    mask, own = batch.cond["mask"], batch.cond["student_mask"]
+    assert same.cond["student_mask"] is same.cond["mask"] and torch.equal(mask, same.cond["mask"])
+    n_ref = (lat.x0.shape[-2] // 2) * (lat.x0.shape[-1] // 2)
+    assert mask[:, :n_ref].all() and own[:, :n_ref, :n_ref].all() and not own[:, :n_ref, n_ref:].any()
+    assert torch.equal(own[:, n_ref:], mask[:, n_ref:])
+    seen = []
+    teacher = tiny_teacher().requires_grad_(False)
+    models = WanModels(teacher, teacher, teacher, teacher, teacher, guidance=1.0, amp=False)
+    models._velocity = lambda module, x, sigma, control, ref, m: seen.append(m) or torch.zeros_like(x)
+    x, sigma = torch.zeros(2, *lat.x0.shape[1:]), torch.full((2,), 0.5)
+    models.student_x0(x, sigma, batch.cond, grad=False)
+    models.real_x0(x, sigma, batch.cond)
+    models.fake_velocity(x, sigma, batch.cond, grad=False)
+    assert seen[0] is own and seen[1] is mask and seen[2] is mask
+
+
 def test_region_loss_is_zero_outside_the_masks_and_its_gradient_reaches_only_masked_pixels():
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(2, 3, 2, 24, 24, generator=g) * 2 - 1

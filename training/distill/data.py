@@ -141,11 +141,13 @@ def load_ground_truth(path: str | Path) -> tuple[GroundTruth, dict]:
 class DistillData:
     """Batches of windows: conditions for the student / scores, ground truth rows for the region loss."""
 
-    def __init__(self, lat: LatentSet, batch: int, rows: slice, ref_random_prob: float = 0.5, sparse: bool = True):
+    def __init__(self, lat: LatentSet, batch: int, rows: slice, ref_random_prob: float = 0.5, sparse: bool = True,
+                 student_reference_itself: bool = False):
         if not 0 <= ref_random_prob <= 1:
             raise ValueError(f"ref_random_prob must be in [0, 1], got {ref_random_prob}")
         self.lat, self.batch, self.rows = lat, int(batch), rows
         self.ref_random_prob, self.sparse = ref_random_prob, sparse
+        self.student_reference_itself = student_reference_itself   # the student's mask only (cond["student_mask"])
         self.device = lat.x0.device
         self.latent_shape = tuple(lat.x0.shape[1:])
 
@@ -156,5 +158,7 @@ class DistillData:
         mine = idx[self.rows]
         x0 = lat.x0[mine]
         ref = torch.where(use_random[self.rows][:, None, None, None, None], lat.ref_random[mine], x0[:, :, :1])
-        cond = {"control": lat.control[mine], "ref": ref, "mask": window_mask(lat, mine) if self.sparse else None}
+        mask = window_mask(lat, mine) if self.sparse else None
+        student_mask = window_mask(lat, mine, True) if self.sparse and self.student_reference_itself else mask
+        cond = {"control": lat.control[mine], "ref": ref, "mask": mask, "student_mask": student_mask}
         return Batch(cond=cond, latent_shape=self.latent_shape, rows=self.rows, global_batch=B, gt={"idx": mine})

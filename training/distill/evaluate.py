@@ -43,7 +43,7 @@ def _to_uint8(video: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def evaluate(student, teacher, vae, schedule: StudentSchedule, data: str, frames: int, dev: torch.device,
              windows: int = 8, teacher_steps: int = 20, teacher_cfg: float = 3.0, top_k: int = 2, causal: bool = True,
-             amp: bool = True, seed: int = 1234) -> dict:
+             amp: bool = True, seed: int = 1234, student_reference_itself: bool = False) -> dict:
     try:
         clips = load_clips(data, "heldout", None, keys=("frames", "keypoints", "masks", "energy"))
     except ValueError:
@@ -60,7 +60,8 @@ def evaluate(student, teacher, vae, schedule: StudentSchedule, data: str, frames
     g.manual_seed(seed)
     noise = torch.randn(hl.x0.shape, generator=g, device=dev)
     models = WanModels(student, student, student, student, teacher, teacher_cfg, amp=amp)
-    cond = {"control": hl.control, "ref": ref, "mask": mask}
+    student_mask = window_mask(hl, torch.arange(len(hl), device=dev), True) if student_reference_itself else mask
+    cond = {"control": hl.control, "ref": ref, "mask": mask, "student_mask": student_mask}
     _sync(dev)
     t0 = time.perf_counter()
     x_student = sample(lambda x, s: models.student_x0(x, s, cond, grad=False), noise, schedule.sigmas().to(dev), g)

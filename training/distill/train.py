@@ -40,6 +40,7 @@ from typing import Callable
 
 import torch
 
+from ...attention.pose_layout import REFERENCE_ATTENDS
 from .. import distributed as D
 from ..checkpoint import CheckpointManager
 from ..model_card import provenance
@@ -102,6 +103,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ref-random-prob", type=float, default=0.5)
     p.add_argument("--top-k", type=int, default=2, help="past frames kept per frame by the student's mask")
     p.add_argument("--bidirectional", action="store_true", help="top-K among all frames (default causal)")
+    p.add_argument("--reference-attends", choices=REFERENCE_ATTENDS, default="everything",
+                   help="what the student's reference (ref_conv) tokens attend to under its mask; the teacher and the "
+                        "fake score keep the whole video (attention/pose_layout.py REFERENCE_ATTENDS)")
     p.add_argument("--amp", choices=("bf16", "none"), default="bf16")
     p.add_argument("--latents-cache", default="", help="latent cache (default <out>/latents.safetensors); the "
                    "teacher run's cache is reused when its settings match")
@@ -267,7 +271,8 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
 
     if a.region_weight > 0:
         check_region_split(a.region_batch, a.batch, info.world_size)
-    data = DistillData(lat, a.batch, D.rank_slice(a.batch, info), a.ref_random_prob, sparse=True)
+    data = DistillData(lat, a.batch, D.rank_slice(a.batch, info), a.ref_random_prob, sparse=True,
+                       student_reference_itself=a.reference_attends == "itself")
     models = WanModels(student, student_train, fake, fake_train, teacher, a.guidance, a.score_attention == "sparse", amp)
     region = WanRegionTerm(vae, wan21_latent_format(), gt, RegionLoss(region_cfg, feature_net), gen, amp,
                            a.region_batch) \
@@ -280,7 +285,7 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
                 "ema_start": a.ema_start, "score_attention": a.score_attention, "region_weight": a.region_weight,
                 "region_batch": a.region_batch, "region": region_cfg.to_card(), "feature_net": Path(a.feature_net).name if feature_net else None,
                 "batch": a.batch, "frames": a.frames, "ref_random_prob": a.ref_random_prob, "top_k": a.top_k,
-                "causal": not a.bidirectional, "seed": cfg.seed, "data": str(a.data), "windows": len(lat)}
+                "causal": not a.bidirectional, "reference_attends": a.reference_attends, "seed": cfg.seed, "data": str(a.data), "windows": len(lat)}
     meta = {"distill": settings, "teacher": teacher_info}
     if info.is_main:
         _check_resumable(out, meta)
@@ -319,7 +324,8 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
 
             card["eval"] = summary["eval"] = evaluate(
                 export_module.eval(), teacher, vae, schedule, a.data, a.frames, dev, a.eval_windows,
-                a.eval_teacher_steps, a.eval_cfg or a.guidance, a.top_k, not a.bidirectional, amp)
+                a.eval_teacher_steps, a.eval_cfg or a.guidance, a.top_k, not a.bidirectional, amp,
+                student_reference_itself=a.reference_attends == "itself")
             (out / "eval.json").write_text(json.dumps(summary["eval"], indent=1))
         summary.update(export(export_module, teacher, card, a, out))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
@@ -341,7 +347,9 @@ def student_card(a, settings: dict, schedule: StudentSchedule, teacher, teacher_
                     "how": f"IASA Student Sampler ({schedule.steps} steps, cfg 1), or SamplerCustom with IASA Student "
                            f"Sigmas and the stock lcm sampler at cfg 1",
                     "attention": {"top_k": a.top_k, "causal": not a.bidirectional,
-                                  "how": f"IASA Sparse Attention (direction {direction}, top_k {a.top_k}) in front "
+                                  "reference_attends": a.reference_attends,
+                                  "how": f"IASA Sparse Attention (direction {direction}, top_k {a.top_k}, "
+                                         f"reference_attends {a.reference_attends}) in front "
                                          f"of the sampler: the student was trained under this mask"},
                     "weights": "ema" if a.ema_decay > 0 else "raw"},
         "teacher": {**teacher_info, **{k: (teacher_card or {}).get(k) for k in ("name", "sampling", "trained_steps")}},

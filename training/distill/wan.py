@@ -39,11 +39,12 @@ class WanModels:
         return cond["mask"] if self.score_sparse else None
 
     def student_x0(self, x, sigma, cond, grad: bool) -> torch.Tensor:
+        mask = cond.get("student_mask", cond["mask"])   # its own where the student's layout differs (reference_attends)
         if grad:
-            v = self._velocity(self.student_train, x, sigma, cond["control"], cond["ref"], cond["mask"])
+            v = self._velocity(self.student_train, x, sigma, cond["control"], cond["ref"], mask)
         else:
             with torch.no_grad():
-                v = self._velocity(self.student, x, sigma, cond["control"], cond["ref"], cond["mask"])
+                v = self._velocity(self.student, x, sigma, cond["control"], cond["ref"], mask)
         return flow.denoised(x.float(), v, sigma)
 
     @torch.no_grad()
