@@ -63,7 +63,7 @@ from pathlib import Path
 import torch
 
 from ..attention.patch import FALLBACK_HELP, SparseAttentionPatch, apply_sparse_attention
-from ..attention.pose_layout import SparseAttentionConfig, build_pose_layout
+from ..attention.pose_layout import REFERENCE_ATTENDS, SparseAttentionConfig, build_pose_layout
 from ..pose.keypoints import PoseSequence
 from ..pose.render import render_pose
 from ..pose.synthetic import talking_pose
@@ -185,7 +185,8 @@ class RealtimeBench:
         pose = talking_pose(n_frames=self.shape.frames, width=a.width, height=a.height)
         self.poses = {s: PoseSequence(pose.points[: s.frames], pose.width, pose.height) for s in (self.shape, self.chunk)}
         self.video = {s: torch.from_numpy(render_pose(p)) for s, p in self.poses.items()}   # IMAGE [T, H, W, 3]
-        self.layout_config = SparseAttentionConfig(top_k=a.top_k, causal=True, block_size=a.block_size)
+        self.layout_config = SparseAttentionConfig(top_k=a.top_k, causal=True, block_size=a.block_size,
+                                                   reference_attends=a.reference_attends)
         self.patches: dict[tuple[str, Shape], SparseAttentionPatch] = {}
         self.models: dict[tuple[str, Shape], object] = {}
         self.eager: dict[tuple[str, Shape], object] = {}
@@ -464,6 +465,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "the limit (listed in compile_stats)")
     ap.add_argument("--kernel", default=None, help="IASA kernel (default flex on CUDA, sdpa on CPU)")
     ap.add_argument("--top-k", type=int, default=2)
+    ap.add_argument("--reference-attends", choices=REFERENCE_ATTENDS, default="everything")
     ap.add_argument("--block-size", type=int, default=None, help="default 128 (4 with --tiny)")
     ap.add_argument("--wan-vae-dim", type=int, default=None, help="Wan VAE width (default 96, the real one; 8 tiny)")
     a = ap.parse_args(argv)

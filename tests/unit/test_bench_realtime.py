@@ -126,3 +126,17 @@ def test_fun_control_conditioning_equals_stock_wan22_fun_control_to_video():
         torch.testing.assert_close(b["reference_latents"][0], a["reference_latents"][0], atol=1e-5, rtol=1e-5)
     assert float(mine_pos[0][1]["concat_latent_image"][:, :16].detach().std()) > 0   # the pose video is in
     assert not torch.equal(mine_pos[0][1]["concat_latent_image"], mine_neg[0][1]["concat_latent_image"])
+
+
+def test_reference_attends_itself_is_timed_with_its_smaller_layout(tmp_path):
+    """--reference-attends itself: the student's layout drops the reference rows to the video (less exact density
+    than the default layout on the same pose), and the run says which layout it timed."""
+    from iasa.bench.realtime import main
+
+    runs = {}
+    for mode in ("everything", "itself"):
+        runs[mode] = main(["--tiny", "--compile", "eager", "--out", str(tmp_path / f"{mode}.json"), "--steps", "1",
+                           "--vaes", "tiny", "--variants", "student", "--repeats", "1", "--reference-attends", mode])
+    assert runs["itself"]["settings"]["layout"]["reference_attends"] == "itself"
+    assert runs["itself"]["density"]["token_density"] < runs["everything"]["density"]["token_density"]
+    assert runs["itself"]["records"][0]["sparse_calls"]["sparse"] > 0
