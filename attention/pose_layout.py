@@ -60,11 +60,11 @@ class SparseAttentionConfig:
             raise ValueError(f"packing: unknown {self.packing!r}; choose from {PACKINGS}")
         if self.reference_attends not in REFERENCE_ATTENDS:
             raise ValueError(f"reference_attends: unknown {self.reference_attends!r}; choose from {REFERENCE_ATTENDS}")
+        object.__setattr__(self, "regions", check_regions(self.regions))
 
     @property
     def reference_itself(self) -> bool:
         return self.reference_attends == "itself"
-        object.__setattr__(self, "regions", check_regions(self.regions))
 
 
 @dataclass

@@ -160,6 +160,12 @@ def test_reference_attends_itself_drops_only_the_reference_rows_to_the_video():
         SparseAttentionConfig(reference_attends="video")
 
 
+def test_config_checks_and_orders_its_regions():
+    assert SparseAttentionConfig(regions=("torso", "face")).regions == ("face", "torso")
+    with pytest.raises(ValueError, match="unknown region"):
+        SparseAttentionConfig(regions=("face", "tail"))
+
+
 def test_bidirectional_option_reaches_future_frames():
     pose = talking_pose(17, 128, 128, seed=5)
     grid = TokenGrid.from_latent_shape((5, 16, 16))
