@@ -340,8 +340,8 @@ class RealtimeBench:
 def term_floors(spec: Spec, shape: Shape, bench: "RealtimeBench", dit: dict, vae: dict, fl: dict) -> dict:
     """Floor ms of each term of one pipeline (see the module docstring) and the FPS they allow."""
     forwards = spec.steps * (2 if spec.cfg != 1.0 else 1)
-    attn = dit["self_attention_exact"] if spec.sparse else dit["self_attention_dense"]
-    attn = 0.0 if spec.variant == NO_SELF_ATTENTION else attn
+    attn = (0.0 if spec.variant == NO_SELF_ATTENTION else
+            dit["self_attention_exact"] if spec.sparse else dit["self_attention_dense"])
     peak = fl["matmul"]["tflops"]
     px = bench.video[shape].numel() * 4       # float32 IMAGE on the host, copied in (encode) and out (decode)
     floor = {"ms_encode": floors.floor_ms(vae["encode_flops"], peak) + floors.copy_ms(px, fl["copy"]["h2d_gbps"]),
@@ -381,12 +381,11 @@ def record(spec: Spec, runs: list[dict], chunk_runs: list[dict], bench: "Realtim
 
 def specs_for(a: argparse.Namespace) -> list[Spec]:
     out = []
+    fast_vae = "tiny" if "tiny" in a.vaes else a.vaes[0]
     if "student" in a.variants:
         out += [Spec("student", n, v) for v in a.vaes for n in a.steps]
-    if "student_dense" in a.variants:
-        out.append(Spec("student_dense", max(a.steps), "tiny" if "tiny" in a.vaes else a.vaes[0]))
-    if NO_SELF_ATTENTION in a.variants:
-        out.append(Spec(NO_SELF_ATTENTION, max(a.steps), "tiny" if "tiny" in a.vaes else a.vaes[0]))
+    out += [Spec(variant, max(a.steps), fast_vae) for variant in ("student_dense", NO_SELF_ATTENTION)
+            if variant in a.variants]
     if "teacher" in a.variants:
         out.append(Spec("teacher", a.teacher_steps, "wan" if "wan" in a.vaes else a.vaes[0]))
     return out

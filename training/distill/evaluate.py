@@ -55,12 +55,13 @@ def evaluate(student, teacher, vae, schedule: StudentSchedule, data: str, frames
     hl = build_latent_set(held, vae, frames, 10 ** 9, dev, workers=1, amp=amp, seed=seed,
                           pattern=SparseAttentionConfig(top_k=top_k, causal=causal))
     ref = hl.x0[:, :, :1]
-    mask = window_mask(hl, torch.arange(len(hl), device=dev))
+    every = torch.arange(len(hl), device=dev)
+    mask = window_mask(hl, every)
     g = torch.Generator(device=dev)
     g.manual_seed(seed)
     noise = torch.randn(hl.x0.shape, generator=g, device=dev)
     models = WanModels(student, student, student, student, teacher, teacher_cfg, amp=amp)
-    student_mask = window_mask(hl, torch.arange(len(hl), device=dev), True) if student_reference_itself else mask
+    student_mask = window_mask(hl, every, True) if student_reference_itself else mask
     cond = {"control": hl.control, "ref": ref, "mask": mask, "student_mask": student_mask}
     _sync(dev)
     t0 = time.perf_counter()
