@@ -77,5 +77,25 @@ class WarmSchedule:
         return 0 if rng.random() < self.p_zero else rng.randint(1, self.max_warm)
 
     def window(self, train_frames: int) -> int:
-        """Frames a drawn window needs: the warm part plus ``train_frames`` (1 + 4k) trained frames."""
+        """Frames the longest drawn window needs: the warm part plus ``train_frames`` (1 + 4k) trained frames."""
         return train_frames + 4 * self.max_warm
+
+
+class WarmWindows:
+    """Training windows for a :class:`WarmSchedule`: each step's window is just long enough for the warm part it
+    drew (``train_frames + 4 * warm``), drawn uniformly over the bank's windows of that length, so a clip too short
+    for the longest warm-up still serves the short ones (and every step with ``warm = 0``)."""
+
+    def __init__(self, bank, train_frames: int, schedule: WarmSchedule):
+        self.bank, self.train_frames, self.schedule = bank, int(train_frames), schedule
+        self._by_warm: dict = {}
+
+    def bank_for(self, warm: int):
+        if warm not in self._by_warm:
+            self._by_warm[warm] = self.bank.with_window(self.train_frames + 4 * warm)
+        return self._by_warm[warm]
+
+    def sample(self, step: int, batch: int, crop, gen: torch.Generator, flip: bool = False) -> tuple[torch.Tensor, int]:
+        """``(windows [B, 3, train_frames + 4 * warm, h, w], warm)`` for this step."""
+        warm = self.schedule(step)
+        return self.bank_for(warm).sample(batch, crop, gen, flip=flip), warm

@@ -38,7 +38,7 @@ from .model_card import provenance
 from .runner import RunConfig, Runner, check_window_args, configure_cuda, make_optimizer, write_summary
 from .tiny_wan import VAEConfig, build_vae, config_dict, fold_latent_affine, init_from_weights, save_model
 from .vae_parallel import decode_parallel, encode_parallel
-from .vae_stream import WarmSchedule, warm_autoencode, warm_start_frame
+from .vae_stream import WarmSchedule, WarmWindows, warm_autoencode, warm_start_frame
 
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "iasa_mini_vae.safetensors"
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     held_clips = eval_clips(a.data, train_clips, a.eval_clips, a.eval_frames)
     warm = WarmSchedule(a.warm_latents, a.warm_p_zero, seed=cfg.seed)
     bank = FrameBank(train_clips, warm.window(a.frames), dev)
-    log.info("vae: %d training clips, %d windows of %d frames (%d trained, up to %d warm latents), frames %dx%d; "
+    log.info("vae: %d training clips, %d windows of the longest %d frames (%d trained, up to %d warm latents), frames %dx%d; "
              "data loaded in %.1f s", len(train_clips), bank.n_windows, bank.window, a.frames, a.warm_latents,
              bank.height, bank.width, time.perf_counter() - t_start)
     del train_clips
@@ -231,10 +231,11 @@ def main(argv: list[str] | None = None) -> dict:
     runner.resume()
     my = D.rank_slice(a.batch, info)
     crop = a.crop or None
+    windows = WarmWindows(bank, a.frames, warm)
 
     def step_fn(step: int):
-        w = warm(step)
-        x = bank.sample(a.batch, crop, gen, flip=a.flip)[my][:, :, :a.frames + 4 * w]
+        x, w = windows.sample(step, a.batch, crop, gen, flip=a.flip)
+        x = x[my]
         if a.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with autocast(dev, a.amp):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from iasa.training.tiny_wan import VAEConfig, build_vae
-from iasa.training.vae_stream import WarmSchedule, warm_autoencode, warm_start_frame
+from iasa.training.vae_stream import WarmSchedule, WarmWindows, warm_autoencode, warm_start_frame
 from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -67,6 +67,26 @@ def test_warm_schedule_is_a_function_of_the_step():
     assert s.window(17) == 17 + 24 and WarmSchedule(0)(5) == 0
     with pytest.raises(ValueError, match="p_zero"):
         WarmSchedule(2, p_zero=1.5)
+
+
+def test_warm_windows_fit_each_step_and_short_clips_serve_short_warm_ups():
+    import numpy as np
+
+    from iasa.training.clips import FrameBank
+
+    # clip 0 has 9 frames (only warm 0 fits), clip 1 has 21 (every warm up to 3)
+    clips = [{"frames": np.full((n, 8, 8, 3), v, np.uint8)} for n, v in ((9, 0), (21, 255))]
+    windows = WarmWindows(FrameBank(clips, 21, torch.device("cpu")), 9, WarmSchedule(3, p_zero=0.5, seed=1))
+    gen = torch.Generator().manual_seed(0)
+    seen_short_clip = False
+    for step in range(40):
+        x, warm = windows.sample(step, 4, None, gen)
+        assert warm == windows.schedule(step) and x.shape == (4, 3, 9 + 4 * warm, 8, 8)
+        from_short = x.flatten(1).amax(1) < 0
+        seen_short_clip |= bool(from_short.any())
+        assert warm == 0 or not from_short.any()   # the 9-frame clip is drawn only where it fits
+    assert seen_short_clip
+    assert windows.bank_for(0).n_windows == 1 + 13 and windows.bank_for(3).n_windows == 1
 
 
 def test_vae_train_with_warm_latents_runs_and_reports_the_profile(tmp_path):
