@@ -4,6 +4,7 @@
         [--steps 20 [10 ...]] [--cfg 3.0 [...]] [--attention sparse dense] [--workflow workflows/api/X.json]
         [--teacher models/diffusion_models/iasa_mini_teacher.safetensors]
         [--vae models/vae/iasa_mini_vae.safetensors] [--student S.safetensors [...]]
+        [--student-steps 4 [3 ...]]
         [--student-workflow workflows/api/iasa_mini_student.json] [--out bench/results/quality.json]
 
 Teacher records: for each of ``--clips`` held-out clips (spread over the held-out split), the talking
@@ -429,6 +430,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                           "the VAE already measured on the same clips)")
     ap.add_argument("--student", type=pathlib.Path, nargs="+", default=[],
                     help="distilled students, one record set each (named by the file's stem)")
+    ap.add_argument("--student-steps", type=int, nargs="+", default=[None],
+                    help="IASA Student Sampler steps, one record set each (default: the card's; fewer sample a "
+                         "subset of the trained timesteps)")
     ap.add_argument("--student-workflow", type=pathlib.Path, default=STUDENT_WORKFLOW,
                     help="API workflow the students run in (IASA Student Sampler)")
     ap.add_argument("--base", type=pathlib.Path, default=None, help="ComfyUI base directory (default: a temporary one)")
@@ -457,7 +461,7 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("bench.quality: %d held-out clips of %s frames", len(clips), sorted({len(c["frames"]) for c in clips}))
         group = [reference_copy_record(clips), *([] if a.no_vae else vae_records(clips, a.vae, tiny, keyed))]
         runs = ([] if a.no_teacher else [(a.teacher, a.workflow, a.steps, a.cfg)]) + \
-            [(st, a.student_workflow, [None], [None]) for st in a.student]
+            [(st, a.student_workflow, a.student_steps, [None]) for st in a.student]
         for model, workflow, steps, cfg in runs:
             with tempfile.TemporaryDirectory(prefix="iasa_quality_") as tmp:
                 group += sampled_records(clips, model, a.vae, steps, cfg, a.base or pathlib.Path(tmp), workflow,

@@ -271,3 +271,22 @@ def test_no_vae_leaves_out_the_vae_records_and_keeps_the_baseline_and_the_studen
     assert [r["model"] for r in out["records"]] == ["reference_copy", "s"] and calls == []
     out = quality.main([*common, "--out", str(tmp_path / "b.json")])
     assert [r["model"] for r in out["records"]] == ["reference_copy", "vae", "s"] and calls == ["vae"]
+
+
+def test_student_steps_reach_the_students_runs_and_not_the_teachers(tmp_path, monkeypatch):
+    from iasa.bench import quality
+
+    clip = {"id": "c", "frames": np.full((9, 8, 8, 3), 50, np.uint8)}
+    files = {n: tmp_path / f"{n}.safetensors" for n in ("t", "s", "v")}
+    for f in files.values():
+        f.write_bytes(b"x")
+    runs = []
+    monkeypatch.setattr(quality, "pick_clips", lambda data, count, frames: [clip])
+    monkeypatch.setattr(quality, "reference_copy_record", lambda clips: {"model": "reference_copy"})
+    monkeypatch.setattr(quality, "sampled_records",
+                        lambda clips, model, vae, steps, *a: runs.append((model.stem, list(steps))) or [])
+    monkeypatch.setattr(quality, "weights_info", lambda p: {"file": p.name})
+    quality.main(["--frames", "9", "--no-vae", "--tiny-vae", "none", "--teacher", str(files["t"]), "--vae",
+                  str(files["v"]), "--student", str(files["s"]), "--steps", "20", "--student-steps", "4", "2",
+                  "--out", str(tmp_path / "q.json")])
+    assert runs == [("t", [20]), ("s", [4, 2])]
