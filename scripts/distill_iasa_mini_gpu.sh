@@ -17,7 +17,7 @@
 # (23 MB) does not fit in the 64 MiB a device call carries. Carry a subset made here instead (~11 MB):
 #   python iasa_cli.py training.synth.build subset --motion .dev/synth/motion --out .dev/synth/motion_small \
 #       --train 500 --heldout 16
-#   run(carry=[".dev/synth/motion_small", ".dev/gpu"], command="MOTION=.dev/synth/motion_small TEACHER_STAGE=0 \
+#   run(carry=[".dev/synth/motion_small", ".dev/gpu"], command="export MOTION=.dev/synth/motion_small TEACHER_STAGE=0 \
 #       TEACHER=models/diffusion_models/iasa_mini_teacher.safetensors VAE=models/vae/iasa_mini_vae.safetensors \
 #       bash scripts/distill_iasa_mini_gpu.sh start && bash scripts/distill_iasa_mini_gpu.sh wait 540")
 # The region-loss ablation (issue 9's Table-2 row): ABLATION=1 starts a second distillation beside the first on the
@@ -132,6 +132,7 @@ case "${1:-run}" in
   run-bg) run_stages ;;
   ablation-bg) ablation_stage ;;
   wait)
+    no_log "$LOG"
     limit=${2:-560}; t0=$SECONDS
     while [ $((SECONDS - t0)) -lt "$limit" ]; do
       if ! pgrep -f "distill_iasa_mini_gpu.sh (run|ablation)-bg" > /dev/null; then

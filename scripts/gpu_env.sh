@@ -23,3 +23,8 @@ gpu_env() {
   [ ! -d .dev/gpu/pylib ] || export PYTHONPATH="$PWD/.dev/gpu/pylib${PYTHONPATH:+:$PYTHONPATH}"
   export PYTHONUNBUFFERED=1
 }
+
+no_log() {  # no_log LOG: `wait` before (or without) `start`: say where it looked, and how the two must agree
+  [ -f "$1" ] || { echo "[wait] no log $1: 'wait' finds the run by the same variables as 'start' (IASA_V2_WORK ...);" \
+                        "export them for both, e.g. 'export IASA_V2_WORK=... && bash $0 start && bash $0 wait 540'" >&2; exit 2; }
+}

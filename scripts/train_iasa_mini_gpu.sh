@@ -190,6 +190,7 @@ case "${1:-run}" in
   tiny-bg) tiny_only ;;
   render) gpu_env; render_shards ;;   # shards only (the distillation on shipped weights needs them)
   wait)
+    no_log "$LOG"
     limit=${2:-560}; t0=$SECONDS
     while [ $((SECONDS - t0)) -lt "$limit" ]; do
       if grep -q "all stages done" "$LOG" 2>/dev/null; then break; fi
