@@ -42,3 +42,14 @@ def test_concurrent_pipelines_all_see_the_whole_tree(tmp_path):
     _tarball(tmp_path, "second")          # a new tarball replaces the tree, once
     assert _source_concurrently(tmp_path, unpack, 3) == [["second", "201"]] * 3
     assert not (tmp_path / "unpacked.new").exists()
+
+
+def test_wait_without_the_starts_work_folder_stops_at_once_and_says_why(tmp_path):
+    """`VAR=... start && wait` gives the variables to `start` only: `wait` then looked in the default folder and
+    followed nothing; now it names the log it did not find and how to agree with `start`."""
+    for script, log in (("distill_iasa_mini_gpu.sh", "distill.log"), ("train_iasa_mini_gpu.sh", "pipeline.log")):
+        work = tmp_path / script
+        done = subprocess.run(["bash", str(REPO / "scripts" / script), "wait", "30"], cwd=REPO, capture_output=True,
+                              text=True, timeout=20, env={"PATH": "/usr/bin:/bin", "IASA_V2_WORK": str(work)})
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"no log {work}/{log}" in done.stderr and "export" in done.stderr
