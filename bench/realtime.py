@@ -19,7 +19,9 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
   shift-5 student schedule (the repo's ``StudentSchedule.default``: 4 steps = timesteps 1000, 937.5, 833.3,
   625), strict (a dense fallback raises),
   cfg 1, sampler lcm, through ``comfy.sample.sample_custom`` (SamplerCustom). ``student_dense``: the same
-  without the patch. ``student_no_self_attention`` (a diagnostic): the same with video self-attention returning
+  without the patch. ``student_fp8``: the student with the DiT loaded as UNETLoader's ``fp8_e4m3fn_fast`` loads it
+  (fp8 weights and, where the GPU has fp8 compute, ComfyUI's fp8 matmuls; its floor stays the bf16 one).
+  ``student_no_self_attention`` (a diagnostic): the same with video self-attention returning
   v, the floor of any attention kernel in this path. ``teacher`` (the baseline): dense, 20 steps of the ``simple`` schedule, cfg 5 (cond and
   uncond batched), euler, stock Wan VAE.
 * VAEs, built by ``comfy.sd.VAE`` from state dicts (what VAELoader does): ``wan`` = the Wan 2.1 VAE at its real
@@ -89,7 +91,12 @@ STUDENT = {"cfg": 1.0, "sampler": "lcm"}
 # result): the floor any attention kernel can reach in this compiled path, so a record's DiT ms splits into
 # attention and the rest.
 NO_SELF_ATTENTION = "student_no_self_attention"
-VARIANTS = ("student", "student_dense", NO_SELF_ATTENTION, "teacher")
+# student_fp8: the student path with the DiT loaded as stock UNETLoader's weight_dtype "fp8_e4m3fn_fast" loads it
+# (fp8 weights; on GPUs with fp8 compute, ComfyUI's fp8 matmuls with unscaled fp8 activations). A user's option,
+# reported beside the bf16 student; its quality is not measured by this benchmark (random weights).
+FP8 = "student_fp8"
+FP8_MODEL_OPTIONS = {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}   # UNETLoader "fp8_e4m3fn_fast"
+VARIANTS = ("student", "student_dense", NO_SELF_ATTENTION, FP8, "teacher")
 
 
 @dataclass(frozen=True)
@@ -115,13 +122,31 @@ class Spec:
 
     @property
     def sparse(self) -> bool:
-        return self.variant == "student"
+        return self.variant in ("student", FP8)
 
 
 def student_sigmas(steps: int) -> torch.Tensor:
     """The repo's default student schedule (``training.distill.schedule``) at shift 5: 4 steps = timesteps
     1000, 937.5, 833.3, 625 (lightx2v's 4-step Wan schedule), 2 steps = 1000, 833.3, 1 step = 1000."""
     return StudentSchedule.default(steps, SHIFT).sigmas()
+
+
+def fp8_matmul_runs(patcher, device: torch.device) -> bool:
+    """Whether the fp8 model's linears multiply in fp8 here (ComfyUI's ``fp8_linear`` on one of its layers): False
+    where ComfyUI has no fp8 compute for the device (it then casts the fp8 weights). ComfyUI's own layer catches a
+    failing fp8 matmul and falls back quietly; this probe raises instead, so a record never calls a cast fp8."""
+    import comfy.model_management
+    import comfy.ops
+
+    if not comfy.model_management.supports_fp8_compute(device):
+        return False
+    layer = patcher.model.diffusion_model.blocks[0].self_attn.q
+    x = torch.randn(1, 16, layer.in_features, device=device, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        out = comfy.ops.fp8_linear(layer, x)
+    if out is None:
+        raise RuntimeError(f"student_fp8: the layer's weight is {layer.weight.dtype}, not float8_e4m3fn")
+    return True
 
 
 def _sync(device: torch.device) -> None:
@@ -168,7 +193,11 @@ class RealtimeBench:
         net = build_teacher(self.dit_config, seed=0, device=self.device)
         sd = {k: v.to(self.dtype) for k, v in net.state_dict().items()}
         del net
-        self.base = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": self.dtype})
+        # the loader takes the tensors out of the dict it is given: each load gets its own (shallow) copy
+        self.base = comfy.sd.load_diffusion_model_state_dict(dict(sd), model_options={"dtype": self.dtype})
+        self.base_fp8 = (comfy.sd.load_diffusion_model_state_dict(dict(sd), model_options=dict(FP8_MODEL_OPTIONS))
+                         if FP8 in a.variants else None)
+        self.fp8_compute = fp8_matmul_runs(self.base_fp8, self.device) if self.base_fp8 is not None else None
         del sd
         self.vaes = {}
         for name in a.vaes:
@@ -204,7 +233,7 @@ class RealtimeBench:
         self.patches.clear()
         self.vaes.clear()
         self._refs.clear()
-        self.base = None
+        self.base = self.base_fp8 = None
         comfy.model_management.unload_all_models()
         torch._dynamo.reset()     # compiled code holds the blocks and, through guards, their patchers
         gc.collect()
@@ -215,7 +244,7 @@ class RealtimeBench:
         every block compiled (the compiled code is shared: dynamo caches per code object and shape)."""
         key = (spec.variant, shape)
         if key not in self.models:
-            m = self.base
+            m = self.base_fp8 if spec.variant == FP8 else self.base
             if spec.sparse:
                 patch = SparseAttentionPatch(self.poses[shape], self.layout_config, kernel=self.a.kernel, strict=True)
                 m = apply_sparse_attention(m, patch)
@@ -358,6 +387,8 @@ def _total(run: dict) -> float:
 
 def record(spec: Spec, runs: list[dict], chunk_runs: list[dict], bench: "RealtimeBench", fl: dict) -> dict:
     rec = {"variant": spec.variant, "steps": spec.steps, "vae": spec.vae, "cfg": spec.cfg,
+           "weights": "fp8_e4m3fn_fast (UNETLoader)" if spec.variant == FP8 else str(bench.dtype).removeprefix("torch."),
+           **({"fp8_matmul": bench.fp8_compute} if spec.variant == FP8 else {}),
            "attention": f"iasa_{bench.a.kernel}" if spec.sparse else (
                "none (diagnostic)" if spec.variant == NO_SELF_ATTENTION else "dense"),
            **{k: round(statistics.median(r[k] for r in runs), 2) for k in ("ms_encode", "ms_dit", "ms_decode")}}
@@ -384,7 +415,7 @@ def specs_for(a: argparse.Namespace) -> list[Spec]:
     fast_vae = "tiny" if "tiny" in a.vaes else a.vaes[0]
     if "student" in a.variants:
         out += [Spec("student", n, v) for v in a.vaes for n in a.steps]
-    out += [Spec(variant, max(a.steps), fast_vae) for variant in ("student_dense", NO_SELF_ATTENTION)
+    out += [Spec(variant, max(a.steps), fast_vae) for variant in ("student_dense", NO_SELF_ATTENTION, FP8)
             if variant in a.variants]
     if "teacher" in a.variants:
         out.append(Spec("teacher", a.teacher_steps, "wan" if "wan" in a.vaes else a.vaes[0]))

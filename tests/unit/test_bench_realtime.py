@@ -140,3 +140,18 @@ def test_reference_attends_itself_is_timed_with_its_smaller_layout(tmp_path):
     assert runs["itself"]["settings"]["layout"]["reference_attends"] == "itself"
     assert runs["itself"]["density"]["token_density"] < runs["everything"]["density"]["token_density"]
     assert runs["itself"]["records"][0]["sparse_calls"]["sparse"] > 0
+
+
+def test_fp8_student_is_the_student_path_on_weights_loaded_as_unetloader_fp8_fast(tmp_path):
+    """student_fp8: the same patched, sparse path on a DiT loaded with UNETLoader's "fp8_e4m3fn_fast" options (fp8
+    weights; on the CPU ComfyUI casts them for its matmuls), labelled as such next to the bf16/fp32 student."""
+    from iasa.bench.realtime import main
+
+    result = main(["--tiny", "--compile", "eager", "--out", str(tmp_path / "rt.json"), "--steps", "1", "--vaes",
+                   "tiny", "--variants", "student", "student_fp8", "--repeats", "1"])
+    student, fp8 = result["records"]
+    assert (fp8["variant"], fp8["weights"], fp8["attention"]) == ("student_fp8", "fp8_e4m3fn_fast (UNETLoader)",
+                                                                  "iasa_sdpa")
+    assert student["weights"] == "float32" and fp8["sparse_calls"]["sparse"] > 0
+    assert fp8["fp8_matmul"] is False and "fp8_matmul" not in student   # no fp8 compute on a CPU: weights cast
+    assert fp8["floor"]["ms_dit"] == student["floor"]["ms_dit"]
