@@ -382,7 +382,7 @@ def _student_missing() -> str | None:
 
 @pytest.mark.skipif(_student_missing() is not None, reason=_student_missing() or "")
 def test_shipped_student_keeps_the_teachers_quality_and_follows_the_pose(client, follow_pose, teacher_scores):
-    """The shipped student workflow (4 steps, no CFG) on the same case: above the reference copied to every frame
+    """The shipped student workflow (2 of its 4 trained steps, no CFG) on the same case: above the reference copied to every frame
     where the pose moved, and within 0.5 dB of the teacher workflow overall (the distillation issue's aim)."""
     from iasa.harness.demo import STUDENT_WORKFLOW
 

@@ -49,7 +49,7 @@ PACK_NODES = {
 HEAVY_WORKFLOWS = {"iasa_mini_talking_v2": "full size (169 frames in 4 keyed windows of 49, 20 steps, cfg 1) takes minutes "
                                            "of this 2-core CPU (bench/results/demo.json); it runs shrunk with random "
                                            "weights and for 33 frames with the bundled weights in test_iasa_mini.py",
-                   "iasa_mini_student": "full size (169 frames, 4 steps, 4 keyed windows) takes over a minute of this 2-core "
+                   "iasa_mini_student": "full size (169 frames, 2 steps, 4 keyed windows) takes over a minute of this 2-core "
                                         "CPU, most of it the VAE decode (bench/results/demo.json); it runs "
                                         "shrunk with a random student in test_student_workflow.py and for 33 frames "
                                         "with the bundled student in test_iasa_mini.py"}

@@ -225,8 +225,11 @@ def test_sampler_settings_read_a_students_steps_from_its_card_and_a_ksamplers_fr
 
     student = tmp_path / "s.safetensors"
     save_file({"w": torch.zeros(1)}, str(student), metadata={CARD_KEY: json.dumps({"student": {"steps": 3}})})
-    assert sampler_settings(json.loads(STUDENT_WORKFLOW.read_text()), student) == \
-        {"steps": 3, "cfg": 1.0, "sampler": "IASAStudentSampler"}
+    shipped = json.loads(STUDENT_WORKFLOW.read_text())
+    assert sampler_settings(shipped, student) == {"steps": 2, "cfg": 1.0, "sampler": "IASAStudentSampler"}
+    card_steps = json.loads(json.dumps(shipped))
+    next(n for n in card_steps.values() if n["class_type"] == "IASAStudentSampler")["inputs"]["steps"] = 0
+    assert sampler_settings(card_steps, student) == {"steps": 3, "cfg": 1.0, "sampler": "IASAStudentSampler"}
     ks = next(n for n in json.loads(WORKFLOW.read_text()).values() if n["class_type"] == "KSampler")["inputs"]
     assert sampler_settings(json.loads(WORKFLOW.read_text()), student) == \
         {"steps": ks["steps"], "cfg": ks["cfg"], "sampler": ks["sampler_name"]}
