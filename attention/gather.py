@@ -18,22 +18,37 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 MIN_RECOMPILE_LIMIT = 64
+# Compiled per block (TorchCompileModel's block keys), every block instance is its own entry of the one block
+# forward: entries = blocks x shapes x models in the process. 8 a block covers e.g. two resolutions of two models
+# (a bf16 and an fp8 copy measured 2026-12-07 (d): 30 blocks x 2 shapes x 2 models passed 64 and ran eagerly).
+RECOMPILES_PER_BLOCK = 8
 
 
-def ensure_recompile_limit() -> None:
-    """Raise dynamo's per-function recompile limit (default 8) to ``MIN_RECOMPILE_LIMIT``.
+def ensure_recompile_limit(minimum: int = MIN_RECOMPILE_LIMIT) -> None:
+    """Raise dynamo's per-function recompile limit (default 8) to at least ``minimum`` (and its accumulated limit
+    with it); never lowers them.
 
     Past the limit dynamo silently runs the function eagerly; for FlexAttention that means dense
     attention with O(L^2) memory. A process that meets many shapes (resolutions, head counts) needs
     more than 8 compiles.
     """
     config = torch._dynamo.config
+    minimum = max(int(minimum), MIN_RECOMPILE_LIMIT)
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name):
-            if getattr(config, name) < MIN_RECOMPILE_LIMIT:
-                logger.info("raising torch._dynamo.config.%s to %d", name, MIN_RECOMPILE_LIMIT)
-                setattr(config, name, MIN_RECOMPILE_LIMIT)
-            return
+            if getattr(config, name) < minimum:
+                logger.info("raising torch._dynamo.config.%s to %d", name, minimum)
+                setattr(config, name, minimum)
+            break
+    if getattr(config, "accumulated_recompile_limit", minimum) < minimum:
+        logger.info("raising torch._dynamo.config.accumulated_recompile_limit to %d", minimum)
+        config.accumulated_recompile_limit = minimum
+
+
+def recompile_limit_for(model) -> int:
+    """The recompile limit a ComfyUI model (``BaseModel``) compiled block by block needs (see RECOMPILES_PER_BLOCK)."""
+    blocks = getattr(getattr(model, "diffusion_model", None), "blocks", None)
+    return RECOMPILES_PER_BLOCK * len(blocks) if blocks is not None else MIN_RECOMPILE_LIMIT
 
 
 def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ from ..errors import public_name
 from ..pose.keypoints import PoseSequence
 from .alignment import VideoAlignment
 from .grid import TokenGrid
-from .gather import ensure_recompile_limit
+from .gather import ensure_recompile_limit, recompile_limit_for
 from .kernels import QuerySpec, SparseKernel, prepare_kernel
 from .pose_layout import PoseLayout, SparseAttentionConfig, build_pose_layout
 from .token_order import GROUPED_KEY, SlotOrder, install_grouping, plan_slot_order
@@ -297,11 +297,11 @@ class SparseAttentionPatch:
     def prepare_call(self, call: CallInfo, model, x: torch.Tensor) -> CallState:
         """Host work of one model call, outside the compiled model: layout, kernel, dense step.
 
-        Also raises dynamo's recompile limit (``gather.ensure_recompile_limit``): compiling each block
-        separately (``keys=["diffusion_model.blocks.N"]``) can compile a graph per block, as per-block values
-        (the layer, the routes recorded so far) are guarded; past the default limit of 8 dynamo would run the
+        Also raises dynamo's recompile limit (``gather.ensure_recompile_limit``, 8 entries a block of this model):
+        compiling each block separately (``keys=["diffusion_model.blocks.N"]``) can compile a graph per block, as
+        per-block values (the layer, the routes recorded so far) are guarded; past the limit dynamo would run the
         remaining blocks eagerly. (The whole-model compile of stock TorchCompileModel is one graph: tested.)"""
-        ensure_recompile_limit()
+        ensure_recompile_limit(recompile_limit_for(model))
         plan = self.layout_for(call)
         kernel = None
         spec = query_spec(model, x, call.grid)

@@ -231,3 +231,25 @@ def test_stock_torch_compile_model_compiles_once_per_resolution_and_equals_eager
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert (eager[0] - sample(tiny_wan, torch.tensor([0.8]))).abs().max() > 1e-4   # sparse is not dense
+
+
+def test_recompile_limit_grows_with_the_blocks_of_the_patched_model_and_never_shrinks():
+    """Compiled block by block, each block instance is an entry of the one block forward: a 30-block model at two
+    shapes in two precisions needs 120, past the fixed 64 that ran blocks eagerly on the GPU (2026-12-07 (d))."""
+    import torch._dynamo.config as config
+
+    from iasa.attention.gather import MIN_RECOMPILE_LIMIT, RECOMPILES_PER_BLOCK, ensure_recompile_limit, \
+        recompile_limit_for
+
+    saved = config.recompile_limit, config.accumulated_recompile_limit   # torch's config module: no monkeypatch
+    try:
+        config.recompile_limit, config.accumulated_recompile_limit = 8, 256
+        model = types.SimpleNamespace(diffusion_model=types.SimpleNamespace(blocks=[object()] * 40))
+        assert recompile_limit_for(model) == 40 * RECOMPILES_PER_BLOCK == 320
+        assert recompile_limit_for(types.SimpleNamespace()) == MIN_RECOMPILE_LIMIT
+        ensure_recompile_limit(recompile_limit_for(model))
+        assert (config.recompile_limit, config.accumulated_recompile_limit) == (320, 320)
+        ensure_recompile_limit(16)                               # a smaller model later: nothing is lowered
+        assert (config.recompile_limit, config.accumulated_recompile_limit) == (320, 320)
+    finally:
+        config.recompile_limit, config.accumulated_recompile_limit = saved
