@@ -46,7 +46,7 @@ PACK_NODES = {
 }
 # Workflows whose full run needs the bundled IASA-mini weights and minutes of CPU sampling: test_iasa_mini.py
 # runs them shrunk (short audio, low resolution, few steps) with random weights of the same format.
-HEAVY_WORKFLOWS = {"iasa_mini_talking_v2": "full size (169 frames in 4 keyed windows of 49, 20 steps, cfg 1) takes minutes "
+HEAVY_WORKFLOWS = {"iasa_mini_talking_v2": "full size (169 frames in 4 keyed windows of 49, 20 steps, cfg 1.5) takes minutes "
                                            "of this 2-core CPU (bench/results/demo.json); it runs shrunk with random "
                                            "weights and for 33 frames with the bundled weights in test_iasa_mini.py",
                    "iasa_mini_student": "full size (169 frames, 2 steps, 4 keyed windows) takes over a minute of this 2-core "
