@@ -188,8 +188,8 @@ def region_block_mask(groups: BlockGroups, frame_select: np.ndarray, reference_i
     region_bits = bits & ~np.int64(1 << LABELS["background"])
     cross = ((region_bits[:, None] & region_bits[None, :]) != 0) & frame_select[f[:, None], f[None, :]]
     cross &= ~glob[:, None] & ~glob[None, :]
-    glob_rows = glob[:, None] & glob[None, :] if reference_itself else glob[:, None]
-    return same_frame | cross | glob_rows | glob[None, :]
+    glob_pairs = glob[None, :] if reference_itself else glob[:, None] | glob[None, :]   # global keys; queries too
+    return same_frame | cross | glob_pairs
 
 
 def build_region_layout(labels: np.ndarray, frame_select: np.ndarray, grid: TokenGrid, block_size: int,

@@ -115,8 +115,8 @@ class RegionSlotMask:
         same = video[:, None] & video[None, :] & (frame[:, None] == frame[None, :])
         cross = (video[:, None] & video[None, :] & (label[:, None] == label[None, :]) & (label[:, None] > 0)
                  & sel[fi, fj])
-        glob_q = glob[:, None] & glob[None, :] if self.reference_itself else glob[:, None]
-        return (glob_q | glob[None, :] | same | cross) & ~pad[None, :]
+        glob_pairs = glob[None, :] if self.reference_itself else glob[:, None] | glob[None, :]
+        return (glob_pairs | same | cross) & ~pad[None, :]
 
     def allowed_pairs(self) -> int:
         """Number of allowed (query, key) pairs of real tokens, in closed form from group sizes."""

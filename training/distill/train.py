@@ -271,8 +271,9 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
 
     if a.region_weight > 0:
         check_region_split(a.region_batch, a.batch, info.world_size)
+    reference_itself = a.reference_attends == "itself"   # the student's mask only; teacher and fake keep theirs
     data = DistillData(lat, a.batch, D.rank_slice(a.batch, info), a.ref_random_prob, sparse=True,
-                       student_reference_itself=a.reference_attends == "itself")
+                       student_reference_itself=reference_itself)
     models = WanModels(student, student_train, fake, fake_train, teacher, a.guidance, a.score_attention == "sparse", amp)
     region = WanRegionTerm(vae, wan21_latent_format(), gt, RegionLoss(region_cfg, feature_net), gen, amp,
                            a.region_batch) \
@@ -325,7 +326,7 @@ def distill(teacher: torch.nn.Module, teacher_info: dict, vae, vae_card: dict, a
             card["eval"] = summary["eval"] = evaluate(
                 export_module.eval(), teacher, vae, schedule, a.data, a.frames, dev, a.eval_windows,
                 a.eval_teacher_steps, a.eval_cfg or a.guidance, a.top_k, not a.bidirectional, amp,
-                student_reference_itself=a.reference_attends == "itself")
+                student_reference_itself=reference_itself)
             (out / "eval.json").write_text(json.dumps(summary["eval"], indent=1))
         summary.update(export(export_module, teacher, card, a, out))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
