@@ -30,7 +30,8 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
   ``device_ms``).
 * per record, timed with the device synchronised: ``ms_encode`` = ``vae.encode(pose video)`` (VAEEncode:
   IMAGE on the host in, LATENT out), ``ms_dit`` = ``sample_custom`` (noise on the host, LATENT out),
-  ``ms_decode`` = ``vae.decode`` (VAEDecode: IMAGE on the host); ``fps`` = frames / total seconds;
+  ``ms_decode`` = ``vae.decode`` (VAEDecode: IMAGE on the host; on the GPU where ``--comfy-flags=--gpu-only``
+  runs ComfyUI as its ``--gpu-only`` does: ``settings.frames_on``); ``fps`` = frames / total seconds;
   ``first_chunk_ms``: the same pipeline on a clip of 4 latent frames (13 pixel frames). The DiT samples on the
   encoded pose video: :func:`fun_control_conditioning` lays it out exactly as stock ``Wan22FunControlToVideo``
   does (tested against the node; the node itself imports PyAV, which the GPU image lacks); the reference
@@ -57,6 +58,7 @@ import argparse
 import json
 import logging
 import platform
+import shlex
 import statistics
 import time
 from dataclasses import dataclass
@@ -69,7 +71,7 @@ from ..attention.pose_layout import REFERENCE_ATTENDS, SparseAttentionConfig, bu
 from ..pose.keypoints import PoseSequence
 from ..pose.render import render_pose
 from ..pose.synthetic import talking_pose
-from ..training.comfy_env import ensure_comfy_on_path
+from ..training.comfy_env import apply_comfy_flags, ensure_comfy_on_path
 from ..training.distill.schedule import StudentSchedule
 from ..training.flow import simple_sigmas
 from ..training.model_card import comfyui_version
@@ -185,6 +187,8 @@ class RealtimeBench:
 
         self.a = a
         self.device = comfy.model_management.get_torch_device()
+        # where VAEEncode's LATENT and VAEDecode's IMAGE land: the host, unless ComfyUI runs with --gpu-only
+        self.frames_on_host = comfy.model_management.intermediate_device() != self.device
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.shape = Shape(a.frames, a.height, a.width)
         self.chunk = Shape(pixel_frames(a.chunk_latent_frames), a.height, a.width)
@@ -373,9 +377,10 @@ def term_floors(spec: Spec, shape: Shape, bench: "RealtimeBench", dit: dict, vae
             dit["self_attention_exact"] if spec.sparse else dit["self_attention_dense"])
     peak = fl["matmul"]["tflops"]
     px = bench.video[shape].numel() * 4       # float32 IMAGE on the host, copied in (encode) and out (decode)
+    out_px = px if bench.frames_on_host else 0  # --gpu-only: the decoded IMAGE stays on the GPU
     floor = {"ms_encode": floors.floor_ms(vae["encode_flops"], peak) + floors.copy_ms(px, fl["copy"]["h2d_gbps"]),
              "ms_dit": forwards * floors.floor_ms(dit["linear"] + attn + dit["cross_attention"], peak),
-             "ms_decode": floors.floor_ms(vae["decode_flops"], peak) + floors.copy_ms(px, fl["copy"]["d2h_gbps"])}
+             "ms_decode": floors.floor_ms(vae["decode_flops"], peak) + floors.copy_ms(out_px, fl["copy"]["d2h_gbps"])}
     floor["ms_total"] = sum(floor.values())
     floor["fps"] = shape.frames / (floor["ms_total"] / 1000)
     return floor
@@ -442,6 +447,13 @@ def comfy_attention() -> str:
     return getattr(attn.optimized_attention, "__name__", str(attn.optimized_attention))
 
 
+def comfy_fast() -> list[str]:
+    """ComfyUI's ``--fast`` features in force (its own ``args`` after parsing)."""
+    from comfy.cli_args import args
+
+    return sorted(f.value for f in args.fast)
+
+
 class LimitHits(logging.Handler):
     """Collects dynamo's 'hit config.recompile_limit' warnings: the functions that fell back to eager."""
 
@@ -498,6 +510,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reference-attends", choices=REFERENCE_ATTENDS, default="everything")
     ap.add_argument("--block-size", type=int, default=None, help="default 128 (4 with --tiny)")
     ap.add_argument("--wan-vae-dim", type=int, default=None, help="Wan VAE width (default 96, the real one; 8 tiny)")
+    ap.add_argument("--comfy-flags", default="",
+                    help="ComfyUI command-line flags for the whole run, teacher included, e.g. "
+                         "--comfy-flags='--gpu-only --fast autotune' (IMAGE stays on the GPU; cuDNN autotuning)")
     a = ap.parse_args(argv)
     tiny = a.tiny
     # --tiny: the smallest clip on which the pose layout is cheaper than dense with the reference tokens (the
@@ -539,6 +554,9 @@ def assemble(a, argv, bench: RealtimeBench, fl: dict, specs: list[Spec], runs: d
         "settings": {"compile": {"backend": a.compile, "keys": "diffusion_model.blocks.<i>", "dynamic": False,
                                  "recompile_limit": torch._dynamo.config.cache_size_limit},
                      "kernel": a.kernel, "comfy_attention": comfy_attention(), "layout": vars(bench.layout_config),
+                     "comfy_flags": shlex.split(a.comfy_flags), "comfy_fast": comfy_fast(),
+                     "frames_on": "host" if bench.frames_on_host else "device",
+                     "cudnn_benchmark": torch.backends.cudnn.benchmark,
                      "shift": SHIFT,
                      "student": {**STUDENT, "sigmas": {n: [round(float(s), 4) for s in student_sigmas(n)] for n in a.steps}},
                      "teacher": {**TEACHER, "steps": a.teacher_steps}},
@@ -570,6 +588,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.table:
         print(markdown_table(json.loads(a.table.read_text())))
         return {}
+    if a.comfy_flags:
+        apply_comfy_flags(shlex.split(a.comfy_flags))
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = a.recompile_limit      # alias of recompile_limit in newer torch

@@ -37,7 +37,8 @@ def markdown_table(result: dict) -> str:
     shape = result["shape"]
     lines = [f"{result['gpu']}; {shape['frames']} frames at {shape['width']} x {shape['height']} "
              f"({shape['tokens']:,} tokens with the reference); matmul peak "
-             f"{result['peak']['matmul']['tflops']} TFLOP/s; `{result['command']}`", "",
+             f"{result['peak']['matmul']['tflops']} TFLOP/s; decoded frames on the "
+             f"{result.get('settings', {}).get('frames_on', 'host')}; `{result['command']}`", "",
              "| variant | steps | VAE | encode ms (floor) | DiT ms (floor) | decode ms (floor) | total ms (floor) "
              "| FPS (floor) | first chunk ms | vs teacher |",
              "|---|---|---|---|---|---|---|---|---|---|"]

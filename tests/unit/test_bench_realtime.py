@@ -155,3 +155,36 @@ def test_fp8_student_is_the_student_path_on_weights_loaded_as_unetloader_fp8_fas
     assert student["weights"] == "float32" and fp8["sparse_calls"]["sparse"] > 0
     assert fp8["fp8_matmul"] is False and "fp8_matmul" not in student   # no fp8 compute on a CPU: weights cast
     assert fp8["floor"]["ms_dit"] == student["floor"]["ms_dit"]
+
+
+def test_comfy_flags_run_comfyui_as_its_command_line_would(tmp_path):
+    """--comfy-flags go through ComfyUI's own parser before its model management loads (a fresh process:
+    ComfyUI reads them at import), and the run records them; an unknown flag is refused with a clear error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ROOT = Path(__file__).resolve().parents[2]
+    out = tmp_path / "rt.json"
+    base = [sys.executable, str(ROOT / "iasa_cli.py"), "bench.realtime", "--tiny", "--compile", "eager", "--steps", "1",
+            "--vaes", "tiny", "--variants", "student", "--repeats", "1"]
+    done = subprocess.run([*base, "--out", str(out), "--comfy-flags=--gpu-only --fast autotune"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["comfy_flags"] == ["--gpu-only", "--fast", "autotune"]
+    assert settings["comfy_fast"] == ["autotune"]      # ComfyUI's own post-processing of --fast ran
+    bad = subprocess.run([*base, "--out", str(tmp_path / "bad.json"), "--comfy-flags=--no-such-flag"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "ComfyUI does not accept the flags" in bad.stderr
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_comfy_flags_after_model_management_is_loaded_are_refused():
+    from iasa.training.comfy_env import apply_comfy_flags, ensure_comfy_on_path
+
+    ensure_comfy_on_path()
+    import comfy.model_management  # noqa: F401
+
+    with pytest.raises(RuntimeError, match="too late"):
+        apply_comfy_flags(["--gpu-only"])
