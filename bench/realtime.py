@@ -56,8 +56,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import platform
 import shlex
 import statistics
 import time
@@ -74,12 +72,12 @@ from ..pose.synthetic import talking_pose
 from ..training.comfy_env import apply_comfy_flags, ensure_comfy_on_path
 from ..training.distill.schedule import StudentSchedule
 from ..training.flow import simple_sigmas
-from ..training.model_card import comfyui_version
 from ..training.teacher_data import token_grid
 from ..training.tiny_vae import build_tiny_vae, latent_frames, pixel_frames, with_all_frames_at_once
 from ..training.tiny_wan import LATENT_CHANNELS, TeacherConfig, VAEConfig, build_teacher, build_vae
 from . import floors
 from .realtime_report import aims, markdown_table
+from .run_info import FLASH_DISTRIBUTIONS, LimitHits, compile_stats, versions
 from .wan_forward import self_attention_override, with_override
 
 RESULTS = Path(__file__).parent / "results" / "realtime.json"
@@ -427,19 +425,6 @@ def specs_for(a: argparse.Namespace) -> list[Spec]:
     return out
 
 
-def versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "comfyui": comfyui_version()}
-    if torch.cuda.is_available():
-        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    try:
-        import triton
-
-        out["triton"] = triton.__version__
-    except ImportError:
-        pass
-    return out
-
-
 def comfy_attention() -> str:
     """ComfyUI's own attention function (the dense path: cross-attention, the teacher's self-attention)."""
     import comfy.ldm.modules.attention as attn
@@ -452,35 +437,6 @@ def comfy_fast() -> list[str]:
     from comfy.cli_args import args
 
     return sorted(f.value for f in args.fast)
-
-
-class LimitHits(logging.Handler):
-    """Collects dynamo's 'hit config.recompile_limit' warnings: the functions that fell back to eager."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.functions: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if "hit config." in msg and "function:" in msg:
-            self.functions.append(msg.split("function:", 1)[1].strip().splitlines()[0][:200])
-
-    @classmethod
-    def install(cls) -> "LimitHits":
-        handler = cls()
-        logging.getLogger("torch._dynamo.convert_frame").addHandler(handler)
-        return handler
-
-
-def compile_stats() -> dict:
-    from torch._dynamo.utils import counters
-
-    breaks = counters.get("graph_break", {})
-    return {"graph_breaks": int(sum(breaks.values())),
-            "top_reasons": [[str(k)[:200], int(v)] for k, v in sorted(breaks.items(), key=lambda kv: -kv[1])[:5]],
-            "stats": {str(k): int(v) for k, v in counters.get("stats", {}).items()},
-            "frames": {str(k): int(v) for k, v in counters.get("frames", {}).items()}}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -544,7 +500,7 @@ def assemble(a, argv, bench: RealtimeBench, fl: dict, specs: list[Spec], runs: d
     result = {
         "command": "python iasa_cli.py bench.realtime " + " ".join(argv),
         "gpu": torch.cuda.get_device_name(dev) if cuda else "none (CPU dry run, tiny shapes: not a measurement)",
-        "versions": versions(), "date": time.strftime("%Y-%m-%d"),
+        "versions": versions(("triton",), FLASH_DISTRIBUTIONS), "date": time.strftime("%Y-%m-%d"),
         "shape": {"frames": bench.shape.frames, "height": a.height, "width": a.width, "latent": list(bench.shape.latent),
                   "first_chunk_frames": bench.chunk.frames, "tokens": fl["dit"]["tokens"],
                   "reference_tokens": fl["dit"]["reference_tokens"]},
