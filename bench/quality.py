@@ -22,6 +22,11 @@ against the full VAE's decode: held-out PSNR against the full VAE).
 Student records (``--student``, one per file, named by its stem): the student workflow (IASA Student Sampler, the
 card's steps, cfg 1) driven the same way, the file given to its UNETLoader; the same ``--attention`` modes.
 
+``--weight-dtype fp8_e4m3fn_fast`` loads every teacher / student as UNETLoader's fp8 option does; with
+``--fp8-matmul-on-cpu`` the server also takes ComfyUI's fp8 matmul path (fp8 activations x fp8 weights, what a
+GPU with fp8 compute runs), the kernel's product computed in float32 by a bench-only plugin
+(``bench/comfy_plugins/iasa_bench_cpu_fp8_matmul``): the quality side of bench.realtime's ``student_fp8``.
+
 Baseline record (``model = "reference_copy"``): the reference picture copied to every frame, the score a
 model that ignores the pose gets. Teacher records come once per ``--attention`` mode: the workflow as it is
 (IASA Sparse Attention on) and/or with that node bypassed (dense).
@@ -68,6 +73,9 @@ FUN_CONTROL_NODES = ("WanFunControlToVideo", "Wan22FunControlToVideo")
 DECODE_NODES = ("VAEDecode", "IASALongVAEDecode")   # the frames saved are what one of these decodes
 SAMPLER_NODES = ("KSampler", "IASAStudentSampler")   # the teacher's (steps, cfg) and the student's (steps, cfg 1)
 ATTENTION_MODES = ("sparse", "dense")
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")     # stock UNETLoader's weight_dtype
+CPU_FP8_PLUGIN = pathlib.Path(__file__).parent / "comfy_plugins" / "iasa_bench_cpu_fp8_matmul"
+FP8_FIRST_CALL = "iasa_bench_cpu_fp8_matmul: first fp8 matmul on the CPU"   # the plugin's log line (its FIRST_CALL)
 INPUT_SUBDIR = "iasa_quality"
 
 
@@ -145,11 +153,13 @@ def _rewire(wf: dict, old: list, new: list) -> None:
 
 
 def quality_prompt(workflow: dict, ref_image: str, pose_file: str, prefix: str,
-                   steps: int | None = None, cfg: float | None = None, attention: str = "sparse") -> dict:
+                   steps: int | None = None, cfg: float | None = None, attention: str = "sparse",
+                   weight_dtype: str | None = None) -> dict:
     """The talking workflow driven by a given pose sequence and reference frame, saving PNG frames:
     the audio branch, IASA Audio To Pose and the mp4 nodes are dropped (whatever read the audio-driven
     pose reads the pose file instead); the pose file's frame count is the video length. ``attention =
-    "dense"`` bypasses IASA Sparse Attention (its consumers read the model it patched)."""
+    "dense"`` bypasses IASA Sparse Attention (its consumers read the model it patched); ``weight_dtype`` is
+    UNETLoader's (e.g. ``fp8_e4m3fn_fast``; None keeps the workflow's)."""
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention: {attention!r} is not one of {ATTENTION_MODES}")
     wf = json.loads(json.dumps(workflow))
@@ -183,6 +193,9 @@ def quality_prompt(workflow: dict, ref_image: str, pose_file: str, prefix: str,
         if wf[sampler]["class_type"] != "KSampler":
             raise ValueError(f"cfg {cfg}: {wf[sampler]['class_type']} samples at cfg 1 (a student has no CFG)")
         wf[sampler]["inputs"]["cfg"] = float(cfg)
+    if weight_dtype is not None:
+        for nid in _node(wf, "UNETLoader"):
+            wf[nid]["inputs"]["weight_dtype"] = weight_dtype
     wf["9000"] = {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": prefix}}
     for nid, node in wf.items():
         for name, value in node["inputs"].items():
@@ -225,19 +238,28 @@ def read_frames(client: ComfyClient, outputs: dict) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ records
 def sampled_records(clips: list[dict], model: pathlib.Path, vae: pathlib.Path, steps_list: list[int | None],
                     cfg_list: list[float | None], base: pathlib.Path, workflow_path: pathlib.Path = WORKFLOW,
-                    attention_modes: tuple[str, ...] = ("sparse",)) -> list[dict]:
+                    attention_modes: tuple[str, ...] = ("sparse",), weight_dtype: str | None = None,
+                    fp8_matmul_on_cpu: bool = False) -> list[dict]:
     """Records of one diffusion model (a teacher through KSampler, or a student through IASA Student Sampler):
-    ``model`` is linked into the models folder under the name the workflow's UNETLoader asks for."""
+    ``model`` is linked into the models folder under the name the workflow's UNETLoader asks for, which loads it
+    as ``weight_dtype`` (None: the workflow's). ``fp8_matmul_on_cpu``: the server runs ComfyUI's fp8 matmul path
+    (``--supports-fp8-compute``) with :data:`CPU_FP8_PLUGIN` standing in for the GPU kernel."""
     workflow = json.loads(workflow_path.read_text())
     settings = sampler_settings(workflow, model)
     (unet,) = _node(workflow, "UNETLoader")
     has_sparse = bool(_ids(workflow, ("IASASparseAttention",)))
     modes = [m for m in attention_modes if has_sparse or m == "dense"] or ["dense"]
     prepare_base(base)
+    server_args = ()
+    if fp8_matmul_on_cpu:
+        plugin = base / "custom_nodes" / CPU_FP8_PLUGIN.name
+        if not plugin.exists():
+            plugin.symlink_to(CPU_FP8_PLUGIN, target_is_directory=True)
+        server_args = ("--supports-fp8-compute",)
     names = [write_clip_inputs(c, base / "input") for c in clips]
     records = []
     weights = {workflow[unet]["inputs"]["unet_name"]: model, VAE_FILE: vae}
-    with linked_weights(base, weights), ComfyServer(base) as server:
+    with linked_weights(base, weights), ComfyServer(base, extra_args=server_args) as server:
         client = ComfyClient(server.url)
         for attention in modes:
             for steps in steps_list:
@@ -247,7 +269,7 @@ def sampled_records(clips: list[dict], model: pathlib.Path, vae: pathlib.Path, s
                     per_clip, seconds = [], []
                     for clip, (ref, pose) in zip(clips, names):
                         prefix = f"{INPUT_SUBDIR}/{model.stem}_{clip['id']}_{len(clip['frames'])}_{attention}_s{steps_v}_c{cfg_v}"
-                        prompt = quality_prompt(workflow, ref, pose, prefix, steps, cfg, attention)
+                        prompt = quality_prompt(workflow, ref, pose, prefix, steps, cfg, attention, weight_dtype)
                         t0 = time.monotonic()
                         result = client.run(prompt, timeout=3600)
                         seconds.append(time.monotonic() - t0)
@@ -257,9 +279,16 @@ def sampled_records(clips: list[dict], model: pathlib.Path, vae: pathlib.Path, s
                         per_clip.append(_clip_entry(clip, gen, seconds[-1]))
                         log.info("%s %s steps %s cfg %s clip %s: %s", model.stem, attention, steps_v, cfg_v, clip["id"],
                                  per_clip[-1])
+                    if fp8_matmul_on_cpu and FP8_FIRST_CALL not in server.log_path.read_text(errors="replace"):
+                        raise RuntimeError(f"--fp8-matmul-on-cpu: ComfyUI never ran its fp8 matmul for {model.name} "
+                                           f"(no '{FP8_FIRST_CALL}' in {server.log_path}); the records would be "
+                                           f"the fp8 weights alone")
                     records.append(_record(model.stem, per_clip, clips, attention=attention if has_sparse else
                                            "dense (the workflow has no IASA Sparse Attention)",
                                            steps=steps_v, cfg=cfg_v, sampler=settings["sampler"],
+                                           weight_dtype=weight_dtype or workflow[unet]["inputs"]["weight_dtype"],
+                                           **({"fp8_matmul": "emulated on the CPU (bench/comfy_plugins)"}
+                                              if fp8_matmul_on_cpu else {}),
                                            seconds_per_clip=round(float(np.mean(seconds)), 2)))
     return records
 
@@ -431,6 +460,12 @@ def main(argv: list[str] | None = None) -> dict:
                          "subset of the trained timesteps)")
     ap.add_argument("--student-workflow", type=pathlib.Path, default=STUDENT_WORKFLOW,
                     help="API workflow the students run in (IASA Student Sampler)")
+    ap.add_argument("--weight-dtype", default=None, choices=WEIGHT_DTYPES,
+                    help="UNETLoader's weight_dtype for every teacher / student record (default: the workflow's)")
+    ap.add_argument("--fp8-matmul-on-cpu", action="store_true",
+                    help="with --weight-dtype fp8_e4m3fn_fast: run ComfyUI's fp8 matmul path on the CPU "
+                         "(--supports-fp8-compute; the GPU kernel's product computed in float32), so the records show "
+                         "what fp8 activations and weights do to the output")
     ap.add_argument("--base", type=pathlib.Path, default=None, help="ComfyUI base directory (default: a temporary one)")
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
@@ -445,6 +480,9 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit(f"bench.quality: --tiny-vae {tiny} not found")
         log.warning("bench.quality: no tiny autoencoder at %s (train it: training/tiny_vae_train.py); no tiny_vae record", tiny)
         tiny = None
+    if a.fp8_matmul_on_cpu and a.weight_dtype != "fp8_e4m3fn_fast":
+        sys.exit("bench.quality: --fp8-matmul-on-cpu needs --weight-dtype fp8_e4m3fn_fast (the loader option whose "
+                 "linears multiply in fp8)")
     keyed = keyed_windows(json.loads(a.workflow.read_text()))
     t0 = time.monotonic()
     records = []
@@ -461,7 +499,7 @@ def main(argv: list[str] | None = None) -> dict:
         for model, workflow, steps, cfg in runs:
             with tempfile.TemporaryDirectory(prefix="iasa_quality_") as tmp:
                 group += sampled_records(clips, model, a.vae, steps, cfg, a.base or pathlib.Path(tmp), workflow,
-                                         tuple(a.attention))
+                                         tuple(a.attention), a.weight_dtype, a.fp8_matmul_on_cpu)
         records += [{"frames_setting": frames, **r} for r in group]
     result = {"command": "python iasa_cli.py bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
               "data": str(a.data), "frames": a.frames, "workflow": repo_path(a.workflow),

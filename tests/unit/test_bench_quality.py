@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from iasa.bench.quality import WORKFLOW, keyed_windows, quality_prompt, wan_length
+from iasa.bench.quality import CPU_FP8_PLUGIN, WORKFLOW, keyed_windows, quality_prompt, wan_length
 from iasa.bench.video_metrics import correlation, mean_scores, mouth_audio_corr, mouth_change, psnr, ssim
 
 
@@ -293,3 +294,44 @@ def test_student_steps_reach_the_students_runs_and_not_the_teachers(tmp_path, mo
                   str(files["v"]), "--student", str(files["s"]), "--steps", "20", "--student-steps", "4", "2",
                   "--out", str(tmp_path / "q.json")])
     assert runs == [("t", [20]), ("s", [4, 2])]
+
+
+def test_weight_dtype_reaches_every_unet_loader_and_fp8_matmul_needs_the_fp8_fast_loader(tmp_path):
+    from iasa.bench import quality
+    from iasa.harness.demo import STUDENT_WORKFLOW
+
+    wf = json.loads(STUDENT_WORKFLOW.read_text())
+    p = quality_prompt(wf, "r.png", "p.json", "q", weight_dtype="fp8_e4m3fn_fast")
+    loaders = [n for n in p.values() if n["class_type"] == "UNETLoader"]
+    assert loaders and all(n["inputs"]["weight_dtype"] == "fp8_e4m3fn_fast" for n in loaders)
+    kept = quality_prompt(wf, "r.png", "p.json", "q")
+    assert [n["inputs"]["weight_dtype"] for n in kept.values() if n["class_type"] == "UNETLoader"] == ["default"]
+    with pytest.raises(SystemExit, match="needs --weight-dtype fp8_e4m3fn_fast"):
+        quality.main(["--no-teacher", "--fp8-matmul-on-cpu", "--weight-dtype", "fp8_e4m3fn",
+                      "--out", str(tmp_path / "q.json")])
+
+
+def test_cpu_fp8_plugin_computes_what_torchs_own_scaled_mm_computes():
+    """The bench-only plugin's kernel against torch's CPU _scaled_mm (exact but ~1000x slower) on the operands
+    ComfyUI's fp8 linear gives it: clamped activations cast to e4m3, e4m3 weights, tensor-wise scales, a bias."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cpu_fp8_plugin", CPU_FP8_PLUGIN / "__init__.py")
+    torch_kernel = torch._scaled_mm
+    plugin = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(plugin)
+        assert torch._scaled_mm is plugin.scaled_mm_on_cpu          # what the server's import does
+    finally:
+        torch._scaled_mm = torch_kernel                              # this test process keeps torch's own
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(24, 64, generator=g) * 40).clamp(-448, 448).to(torch.float8_e4m3fn)
+    b = (torch.randn(16, 64, generator=g) * 0.05).to(torch.float8_e4m3fn)
+    scale_a, scale_b, bias = torch.ones(()), torch.tensor(0.5), torch.randn(16, generator=g)
+    for out_dtype, kw in ((torch.float32, {"bias": bias}), (torch.bfloat16, {})):
+        want = torch_kernel(a, b.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, **kw)
+        got = plugin.scaled_mm_on_cpu(a, b.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, **kw)
+        assert got.dtype == out_dtype and float(want.float().abs().max()) > 1
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="scale_result"):
+        plugin.scaled_mm_on_cpu(a, b.t(), scale_a=scale_a, scale_b=scale_b, scale_result=torch.ones(()))

@@ -426,6 +426,12 @@ def test_a_loaded_students_card_is_found_by_its_weights(tmp_path):
                                get_attachment=lambda key: None)
     found, where = export.find_student_card(mp, files)
     assert where == "s.safetensors" and found["name"] == "s"
+    for fp8 in (torch.float8_e4m3fn, torch.float8_e5m2):     # UNETLoader's weight_dtype fp8_e4m3fn(_fast) / fp8_e5m2
+        mp.model.diffusion_model = tiny_teacher(1).to(torch.bfloat16).to(fp8)
+        found, where = export.find_student_card(mp, files)
+        assert where == "s.safetensors" and found["name"] == "s"
+        mp.model.diffusion_model = tiny_teacher(2).to(torch.bfloat16).to(fp8)   # in fp8 the other one is still itself
+        assert export.find_student_card(mp, files)[1] == "o.safetensors"
     mp.model.diffusion_model = tiny_teacher(3)
     assert export.find_student_card(mp, files) is None
     assert export.find_weights_file(tiny_teacher(1), files).name in ("s.safetensors", "t.safetensors")
