@@ -500,7 +500,7 @@ def assemble(a, argv, bench: RealtimeBench, fl: dict, specs: list[Spec], runs: d
     result = {
         "command": "python iasa_cli.py bench.realtime " + " ".join(argv),
         "gpu": torch.cuda.get_device_name(dev) if cuda else "none (CPU dry run, tiny shapes: not a measurement)",
-        "versions": versions(("triton",), FLASH_DISTRIBUTIONS), "date": time.strftime("%Y-%m-%d"),
+        "versions": versions(distributions=FLASH_DISTRIBUTIONS), "date": time.strftime("%Y-%m-%d"),
         "shape": {"frames": bench.shape.frames, "height": a.height, "width": a.width, "latent": list(bench.shape.latent),
                   "first_chunk_frames": bench.chunk.frames, "tokens": fl["dit"]["tokens"],
                   "reference_tokens": fl["dit"]["reference_tokens"]},

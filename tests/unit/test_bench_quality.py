@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from iasa.bench.quality import CPU_FP8_PLUGIN, WORKFLOW, keyed_windows, quality_prompt, wan_length
+from iasa.bench.quality import CPU_FP8_PLUGIN, FP8_FIRST_CALL, WORKFLOW, keyed_windows, quality_prompt, wan_length
 from iasa.bench.video_metrics import correlation, mean_scores, mouth_audio_corr, mouth_change, psnr, ssim
 
 
@@ -322,6 +322,7 @@ def test_cpu_fp8_plugin_computes_what_torchs_own_scaled_mm_computes():
     try:
         spec.loader.exec_module(plugin)
         assert torch._scaled_mm is plugin.scaled_mm_on_cpu          # what the server's import does
+        assert plugin.FIRST_CALL == FP8_FIRST_CALL                   # the log line bench.quality looks for
     finally:
         torch._scaled_mm = torch_kernel                              # this test process keeps torch's own
     g = torch.Generator().manual_seed(0)

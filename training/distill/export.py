@@ -114,8 +114,8 @@ FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 def _distance(a: torch.Tensor, b: torch.Tensor) -> float | None:
     """Relative max difference when ``a`` (a file's) and ``b`` (a loaded model's) are the same weights up to a
     dtype cast (bf16 / fp16 / fp32 of one file; a file loaded in fp8, UNETLoader's ``weight_dtype``), else None."""
-    if b.dtype in FP8_DTYPES and a.dtype != b.dtype:
-        a = a.detach().cpu().to(b.dtype)     # the loader's own cast: fp8 rounding is far above the tolerance below
+    if b.dtype in FP8_DTYPES:
+        a = a.to(b.dtype)     # the loader's own cast: fp8 rounding is far above the tolerance below
     a, b = a.detach().float().cpu(), b.detach().float().cpu()
     if a.shape != b.shape or not torch.allclose(a, b, rtol=2e-3, atol=1e-6):
         return None

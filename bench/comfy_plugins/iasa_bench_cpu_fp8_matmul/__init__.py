@@ -16,7 +16,7 @@ import torch
 NODE_CLASS_MAPPINGS: dict = {}
 FIRST_CALL = "iasa_bench_cpu_fp8_matmul: first fp8 matmul on the CPU"   # bench.quality looks for it in the log
 _TORCH_SCALED_MM = torch._scaled_mm
-_calls = 0
+_logged_first_call = False
 
 
 def scaled_mm_on_cpu(a, b, scale_a=None, scale_b=None, bias=None, scale_result=None, out_dtype=None,
@@ -28,9 +28,9 @@ def scaled_mm_on_cpu(a, b, scale_a=None, scale_b=None, bias=None, scale_result=N
                                 use_fast_accum=use_fast_accum)
     if scale_result is not None:
         raise NotImplementedError("scale_result (an fp8 output) is not emulated: ComfyUI's fp8 linear does not use it")
-    global _calls
-    _calls += 1
-    if _calls == 1:
+    global _logged_first_call
+    if not _logged_first_call:
+        _logged_first_call = True
         logging.warning("%s: %s x %s (%s x %s)", FIRST_CALL, tuple(a.shape), tuple(b.shape), a.dtype, b.dtype)
     out = (a.float() * scale_a.float()) @ (b.float() * scale_b.float())
     if bias is not None:
