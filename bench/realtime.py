@@ -25,7 +25,8 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
   v, the floor of any attention kernel in this path. ``teacher`` (the baseline): dense, 20 steps of the ``simple`` schedule, cfg 5 (cond and
   uncond batched), euler, stock Wan VAE.
 * VAEs, built by ``comfy.sd.VAE`` from state dicts (what VAELoader does): ``wan`` = the Wan 2.1 VAE at its real
-  width 96; ``tiny`` = the taew2_1-layout tiny autoencoder (``training/tiny_vae.py``), run with all frames at
+  width 96; ``wan_channels_last`` = the same through IASA VAE Precision with ``memory_format = channels_last``
+  (its 3-D convolution weights channels-last, so cuDNN runs them in NDHWC; dtype unchanged); ``tiny`` = the taew2_1-layout tiny autoencoder (``training/tiny_vae.py``), run with all frames at
   once as the pack's IASA Tiny VAE Mode node sets it (ComfyUI's default, frame by frame, is reported in
   ``device_ms``).
 * per record, timed with the device synchronised: ``ms_encode`` = ``vae.encode(pose video)`` (VAEEncode:
@@ -73,6 +74,7 @@ from ..training.comfy_env import apply_comfy_flags, ensure_comfy_on_path
 from ..training.distill.schedule import StudentSchedule
 from ..training.flow import simple_sigmas
 from ..training.teacher_data import token_grid
+from ..sampling.vae_precision import with_precision
 from ..training.tiny_vae import build_tiny_vae, latent_frames, pixel_frames, with_all_frames_at_once
 from ..training.tiny_wan import LATENT_CHANNELS, TeacherConfig, VAEConfig, build_teacher, build_vae
 from . import floors
@@ -97,6 +99,9 @@ NO_SELF_ATTENTION = "student_no_self_attention"
 FP8 = "student_fp8"
 FP8_MODEL_OPTIONS = {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}   # UNETLoader "fp8_e4m3fn_fast"
 VARIANTS = ("student", "student_dense", NO_SELF_ATTENTION, FP8, "teacher")
+WAN_CHANNELS_LAST = "wan_channels_last"
+VAE_NAMES = ("wan", WAN_CHANNELS_LAST, "tiny")
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 @dataclass(frozen=True)
@@ -203,14 +208,16 @@ class RealtimeBench:
         del sd
         self.vaes = {}
         for name in a.vaes:
-            if name == "wan":
-                vae_sd = build_vae(VAEConfig(dim=a.wan_vae_dim), seed=0).state_dict()
-            else:
+            if name == "tiny":
                 vae_sd = build_tiny_vae(seed=0).state_dict()
+            else:
+                vae_sd = build_vae(VAEConfig(dim=a.wan_vae_dim), seed=0).state_dict()
             vae = comfy.sd.VAE(sd={k: v.to(self.dtype) for k, v in vae_sd.items()})
             if name == "tiny":      # what IASA Tiny VAE Mode gives (ComfyUI's default is frame by frame)
                 vae = with_all_frames_at_once(vae, True)
                 vae.first_stage_model.show_progress_bar = False
+            elif name == WAN_CHANNELS_LAST:   # what IASA VAE Precision gives with memory_format = channels_last
+                vae = with_precision(vae, DTYPE_NAMES[self.dtype], memory_format="channels_last")
             self.vaes[name] = vae
         del vae   # a frame of this call can outlive it (a stored traceback): keep no patcher in its locals
         pose = talking_pose(n_frames=self.shape.frames, width=a.width, height=a.height)
@@ -413,6 +420,18 @@ def record(spec: Spec, runs: list[dict], chunk_runs: list[dict], bench: "Realtim
     return rec
 
 
+def conv_layout(model: torch.nn.Module) -> str:
+    """How a VAE's 3-D convolution weights are laid out: channels_last_3d, contiguous, mixed or none (weights
+    that are both, e.g. 1x1x1 kernels, say nothing)."""
+    layouts = set()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            last, plain = m.weight.is_contiguous(memory_format=torch.channels_last_3d), m.weight.is_contiguous()
+            if last != plain:
+                layouts.add("channels_last_3d" if last else "contiguous")
+    return layouts.pop() if len(layouts) == 1 else "mixed" if layouts else "none"
+
+
 def specs_for(a: argparse.Namespace) -> list[Spec]:
     out = []
     fast_vae = "tiny" if "tiny" in a.vaes else a.vaes[0]
@@ -451,7 +470,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--chunk-latent-frames", type=int, default=None, help="first chunk (default 4; 3 with --tiny)")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="student step counts")
     ap.add_argument("--teacher-steps", type=int, default=TEACHER["steps"])
-    ap.add_argument("--vaes", nargs="+", choices=("wan", "tiny"), default=["wan", "tiny"])
+    ap.add_argument("--vaes", nargs="+", choices=VAE_NAMES, default=["wan", "tiny"],
+                    help=f"{WAN_CHANNELS_LAST}: the stock Wan VAE with channels-last 3-D convolutions (IASA VAE Precision)")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--teacher-repeats", type=int, default=1)
@@ -506,7 +526,8 @@ def assemble(a, argv, bench: RealtimeBench, fl: dict, specs: list[Spec], runs: d
                   "reference_tokens": fl["dit"]["reference_tokens"]},
         "model": {"dit": {**vars(bench.dit_config), "parameters": sum(p.numel() for p in bench.base.model.diffusion_model.parameters()),
                           "dtype": str(bench.dtype).removeprefix("torch.")},
-                  "wan_vae_dim": a.wan_vae_dim, "tiny_vae": "taew2_1 layout, parallel"},
+                  "wan_vae_dim": a.wan_vae_dim, "tiny_vae": "taew2_1 layout, parallel",
+                  "vae_conv_layout": {name: conv_layout(vae.first_stage_model) for name, vae in bench.vaes.items()}},
         "settings": {"compile": {"backend": a.compile, "keys": "diffusion_model.blocks.<i>", "dynamic": False,
                                  "recompile_limit": torch._dynamo.config.cache_size_limit},
                      "kernel": a.kernel, "comfy_attention": comfy_attention(), "layout": vars(bench.layout_config),

@@ -188,3 +188,19 @@ def test_comfy_flags_after_model_management_is_loaded_are_refused():
 
     with pytest.raises(RuntimeError, match="too late"):
         apply_comfy_flags(["--gpu-only"])
+
+
+def test_stock_vae_channels_last_is_timed_beside_the_stock_layout(tmp_path):
+    """--vaes wan wan_channels_last: the same stock Wan VAE weights, once as VAELoader gives them and once through
+    IASA VAE Precision's channels-last copy (every 3-D convolution weight channels-last); both paths timed with
+    the same FLOPs, and the stock-VAE aims judged for the channels-last one too."""
+    from iasa.bench.realtime import main
+
+    result = main(["--tiny", "--compile", "eager", "--out", str(tmp_path / "rt.json"), "--steps", "2", "--vaes",
+                   "wan", "wan_channels_last", "--variants", "student", "--repeats", "1"])
+    assert result["model"]["vae_conv_layout"] == {"wan": "contiguous", "wan_channels_last": "channels_last_3d"}
+    stock, channels_last = result["records"]
+    assert (stock["vae"], channels_last["vae"]) == ("wan", "wan_channels_last")
+    assert channels_last["floor"]["ms_decode"] == pytest.approx(stock["floor"]["ms_decode"])
+    assert {a["aim"].split(":")[0] for a in result["aims"]} >= {
+        "student, 2 steps, stock Wan VAE", "student, 2 steps, stock Wan VAE, channels-last (IASA VAE Precision)"}
