@@ -70,16 +70,16 @@ from ..attention.pose_layout import REFERENCE_ATTENDS, SparseAttentionConfig, bu
 from ..pose.keypoints import PoseSequence
 from ..pose.render import render_pose
 from ..pose.synthetic import talking_pose
+from ..sampling.vae_precision import conv_weight_layout, with_precision
 from ..training.comfy_env import apply_comfy_flags, ensure_comfy_on_path
 from ..training.distill.schedule import StudentSchedule
 from ..training.flow import simple_sigmas
 from ..training.teacher_data import token_grid
-from ..sampling.vae_precision import with_precision
 from ..training.tiny_vae import build_tiny_vae, latent_frames, pixel_frames, with_all_frames_at_once
 from ..training.tiny_wan import LATENT_CHANNELS, TeacherConfig, VAEConfig, build_teacher, build_vae
 from . import floors
 from .realtime_report import aims, markdown_table
-from .run_info import FLASH_DISTRIBUTIONS, LimitHits, compile_stats, versions
+from .run_info import FLASH_DISTRIBUTIONS, LimitHits, comfy_attention, comfy_fast, compile_stats, versions
 from .wan_forward import self_attention_override, with_override
 
 RESULTS = Path(__file__).parent / "results" / "realtime.json"
@@ -420,18 +420,6 @@ def record(spec: Spec, runs: list[dict], chunk_runs: list[dict], bench: "Realtim
     return rec
 
 
-def conv_layout(model: torch.nn.Module) -> str:
-    """How a VAE's 3-D convolution weights are laid out: channels_last_3d, contiguous, mixed or none (weights
-    that are both, e.g. 1x1x1 kernels, say nothing)."""
-    layouts = set()
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv3d):
-            last, plain = m.weight.is_contiguous(memory_format=torch.channels_last_3d), m.weight.is_contiguous()
-            if last != plain:
-                layouts.add("channels_last_3d" if last else "contiguous")
-    return layouts.pop() if len(layouts) == 1 else "mixed" if layouts else "none"
-
-
 def specs_for(a: argparse.Namespace) -> list[Spec]:
     out = []
     fast_vae = "tiny" if "tiny" in a.vaes else a.vaes[0]
@@ -442,20 +430,6 @@ def specs_for(a: argparse.Namespace) -> list[Spec]:
     if "teacher" in a.variants:
         out.append(Spec("teacher", a.teacher_steps, "wan" if "wan" in a.vaes else a.vaes[0]))
     return out
-
-
-def comfy_attention() -> str:
-    """ComfyUI's own attention function (the dense path: cross-attention, the teacher's self-attention)."""
-    import comfy.ldm.modules.attention as attn
-
-    return getattr(attn.optimized_attention, "__name__", str(attn.optimized_attention))
-
-
-def comfy_fast() -> list[str]:
-    """ComfyUI's ``--fast`` features in force (its own ``args`` after parsing)."""
-    from comfy.cli_args import args
-
-    return sorted(f.value for f in args.fast)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -527,7 +501,7 @@ def assemble(a, argv, bench: RealtimeBench, fl: dict, specs: list[Spec], runs: d
         "model": {"dit": {**vars(bench.dit_config), "parameters": sum(p.numel() for p in bench.base.model.diffusion_model.parameters()),
                           "dtype": str(bench.dtype).removeprefix("torch.")},
                   "wan_vae_dim": a.wan_vae_dim, "tiny_vae": "taew2_1 layout, parallel",
-                  "vae_conv_layout": {name: conv_layout(vae.first_stage_model) for name, vae in bench.vaes.items()}},
+                  "vae_conv_layout": {name: conv_weight_layout(vae.first_stage_model) for name, vae in bench.vaes.items()}},
         "settings": {"compile": {"backend": a.compile, "keys": "diffusion_model.blocks.<i>", "dynamic": False,
                                  "recompile_limit": torch._dynamo.config.cache_size_limit},
                      "kernel": a.kernel, "comfy_attention": comfy_attention(), "layout": vars(bench.layout_config),

@@ -61,3 +61,17 @@ def compile_stats() -> dict:
             "top_reasons": [[str(k)[:200], int(v)] for k, v in sorted(breaks.items(), key=lambda kv: -kv[1])[:5]],
             "stats": {str(k): int(v) for k, v in counters.get("stats", {}).items()},
             "frames": {str(k): int(v) for k, v in counters.get("frames", {}).items()}}
+
+
+def comfy_attention() -> str:
+    """ComfyUI's own attention function (the dense path: cross-attention, the teacher's self-attention)."""
+    import comfy.ldm.modules.attention as attn
+
+    return getattr(attn.optimized_attention, "__name__", str(attn.optimized_attention))
+
+
+def comfy_fast() -> list[str]:
+    """ComfyUI's ``--fast`` features in force (its own ``args`` after parsing)."""
+    from comfy.cli_args import args
+
+    return sorted(f.value for f in args.fast)

@@ -73,6 +73,18 @@ def channels_last_convs(model: torch.nn.Module) -> int:
     return len(convs)
 
 
+def conv_weight_layout(model: torch.nn.Module) -> str:
+    """How ``model``'s 3-D convolution weights are laid out: channels_last_3d, contiguous, mixed or none (weights
+    that are both, e.g. 1x1x1 kernels, say nothing)."""
+    layouts = set()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            last, plain = m.weight.is_contiguous(memory_format=torch.channels_last_3d), m.weight.is_contiguous()
+            if last != plain:
+                layouts.add("channels_last_3d" if last else "contiguous")
+    return layouts.pop() if len(layouts) == 1 else "mixed" if layouts else "none"
+
+
 def with_precision(vae, choice: str = "auto", native_bf16: bool | None = None, memory_format: str = "contiguous"):
     """A copy of a ComfyUI ``VAE`` (``comfy.sd.VAE``) whose model runs in the dtype ``choice`` resolves to (and with
     channels-last 3-D convolutions if ``memory_format`` resolves to that), with its own copy of the weights and its

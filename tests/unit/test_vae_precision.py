@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 
-from iasa.sampling.vae_precision import (channels_last_convs, cpu_has_native_bf16, resolve_memory_format,
-                                        resolve_precision, with_precision)
+from iasa.sampling.vae_precision import (channels_last_convs, conv_weight_layout, cpu_has_native_bf16,
+                                        resolve_memory_format, resolve_precision, with_precision)
 from iasa.training.tiny_wan import VAEConfig, build_vae
 from .torch_threads import one_thread  # noqa: F401  (autouse fixture)
 
@@ -116,3 +116,14 @@ def test_channels_last_convs_counts_what_it_changed():
     model = torch.nn.Sequential(torch.nn.Conv3d(4, 8, 3), torch.nn.Conv2d(4, 4, 1), torch.nn.Conv3d(8, 8, 1))
     assert channels_last_convs(model) == 2
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last_3d) and model[1].weight.is_contiguous()
+
+
+def test_conv_weight_layout_names_the_layout_and_ignores_weights_that_are_both():
+    model = torch.nn.Sequential(torch.nn.Conv3d(4, 8, 3), torch.nn.Conv3d(8, 8, 1))
+    assert conv_weight_layout(model) == "contiguous"
+    channels_last_convs(model)
+    assert conv_weight_layout(model) == "channels_last_3d"     # the 1x1x1 kernel is both layouts at once
+    model[0].weight.data = model[0].weight.data.contiguous()
+    model.append(torch.nn.Conv3d(8, 8, 3))
+    channels_last_convs(model[2:])
+    assert conv_weight_layout(model) == "mixed" and conv_weight_layout(torch.nn.Linear(2, 2)) == "none"
