@@ -26,9 +26,9 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
   uncond batched), euler, stock Wan VAE.
 * VAEs, built by ``comfy.sd.VAE`` from state dicts (what VAELoader does): ``wan`` = the Wan 2.1 VAE at its real
   width 96; ``wan_channels_last`` = the same through IASA VAE Precision with ``memory_format = channels_last``
-  (its 3-D convolution weights channels-last, so cuDNN runs them in NDHWC; dtype unchanged); ``tiny`` = the taew2_1-layout tiny autoencoder (``training/tiny_vae.py``), run with all frames at
-  once as the pack's IASA Tiny VAE Mode node sets it (ComfyUI's default, frame by frame, is reported in
-  ``device_ms``).
+  (its 3-D convolution weights channels-last, so cuDNN runs them in NDHWC; dtype unchanged); ``tiny`` = the
+  taew2_1-layout tiny autoencoder (``training/tiny_vae.py``), run with all frames at once as the pack's IASA Tiny
+  VAE Mode node sets it (ComfyUI's default, frame by frame, is reported in ``device_ms``).
 * per record, timed with the device synchronised: ``ms_encode`` = ``vae.encode(pose video)`` (VAEEncode:
   IMAGE on the host in, LATENT out), ``ms_dit`` = ``sample_custom`` (noise on the host, LATENT out),
   ``ms_decode`` = ``vae.decode`` (VAEDecode: IMAGE on the host; on the GPU where ``--comfy-flags=--gpu-only``
@@ -445,7 +445,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="student step counts")
     ap.add_argument("--teacher-steps", type=int, default=TEACHER["steps"])
     ap.add_argument("--vaes", nargs="+", choices=VAE_NAMES, default=["wan", "tiny"],
-                    help=f"{WAN_CHANNELS_LAST}: the stock Wan VAE with channels-last 3-D convolutions (IASA VAE Precision)")
+                    help=f"{WAN_CHANNELS_LAST}: the stock Wan VAE, 3-D convolutions channels-last (IASA VAE Precision)")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--teacher-repeats", type=int, default=1)

@@ -28,13 +28,14 @@ def aims(records: list[dict], measured: bool) -> list[dict]:
     """One entry per aim: its value and ``met`` (None when the record is missing or this is not a GPU
     measurement: a CPU dry run checks the code path, not the speed)."""
     out = []
-    for text, (variant, steps, vae), key, target in AIMS + OPTIONAL_AIMS:
-        rec = _find(records, variant, steps, vae)
-        if rec is None and (text, (variant, steps, vae), key, target) in OPTIONAL_AIMS:
-            continue
-        value = None if rec is None else rec.get(key)
-        met = None if (value is None or not measured) else bool(value >= target)
-        out.append({"aim": text, "value": value, "target": target, "met": met})
+    for optional, group in ((False, AIMS), (True, OPTIONAL_AIMS)):
+        for text, (variant, steps, vae), key, target in group:
+            rec = _find(records, variant, steps, vae)
+            if rec is None and optional:
+                continue
+            value = None if rec is None else rec.get(key)
+            met = None if (value is None or not measured) else bool(value >= target)
+            out.append({"aim": text, "value": value, "target": target, "met": met})
     return out
 
 
