@@ -70,7 +70,7 @@ from ..attention.pose_layout import REFERENCE_ATTENDS, SparseAttentionConfig, bu
 from ..pose.keypoints import PoseSequence
 from ..pose.render import render_pose
 from ..pose.synthetic import talking_pose
-from ..sampling.vae_precision import conv_weight_layout, with_precision
+from ..sampling.vae_precision import PRECISIONS, conv_weight_layout, with_precision
 from ..training.comfy_env import apply_comfy_flags, ensure_comfy_on_path
 from ..training.distill.schedule import StudentSchedule
 from ..training.flow import simple_sigmas
@@ -101,7 +101,6 @@ FP8_MODEL_OPTIONS = {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}   
 VARIANTS = ("student", "student_dense", NO_SELF_ATTENTION, FP8, "teacher")
 WAN_CHANNELS_LAST = "wan_channels_last"
 VAE_NAMES = ("wan", WAN_CHANNELS_LAST, "tiny")
-DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,8 @@ class RealtimeBench:
                 vae = with_all_frames_at_once(vae, True)
                 vae.first_stage_model.show_progress_bar = False
             elif name == WAN_CHANNELS_LAST:   # what IASA VAE Precision gives with memory_format = channels_last
-                vae = with_precision(vae, DTYPE_NAMES[self.dtype], memory_format="channels_last")
+                same_dtype = next(key for key, dtype in PRECISIONS.items() if dtype == self.dtype)
+                vae = with_precision(vae, same_dtype, memory_format="channels_last")
             self.vaes[name] = vae
         del vae   # a frame of this call can outlive it (a stored traceback): keep no patcher in its locals
         pose = talking_pose(n_frames=self.shape.frames, width=a.width, height=a.height)
