@@ -60,9 +60,10 @@ class IASAVAEPrecision(io.ComfyNode):
                                        "ComfyUI already picks bf16 or fp16). bf16 / fp16 / fp32: that dtype anywhere "
                                        "(bf16 on a CPU without native bf16 is slower than fp32)."),
                 io.Combo.Input("memory_format", options=list(MEMORY_FORMATS), default="auto", optional=True,
-                               tooltip="auto: on a CPU, lay the 3-D convolution weights out channels-last (oneDNN "
-                                       "decodes the IASA-mini VAE 2x faster in bf16, 1.3x in fp32; same pictures), "
-                                       "elsewhere leave them. channels_last / contiguous: that layout anywhere."),
+                               tooltip="auto: lay the 3-D convolution weights out channels-last on a CPU (oneDNN "
+                                       "decodes the IASA-mini VAE 2x faster in bf16, 1.3x in fp32; same pictures) "
+                                       "and on Hopper or newer GPUs (the Wan VAE 12 % faster on an H100), elsewhere "
+                                       "leave them. channels_last / contiguous: that layout anywhere."),
             ],
             outputs=[io.Vae.Output(display_name="vae")],
         )

@@ -86,11 +86,24 @@ def test_not_a_comfyui_vae_is_refused():
         with_precision(torch.nn.Linear(2, 2), "bf16")
 
 
-@pytest.mark.parametrize("choice, device, want", [
-    ("auto", "cpu", True), ("auto", "cuda", False), ("channels_last", "cuda", True), ("contiguous", "cpu", False)])
-def test_auto_lays_convolutions_channels_last_on_the_cpu_only(choice, device, want):
-    channels_last, why = resolve_memory_format(choice, torch.device(device))
-    assert channels_last is want and why
+@pytest.mark.parametrize("choice, device, capability, want", [
+    ("auto", "cpu", None, True), ("auto", "cuda", (8, 6), False), ("auto", "cuda", (9, 0), True),
+    ("auto", "cuda", (10, 0), True), ("channels_last", "cuda", (8, 0), True), ("contiguous", "cpu", None, False),
+    ("contiguous", "cuda", (9, 0), False)])
+def test_auto_lays_convolutions_channels_last_on_the_cpu_and_on_hopper(choice, device, capability, want):
+    channels_last, why = resolve_memory_format(choice, torch.device(device), capability)
+    assert channels_last is want
+    assert ("as asked" in why) is (choice != "auto")
+    if choice == "auto" and capability is not None:
+        assert f"{capability[0]}.{capability[1]}" in why if want else "kept" in why
+
+
+def test_auto_keeps_the_layout_on_a_gpu_whose_capability_cannot_be_read():
+    """No CUDA here: the capability is unknown, so auto changes nothing rather than guessing."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the unknown-capability path is not reachable")
+    channels_last, why = resolve_memory_format("auto", torch.device("cuda"))
+    assert channels_last is False and "kept" in why
 
 
 def test_an_unknown_memory_format_is_refused_naming_the_input():
