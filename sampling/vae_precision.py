@@ -55,9 +55,10 @@ def resolve_precision(choice: str, device: torch.device, current: torch.dtype,
 
 
 def cuda_capability(device: torch.device) -> tuple[int, int] | None:
-    """The compute capability of a CUDA ``device``; None for other devices or where it cannot be read."""
+    """The compute capability of an NVIDIA CUDA ``device``; None for other devices (ROCm reports its own numbers
+    through the same call) or where it cannot be read."""
     device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
+    if device.type != "cuda" or not torch.cuda.is_available() or torch.version.hip is not None:
         return None
     return torch.cuda.get_device_capability(device)
 
@@ -78,7 +79,8 @@ def resolve_memory_format(choice: str, device: torch.device,
     if capability is not None and capability >= (9, 0):
         return True, (f"auto: channels-last 3-D convolutions on {device} (compute capability "
                       f"{capability[0]}.{capability[1]}: measured faster there)")
-    return False, f"auto: kept the weights' layout on {device} (channels-last is measured faster only on CPUs and Hopper)"
+    return False, (f"auto: kept the weights' layout on {device} (channels-last is taken on CPUs and on NVIDIA compute "
+                   "capability 9.0 or newer, where it was measured faster)")
 
 
 def channels_last_convs(model: torch.nn.Module) -> int:
