@@ -116,8 +116,8 @@ def with_precision(vae, choice: str = "auto", native_bf16: bool | None = None, m
     log.info("IASA VAE Precision: %s", why)
     channels_last, why = resolve_memory_format(memory_format, vae.device)
     convs = channels_last and any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
-    if channels_last:
-        log.info("IASA VAE Precision: %s", why if convs else f"{why}; this VAE has no 3-D convolutions, nothing to do")
+    log.info("IASA VAE Precision: %s", why if convs or not channels_last
+             else f"{why}; this VAE has no 3-D convolutions, nothing to do")
     if dtype == current and not convs:
         return vae
     import comfy.model_patcher
