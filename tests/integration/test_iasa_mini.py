@@ -357,8 +357,9 @@ def teacher_scores(client, follow_pose) -> dict:
 @pytest.mark.skipif(_trained_weights_missing() is not None, reason=_trained_weights_missing() or "")
 @pytest.mark.xfail(strict=True, raises=PoseNotFollowed, reason=(
     "the shipped IASA-mini v2 follows the pose but not yet to the aims of the IASA-mini v2 issue (measured "
-    "2026-12-06 with the stage-2 teacher, cfg 1: PSNR to the ground truth 25.34 dB, aim 28; where the pose moved "
-    "16.13 dB to the ground truth vs 11.66 dB for the reference copied to every frame, aim 4 dB above it). Strict: once a retrained model meets the aims this XPASSes and fails, so remove the "
+    "2026-12-07 with the stage-3 teacher, its workflow's cfg 1.5: PSNR to the ground truth 25.71 dB, aim 28; where the "
+    "pose moved 16.66 dB to the ground truth vs 11.66 dB for the reference copied to every frame, aim 4 dB above it: "
+    "met). Strict: once a retrained model meets the aims this XPASSes and fails, so remove the "
     "marker then."))
 def test_trained_teacher_frames_follow_the_control_pose(teacher_scores):
     """The shipped teacher workflow on the follow-pose case. Following the pose means the aims of the IASA-mini
