@@ -52,6 +52,10 @@ T_LAYERS=${T_LAYERS:-8}; T_FFN=${T_FFN:-1024}; T_FRAMES=${T_FRAMES:-49}; T_BATCH
 # TEACHER_INIT: continue a teacher (e.g. the shipped one) instead of training from scratch; its VAE must be the one
 # in $W/vae_long (copy the shipped VAE there to skip both VAE stages). T_LR / T_WARMUP: its learning-rate schedule.
 TEACHER_INIT=${TEACHER_INIT:-}; T_LR=${T_LR:-4e-4}; T_WARMUP=${T_WARMUP:-200}
+# INIT_WAIT: seconds the teacher stage waits for TEACHER_INIT to appear (0: fail at once). A call carries 64 MiB, so a
+# session that trains the VAE and then the teacher carries the teacher's init in its second call, moved into place
+# (an atomic `mv`) by that call's command while the first stages run.
+INIT_WAIT=${INIT_WAIT:-0}
 # T_EXTRA: more teacher_train arguments, e.g. "--continuation-windows 2" (windows sliced from each clip's one encode,
 # as IASA Long Video's later windows see them); give such a run its own T_LATENTS cache file, since the
 # distillation reads the default one and rebuilds a cache that holds other windows.
@@ -84,6 +88,13 @@ render_shards() {  # the training and held-out shards on this machine's disk (32
       --workers $WORKERS $limit > $W/render.json && touch $SHARDS/.done"
 }
 
+wait_for_file() {  # wait_for_file FILE SECONDS
+  local f=$1 limit=$2 t0=$SECONDS
+  [ -f "$f" ] || echo "[v2] waiting up to $limit s for $f $(date +%T)"
+  while [ ! -f "$f" ] && [ $((SECONDS - t0)) -lt "$limit" ]; do sleep 5; done
+  [ -f "$f" ] || { echo "[v2] $f: no such file (INIT_WAIT=$limit s)" >&2; return 1; }
+}
+
 run_stages() {
   gpu_env
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
@@ -106,6 +117,8 @@ run_stages() {
       --frames "$LONG_FRAMES" --crop "$LONG_CROP" --batch "$LONG_BATCH" --steps 0 --max-minutes "$VAE_LONG_MIN" \
       --lr "$LONG_LR" --warmup "$LONG_WARMUP" --max-clips "$VAE_CLIPS" --eval-frames "$LONG_EVAL_FRAMES" \
       --eval-clips "$EVAL" --log-every 25 --device "$DEVICE" $LONG_EXTRA
+  [ "$TEACHER_MIN" = "0" ] || [ -z "$TEACHER_INIT" ] || [ -f "$W/teacher/iasa_mini_teacher.safetensors" ] || \
+      wait_for_file "$TEACHER_INIT" "$INIT_WAIT"
   [ "$TEACHER_MIN" = "0" ] || stage teacher "$W/teacher/iasa_mini_teacher.safetensors" $PY iasa_cli.py training.teacher_train --data "$SHARDS" \
       --vae "$W/vae_long/iasa_mini_vae.safetensors" --latents-cache "${T_LATENTS:-$SHARDS.latents.safetensors}" \
       --out "$W/teacher" --dim 256 --layers "$T_LAYERS" --ffn "$T_FFN" --frames "$T_FRAMES" --batch "$T_BATCH" \

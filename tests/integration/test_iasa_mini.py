@@ -287,8 +287,8 @@ def _trained_weights_missing() -> str | None:
     return f"needs the trained IASA-mini weights ({', '.join(missing)} missing; see models/README.md)"
 
 
-class PoseNotFollowed(AssertionError):
-    """The quality verdict of the trained-weights test (only this failure is the known, expected one)."""
+class BelowQualityAim(AssertionError):
+    """The trained teacher below the issue's 28 dB aim (only this failure is the known, expected one)."""
 
 
 class StudentBehindTeacher(AssertionError):
@@ -355,23 +355,27 @@ def teacher_scores(client, follow_pose) -> dict:
 
 
 @pytest.mark.skipif(_trained_weights_missing() is not None, reason=_trained_weights_missing() or "")
-@pytest.mark.xfail(strict=True, raises=PoseNotFollowed, reason=(
-    "the shipped IASA-mini v2 follows the pose but not yet to the aims of the IASA-mini v2 issue (measured "
-    "2026-12-07 with the stage-3 teacher, its workflow's cfg 1.5: PSNR to the ground truth 25.71 dB, aim 28; where the "
-    "pose moved 16.66 dB to the ground truth vs 11.66 dB for the reference copied to every frame, aim 4 dB above it: "
-    "met). Strict: once a retrained model meets the aims this XPASSes and fails, so remove the "
-    "marker then."))
 def test_trained_teacher_frames_follow_the_control_pose(teacher_scores):
-    """The shipped teacher workflow on the follow-pose case. Following the pose means the aims of the IASA-mini
-    v2 issue: >= 28 dB to the ground truth overall, and, where the pose moved the picture away from the
-    reference, >= 4 dB above the reference copied to every frame."""
+    """The shipped teacher workflow on the follow-pose case, against the IASA-mini v2 issue's pose-following aim:
+    where the pose moved the picture away from the reference (where copying the reference, what the v1 teacher
+    did, cannot score), >= 4 dB above the reference copied to every frame."""
     sc = teacher_scores
-    # The aims of the IASA-mini v2 issue. Only these two checks are the expected failure (PoseNotFollowed); a
-    # crash or a broken set-up above fails the test as usual.
+    print(_numbers(sc))   # the measured verdict, shown by `pytest -rP` for a pass too
+    assert sc["moved"] >= sc["copy_moved"] + 4.0, f"where the pose moved, not 4 dB above copying the reference: {_numbers(sc)}"
+
+
+@pytest.mark.skipif(_trained_weights_missing() is not None, reason=_trained_weights_missing() or "")
+@pytest.mark.xfail(strict=True, raises=BelowQualityAim, reason=(
+    "the shipped IASA-mini v2 teacher is not yet at the IASA-mini v2 issue's 28 dB aim (measured 2026-12-07 with the "
+    "stage-3 teacher, its workflow's cfg 1.5: 25.71 dB on this case; 26.47 dB on the 8 held-out clips of "
+    "bench.quality, where the VAE round trip itself gives 28.4 dB). Strict: once a retrained model meets the aim "
+    "this XPASSes and fails, so remove the marker then."))
+def test_trained_teacher_reaches_the_quality_aim(teacher_scores):
+    """The same frames against the issue's overall aim: >= 28 dB PSNR to the ground truth."""
+    sc = teacher_scores
+    # Only this check is the expected failure (BelowQualityAim); a crash or a broken set-up fails the test as usual.
     if not sc["overall"] >= 28.0:
-        raise PoseNotFollowed(f"below the 28 dB aim: {_numbers(sc)}")
-    if not sc["moved"] >= sc["copy_moved"] + 4.0:
-        raise PoseNotFollowed(f"where the pose moved, not 4 dB above copying the reference: {_numbers(sc)}")
+        raise BelowQualityAim(f"below the 28 dB aim: {_numbers(sc)}")
 
 
 def _student_missing() -> str | None:
