@@ -99,3 +99,10 @@ class WarmWindows:
         """``(windows [B, 3, train_frames + 4 * warm, h, w], warm)`` for this step."""
         warm = self.schedule(step)
         return self.bank_for(warm).sample(batch, crop, gen, flip=flip), warm
+
+    def sample_with_regions(self, step: int, batch: int, crop, gen: torch.Generator,
+                            flip: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """:meth:`sample` plus the windows' region masks ``[B, 1, T, h, w]`` (FrameBank.sample_with_regions)."""
+        warm = self.schedule(step)
+        x, m = self.bank_for(warm).sample_with_regions(batch, crop, gen, flip=flip)
+        return x, m, warm

@@ -70,12 +70,19 @@ class AutoEncoder(torch.nn.Module):
         return self._decode(mu), mu, logvar
 
 
-def recon_losses(rec: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def recon_losses(rec: torch.Tensor, x: torch.Tensor, regions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """L1, L2 and edge terms over all pixels; with ``regions`` (0/1 ``[B, 1, T, H, W]``) also ``region``: L1 + L2
+    over the region pixels only (their mean, so the term's scale does not depend on how much of the crop the
+    regions cover; 0 where no crop holds a region pixel)."""
     rec, x = rec.float(), x.float()
     d = rec - x
     edge = (((rec[..., 1:, :] - rec[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])).abs().mean()
             + ((rec[..., 1:] - rec[..., :-1]) - (x[..., 1:] - x[..., :-1])).abs().mean()) * 0.5
-    return {"l1": d.abs().mean(), "l2": (d * d).mean(), "edge": edge}
+    out = {"l1": d.abs().mean(), "l2": (d * d).mean(), "edge": edge}
+    if regions is not None:
+        per_pixel = (d.abs() + d * d).mean(1, keepdim=True)
+        out["region"] = (per_pixel * regions).sum() / regions.sum().clamp_min(1.0)
+    return out
 
 
 def kl_term(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -103,12 +110,20 @@ def reconstruct(vae, x: torch.Tensor, batch: int, amp: str = "none") -> torch.Te
     return torch.cat(out)
 
 
-def psnr(rec: torch.Tensor, x: torch.Tensor) -> float:
-    """Mean per-clip PSNR (dB) in 0..1 image space, with ComfyUI's output clamp."""
+def psnr(rec: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Mean per-clip PSNR (dB) in 0..1 image space, with ComfyUI's output clamp; with ``mask`` (0/1
+    ``[B, 1, T, H, W]``) over the masked pixels only (clips without masked pixels left out)."""
     a = ((rec.float() + 1) / 2).clamp(0, 1)
     b = ((x.float() + 1) / 2).clamp(0, 1)
-    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-    return float((10 * torch.log10(1.0 / mse)).mean())
+    if mask is None:
+        mse = ((a - b) ** 2).flatten(1).mean(1)
+    else:
+        count = mask.flatten(1).sum(1) * a.shape[1]
+        keep = count > 0
+        if not keep.any():
+            return float("nan")
+        mse = (((a - b) ** 2) * mask).flatten(1).sum(1)[keep] / count[keep]
+    return float((10 * torch.log10(1.0 / mse.clamp_min(1e-12))).mean())
 
 
 def psnr_per_second(rec: torch.Tensor, x: torch.Tensor, fps: int = 25) -> list[float]:
@@ -173,6 +188,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--l2-weight", type=float, default=1.0)
     p.add_argument("--edge-weight", type=float, default=0.5)
     p.add_argument("--kl-weight", type=float, default=1e-5)
+    p.add_argument("--region-weight", type=float, default=0.0,
+                   help="extra L1 + L2 inside the body regions of --regions (0: off); the held-out PSNR inside them "
+                        "is reported too")
+    p.add_argument("--regions", nargs="+", default=["face", "lips", "left_hand", "right_hand"],
+                   help="regions (pose.regions.MASK_NAMES) the region loss and metric read: shards' masks, or "
+                        "drawn from the keypoints of procedural clips")
     p.add_argument("--amp", choices=("bf16", "none"), default="bf16", help="autocast on CUDA")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
@@ -207,8 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
     configure_cuda(dev)
     t_start = time.perf_counter()
 
-    train_clips = load_clips(a.data, "train", a.max_clips or None)
-    held_clips = eval_clips(a.data, train_clips, a.eval_clips, a.eval_frames)
+    regions = tuple(a.regions) if a.region_weight > 0 else ()
+    train_clips = load_clips(a.data, "train", a.max_clips or None, regions=regions)
+    held_clips = eval_clips(a.data, train_clips, a.eval_clips, a.eval_frames, regions=tuple(a.regions))
     warm = WarmSchedule(a.warm_latents, a.warm_p_zero, seed=cfg.seed)
     bank = FrameBank(train_clips, warm.window(a.frames), dev)
     log.info("vae: %d training clips, %d windows of the longest %d frames (%d trained, up to %d warm latents), frames %dx%d; "
@@ -234,15 +256,21 @@ def main(argv: list[str] | None = None) -> dict:
     windows = WarmWindows(bank, a.frames, warm)
 
     def step_fn(step: int):
-        x, w = windows.sample(step, a.batch, crop, gen, flip=a.flip)
+        if regions:
+            x, m, w = windows.sample_with_regions(step, a.batch, crop, gen, flip=a.flip)
+            m = m[my][:, :, warm_start_frame(w):]
+        else:
+            (x, w), m = windows.sample(step, a.batch, crop, gen, flip=a.flip), None
         x = x[my]
         if a.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with autocast(dev, a.amp):
             rec, mu, logvar = train_module(x, w) if w else train_module(x)
-        parts = recon_losses(rec, x[:, :, warm_start_frame(w):])
+        parts = recon_losses(rec, x[:, :, warm_start_frame(w):], m)
         kl = kl_term(mu, logvar)
         loss = parts["l1"] + a.l2_weight * parts["l2"] + a.edge_weight * parts["edge"] + a.kl_weight * kl
+        if m is not None:
+            loss = loss + a.region_weight * parts["region"]
         return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}, "kl": kl.detach()}
 
     t_loop = time.perf_counter()
@@ -287,6 +315,8 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
         calib_bank = bank
     x_cal = calib_bank.windows(a.calib_clips)
     out: dict = {}
+    # region masks: the held-out clips carry them (not training clips standing in for missing held-out ones)
+    m_eval = held.region_windows(a.eval_clips) if held.region_bits is not None else None
     rec_before = reconstruct(vae, x_eval, a.eval_batch)
     out["heldout_psnr_fp32"] = psnr(rec_before, x_eval)
     keep_latents = a.train_part == "decoder"  # the latent space must stay the one a teacher was trained on
@@ -300,12 +330,17 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
     rec_after = rec_before if keep_latents else reconstruct(vae, x_eval, a.eval_batch)
     out["heldout_psnr_fp32_calibrated"] = psnr(rec_after, x_eval)
     out["heldout_psnr_per_second"] = psnr_per_second(rec_after, x_eval)
+    if m_eval is not None:   # inside the body regions of --regions (face and hands by default)
+        out["heldout_region_psnr"] = psnr(rec_after, x_eval, m_eval)
+        out["regions"] = list(a.regions)
     out["calibration_max_abs_change"] = float((rec_after - rec_before).abs().max())
     if a.init:   # the starting weights on the same held-out windows: what this stage changed
         start = build_vae(VAEConfig(dim=a.dim), init=False)
         init_from_weights(start, a.init, "VAE")
         rec_start = reconstruct(start.to(dev).eval(), x_eval, a.eval_batch)
         out["init_heldout_psnr"] = psnr(rec_start, x_eval)
+        if m_eval is not None:
+            out["init_heldout_region_psnr"] = psnr(rec_start, x_eval, m_eval)
         out["init_heldout_psnr_per_second"] = psnr_per_second(rec_start, x_eval)
         del start, rec_start
     x_train = calib_bank.windows(a.eval_clips)  # same window length: train and held-out side by side
@@ -321,11 +356,13 @@ def finalize(vae, bank: FrameBank, held_clips: list[dict], a, cfg: RunConfig, de
             "latent_format": "comfy.latent_formats.Wan21 (calibrated: process_in gives ~zero mean, unit std)",
             "data": a.data, "frames": a.frames, "crop": a.crop, "train_part": a.train_part,
             "heldout_psnr_db": round(out["heldout_psnr_fp32_calibrated"], 3),
-            "losses": {"l1": 1.0, "l2": a.l2_weight, "edge": a.edge_weight, "kl": a.kl_weight},
+            "losses": {"l1": 1.0, "l2": a.l2_weight, "edge": a.edge_weight, "kl": a.kl_weight,
+                       **({"region": a.region_weight, "regions": list(a.regions)} if a.region_weight > 0 else {})},
             "metrics": {k: out[k] for k in ("heldout_psnr_fp32_calibrated", "train_psnr_fp32_calibrated",
                                             "heldout_psnr_bf16_weights", "heldout_windows",
                                             "heldout_psnr_per_second", "init_heldout_psnr",
-                                            "init_heldout_psnr_per_second") if k in out},
+                                            "init_heldout_psnr_per_second", "heldout_region_psnr",
+                                            "init_heldout_region_psnr", "regions") if k in out},
             **({"warm": {"latents": a.warm_latents, "p_zero": a.warm_p_zero}} if a.warm_latents else {}),
             **(card_extra or {})}
     dtype = torch.bfloat16 if a.save_dtype == "bf16" else torch.float32

@@ -29,6 +29,7 @@ VERSION = 1
 META_KEY = "iasa_synth"
 TENSORS = ("frames", "audio", "keypoints", "masks", "energy")
 SHARD_GLOB = "*.safetensors"
+PACKED_MASKS = "packed_masks"   # an iter_shard key: the masks as stored, bit-packed
 
 
 class ShardFormatError(ValueError):
@@ -114,19 +115,20 @@ def _meta(f, path) -> list[dict]:
 def _load_clip(f, i: int, m: dict, keys: Iterable[str]) -> dict:
     clip = dict(m)
     for key in keys:
-        t = f.get_tensor(f"{i}.{key}")
+        t = f.get_tensor(f"{i}.{'masks' if key == PACKED_MASKS else key}")
         clip[key] = unpack_masks(t, m["mask_names"], m["width"]) if key == "masks" else t
     return clip
 
 
 def iter_shard(path: str | Path, keys: Iterable[str] = TENSORS) -> Iterator[dict]:
-    """Clips of one shard, one at a time; ``keys`` picks the tensors to load (e.g. no frames)."""
+    """Clips of one shard, one at a time; ``keys`` picks the tensors to load (e.g. no frames). ``packed_masks``:
+    the masks as stored (uint8 ``[T, R, H, ceil(W/8)]``, ``mask_names`` order), not unpacked."""
     from safetensors import safe_open
 
     keys = tuple(keys)
-    bad = set(keys) - set(TENSORS)
+    bad = set(keys) - set(TENSORS) - {PACKED_MASKS}
     if bad:
-        raise ValueError(f"iter_shard: unknown keys {sorted(bad)}; choose from {TENSORS}")
+        raise ValueError(f"iter_shard: unknown keys {sorted(bad)}; choose from {TENSORS + (PACKED_MASKS,)}")
     with safe_open(str(path), framework="np") as f:
         for i, m in enumerate(_meta(f, path)):
             yield _load_clip(f, i, m, keys)
