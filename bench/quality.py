@@ -36,7 +36,9 @@ the shards' region masks, psnr_moved (where the pose moved since frame 0: pixels
 region), psnr_per_second (per second of video, mean over clips) and psnr_last_minus_first_second (drift over
 a long clip), psnr_worst_frame (the lowest single frame over all clips, not a mean), mouth_audio_corr (bench/video_metrics.py: correlation of the mouth region's change
 from the first frame with the per-frame speech energy; ``mouth_audio_corr_ground_truth`` is the same on the
-real frames, for scale). ``--frames 0`` takes the teacher's training window from its model card (33 or 49
+real frames, for scale), sharpness / sharpness_face_hands (the generated frames' mean luma gradient over the real
+frames', over the frame and inside face and hands: 1 is as detailed as the truth, a blurred mean scores below 1
+where PSNR would reward it). ``--frames 0`` takes the teacher's training window from its model card (33 or 49
 frames: the length it was trained on, and affordable on a CPU), ``--frames -1`` whole clips; lengths are
 cut to 4k + 1 frames (Wan's temporal compression).
 """
@@ -68,7 +70,7 @@ RESULTS = REPO / "bench" / "results" / "quality.json"
 WORKFLOW = REPO / "workflows" / "api" / "iasa_mini_talking_v2.json"
 TINY_VAE = REPO / "models" / "vae" / TINY_VAE_FILE
 SCORE_KEYS = ("psnr", "ssim", "psnr_face", "psnr_mouth", "psnr_hands", "psnr_moved", "mouth_audio_corr",
-              "psnr_last_minus_first_second")
+              "psnr_last_minus_first_second", "sharpness", "sharpness_face_hands")
 FUN_CONTROL_NODES = ("WanFunControlToVideo", "Wan22FunControlToVideo")
 DECODE_NODES = ("VAEDecode", "IASALongVAEDecode")   # the frames saved are what one of these decodes
 SAMPLER_NODES = ("KSampler", "IASAStudentSampler")   # the teacher's (steps, cfg) and the student's (steps, cfg 1)

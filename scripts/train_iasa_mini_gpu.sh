@@ -16,6 +16,15 @@
 # A stage whose weights already exist in $W (e.g. fetched from an earlier machine and carried back in
 # .dev/v2) is skipped. Budgets (minutes of training loop per stage) come from the environment.
 # Outputs for the caller go to $OUT (files over 15 MiB are split into .partNN pieces: `cat` joins them).
+#
+# A VAE stage and the teacher that follows its latents in one session, two device calls (a call carries 64 MiB: the
+# VAE's init in the first, the teacher's in the second; every bundled model file hidden, scripts/device_tree.sh):
+#   call 1, carry .dev/synth/motion .dev/gpu .dev/v12 (holding init_vae.safetensors):
+#     export IASA_V2_WORK=.dev/v12 VAE_INIT=.dev/v12/init_vae.safetensors LONG_PART=all ... TEACHER_MIN=6.5 \
+#       TEACHER_INIT=.dev/v12/init_teacher.safetensors INIT_WAIT=420 && bash $0 start && bash $0 wait 575
+#   call 2 at once, carry .dev/v12init (holding teacher.safetensors), the same exports:
+#     cp .dev/v12init/teacher.safetensors .dev/v12/t.tmp && mv .dev/v12/t.tmp .dev/v12/init_teacher.safetensors && \
+#       bash $0 wait 585
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/gpu_env.sh

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from iasa.bench.quality import CPU_FP8_PLUGIN, FP8_FIRST_CALL, WORKFLOW, keyed_windows, quality_prompt, wan_length
-from iasa.bench.video_metrics import correlation, mean_scores, mouth_audio_corr, mouth_change, psnr, ssim
+from iasa.bench.video_metrics import (correlation, gradient_energy, mean_scores, mouth_audio_corr, mouth_change, psnr,
+                                      sharpness, ssim)
 
 
 def test_psnr_known_values_and_masks():
@@ -35,6 +36,30 @@ def test_ssim_is_one_for_identical_and_lower_for_noise():
     a = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     assert ssim(a, a) == pytest.approx(1.0)
     assert ssim(a, rng.integers(0, 256, a.shape, dtype=np.uint8)) < 0.2
+
+
+def test_sharpness_is_one_for_the_truth_below_one_for_a_blur_that_psnr_prefers():
+    """A blurred copy of noisy-edged frames scores higher PSNR than a sharp frame shifted by a pixel, yet a lower
+    sharpness: the score PSNR cannot give."""
+    rng = np.random.default_rng(1)
+    truth = np.zeros((3, 32, 32, 3), np.uint8)
+    truth[:, :, ::4] = 200                                   # vertical stripes: strong x gradients
+    truth = np.clip(truth + rng.integers(0, 30, truth.shape), 0, 255).astype(np.uint8)
+    f = truth.astype(np.float32)
+    blurred = ((f + np.roll(f, 1, 2) + np.roll(f, -1, 2) + np.roll(f, 2, 2) + np.roll(f, -2, 2)) / 5).astype(np.uint8)
+    shifted = np.roll(truth, 1, axis=2)
+    assert sharpness(truth, truth) == pytest.approx(1.0)
+    assert psnr(blurred, truth) > psnr(shifted, truth)
+    assert sharpness(blurred, truth) < 0.5 < 0.95 < sharpness(shifted, truth)
+    flat = np.full_like(truth, 90)
+    assert sharpness(flat, truth) == 0.0 and math.isnan(sharpness(truth, flat))
+    # inside a mask: only the gradients that start there count
+    mask = np.zeros(truth.shape[:3], bool)
+    mask[:, :, :16] = True
+    half = truth.copy()
+    half[:, :, 17:] = 90                                     # the difference from column 15 to 16 stays
+    assert sharpness(half, truth, mask) == pytest.approx(1.0) and sharpness(half, truth) < 0.7
+    assert math.isnan(gradient_energy(truth, np.zeros_like(mask)))
 
 
 def test_mouth_audio_corr_follows_a_mouth_that_opens_with_energy():
