@@ -28,7 +28,9 @@ Everything goes through ComfyUI's own modules, random weights (speed does not de
   width 96; ``wan_channels_last`` = the same through IASA VAE Precision with ``memory_format = channels_last``
   (its 3-D convolution weights channels-last, so cuDNN runs them in NDHWC; dtype unchanged); ``tiny`` = the
   taew2_1-layout tiny autoencoder (``training/tiny_vae.py``), run with all frames at once as the pack's IASA Tiny
-  VAE Mode node sets it (ComfyUI's default, frame by frame, is reported in ``device_ms``).
+  VAE Mode node sets it (ComfyUI's default, frame by frame, is reported in ``device_ms``); ``tiny_encode`` = what the
+  pack's student workflow runs: the tiny autoencoder encodes the pose video (and the reference), the channels-last
+  stock VAE decodes.
 * per record, timed with the device synchronised: ``ms_encode`` = ``vae.encode(pose video)`` (VAEEncode:
   IMAGE on the host in, LATENT out), ``ms_dit`` = ``sample_custom`` (noise on the host, LATENT out),
   ``ms_decode`` = ``vae.decode`` (VAEDecode: IMAGE on the host; on the GPU where ``--comfy-flags=--gpu-only``
@@ -100,7 +102,27 @@ FP8 = "student_fp8"
 FP8_MODEL_OPTIONS = {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}   # UNETLoader "fp8_e4m3fn_fast"
 VARIANTS = ("student", "student_dense", NO_SELF_ATTENTION, FP8, "teacher")
 WAN_CHANNELS_LAST = "wan_channels_last"
-VAE_NAMES = ("wan", WAN_CHANNELS_LAST, "tiny")
+# tiny_encode: what the pack's student workflow runs, the tiny autoencoder encodes the pose video and the stock VAE
+# decodes (channels-last, as IASA VAE Precision's auto lays it on Hopper). Name -> (encoder, decoder).
+TINY_ENCODE = "tiny_encode"
+SPLIT_VAES = {TINY_ENCODE: ("tiny", WAN_CHANNELS_LAST)}
+VAE_NAMES = ("wan", WAN_CHANNELS_LAST, "tiny", TINY_ENCODE)
+
+
+def coders(vae: str) -> tuple[str, str]:
+    """The VAEs that encode and decode for a ``--vaes`` name."""
+    return SPLIT_VAES.get(vae, (vae, vae))
+
+
+def split_vae_terms(per_vae: dict) -> dict:
+    """``per_vae`` (one VAE's device ms and FLOPs each) with every split name added: the encode terms of its
+    encoder and the decode terms of its decoder."""
+    out = dict(per_vae)
+    for name, (enc, dec) in SPLIT_VAES.items():
+        if enc in per_vae and dec in per_vae:
+            out[name] = {**{k: v for k, v in per_vae[enc].items() if k.startswith("encode")},
+                         **{k: v for k, v in per_vae[dec].items() if k.startswith("decode")}}
+    return out
 
 
 @dataclass(frozen=True)
@@ -206,7 +228,7 @@ class RealtimeBench:
         self.fp8_compute = fp8_matmul_runs(self.base_fp8, self.device) if self.base_fp8 is not None else None
         del sd
         self.vaes = {}
-        for name in a.vaes:
+        for name in dict.fromkeys(n for v in a.vaes for n in coders(v)):   # the real VAEs the names need
             if name == "tiny":
                 vae_sd = build_tiny_vae(seed=0).state_dict()
             else:
@@ -299,7 +321,7 @@ class RealtimeBench:
     def reference_latent(self, vae: str, shape: Shape) -> torch.Tensor:
         """The reference picture's latent (encoded once per session in a live pipeline: untimed)."""
         if (vae, shape) not in self._refs:
-            self._refs[(vae, shape)] = self.vaes[vae].encode(self.video[shape][:1])
+            self._refs[(vae, shape)] = self.vaes[coders(vae)[0]].encode(self.video[shape][:1])
         return self._refs[(vae, shape)]
 
     # ---------------------------------------------------------------------------------- pipeline
@@ -310,7 +332,7 @@ class RealtimeBench:
         import comfy.samplers
 
         if control is None:
-            control = self.vaes[spec.vae].encode(self.video[shape])
+            control = self.vaes[coders(spec.vae)[0]].encode(self.video[shape])
         ctx = [[torch.zeros(1, CONTEXT_TOKENS, 4096), {}]]
         pos, neg, latent = fun_control_conditioning(ctx, control, self.reference_latent(spec.vae, shape), shape)
         noise = comfy.sample.prepare_noise(latent, 0)
@@ -320,17 +342,17 @@ class RealtimeBench:
 
     def pipeline(self, spec: Spec, shape: Shape) -> dict:
         """Encode the pose video, sample on its latent, decode: wall ms of each term (device synchronised)."""
-        vae = self.vaes[spec.vae]
+        encoder, decoder = (self.vaes[n] for n in coders(spec.vae))
         self.reference_latent(spec.vae, shape)
         _sync(self.device)
         t0 = time.perf_counter()
-        control = vae.encode(self.video[shape])
+        control = encoder.encode(self.video[shape])
         _sync(self.device)
         t1 = time.perf_counter()
         samples = self.sample(spec, shape, control)
         _sync(self.device)
         t2 = time.perf_counter()
-        vae.decode(samples)
+        decoder.decode(samples)
         _sync(self.device)
         t3 = time.perf_counter()
         return {"ms_encode": 1000 * (t1 - t0), "ms_dit": 1000 * (t2 - t1), "ms_decode": 1000 * (t3 - t2)}
@@ -565,8 +587,8 @@ def run(a: argparse.Namespace, argv: list[str], limit_hits: "LimitHits") -> dict
                                              (8192, 8192, 8192) if cuda else (256, 256, 256)]),
           "copy": floors.copy_bandwidth(dev, bench.video[bench.shape].numel() * 4),
           "dit": bench.dit_flops(bench.shape), "dit_first_chunk": bench.dit_flops(bench.chunk),
-          "vae": {name: bench.vae_device(name, bench.shape) for name in bench.vaes},
-          "vae_first_chunk": {name: bench.vae_device(name, bench.chunk) for name in bench.vaes}}
+          "vae": split_vae_terms({name: bench.vae_device(name, bench.shape) for name in bench.vaes}),
+          "vae_first_chunk": split_vae_terms({name: bench.vae_device(name, bench.chunk) for name in bench.vaes})}
     print(f"matmul peak {fl['matmul']['tflops']} TFLOP/s; DiT linear {fl['dit']['linear'] / 1e12:.3f} TFLOP per forward",
           flush=True)
     t_warm = time.perf_counter()

@@ -204,3 +204,22 @@ def test_stock_vae_channels_last_is_timed_beside_the_stock_layout(tmp_path):
     assert channels_last["floor"]["ms_decode"] == pytest.approx(stock["floor"]["ms_decode"])
     assert {a["aim"].split(":")[0] for a in result["aims"]} >= {
         "student, 2 steps, stock Wan VAE", "student, 2 steps, stock Wan VAE, channels-last (IASA VAE Precision)"}
+
+
+def test_tiny_encode_times_the_student_workflows_split_the_tiny_encoder_and_the_stock_decoder(tmp_path):
+    """--vaes tiny_encode: the pose video encoded by the tiny autoencoder and the latent decoded by the stock VAE
+    (channels-last), as the pack's student workflow runs them; its encode terms are the tiny one's, its decode terms
+    the stock VAE's."""
+    from iasa.bench.realtime import main
+
+    result = main(["--tiny", "--compile", "eager", "--out", str(tmp_path / "rt.json"), "--steps", "2", "--vaes",
+                   "tiny", "tiny_encode", "--variants", "student", "--repeats", "1"])
+    assert result["model"]["vae_conv_layout"]["wan_channels_last"] == "channels_last_3d"
+    flops = result["flops"]["vae"]
+    assert flops["tiny_encode"] == {"encode": flops["tiny"]["encode"], "decode": flops["wan_channels_last"]["decode"]}
+    assert flops["wan_channels_last"]["decode"] != flops["tiny"]["decode"]
+    tiny, split = result["records"]
+    assert (tiny["vae"], split["vae"]) == ("tiny", "tiny_encode")
+    assert split["floor"]["ms_encode"] == pytest.approx(tiny["floor"]["ms_encode"])
+    assert split["floor"]["ms_decode"] != pytest.approx(tiny["floor"]["ms_decode"])
+    assert result["device_ms"]["tiny_encode"]["encode_ms"] == result["device_ms"]["tiny"]["encode_ms"]
