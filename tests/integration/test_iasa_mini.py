@@ -368,7 +368,7 @@ def test_trained_teacher_frames_follow_the_control_pose(teacher_scores):
 @pytest.mark.xfail(strict=True, raises=BelowQualityAim, reason=(
     "the shipped IASA-mini v2 teacher is not yet at the IASA-mini v2 issue's 28 dB aim (measured 2026-12-07 with the "
     "stage-3 teacher, its workflow's cfg 1.5: 25.71 dB on this case; 26.47 dB on the 8 held-out clips of "
-    "bench.quality, where the VAE round trip itself gives 28.4 dB). Strict: once a retrained model meets the aim "
+    "bench.quality at 49 frames, where the VAE round trip itself gives 28.67 dB). Strict: once a retrained model meets the aim "
     "this XPASSes and fails, so remove the marker then."))
 def test_trained_teacher_reaches_the_quality_aim(teacher_scores):
     """The same frames against the issue's overall aim: >= 28 dB PSNR to the ground truth."""
