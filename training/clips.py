@@ -60,9 +60,9 @@ def region_bits(clip: dict, regions: tuple[str, ...]) -> np.ndarray:
     if "masks" in clip:
         union = np.any([clip["masks"][r] for r in regions], axis=0)
     else:
-        t, h, w = clip["frames"].shape[:3]
+        h, w = clip["frames"].shape[1:3]
         per = [frame_masks(k, h, w) for k in clip["keypoints"]]
-        union = np.stack([np.any([m[r] for r in regions], axis=0) for m in per]).reshape(t, h, w)
+        union = np.stack([np.any([m[r] for r in regions], axis=0) for m in per])
     return np.packbits(union, axis=-1)
 
 
@@ -76,8 +76,9 @@ def load_clips(source: str | Path, split: str = "train", max_clips: int | None =
     source = str(source)
     if source.startswith(PROCEDURAL):
         clips = _procedural(source, split, max_clips)
-        for clip in clips if regions else ():
-            clip["region_bits"] = region_bits(clip, regions)
+        if regions:
+            for clip in clips:
+                clip["region_bits"] = region_bits(clip, regions)
     else:
         from .synth.shards import iter_shard, shard_index, shard_paths
 
